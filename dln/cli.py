@@ -1,0 +1,60 @@
+"""The `dln` command: argparse subcommands, each a thin call into a tested function.
+
+Every subcommand lives in dln/commands/<name>.py with `register(subparsers)`; its
+handler returns the exit code. Errors a user can cause (bad files, bad options)
+end in one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dln import __version__
+
+COMMANDS = ("convert", "enhance", "demo")
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line with exit code 2."""
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    from dln.config import ConfigError
+    from dln.images import ImageError
+    from weights.errors import CheckpointError
+
+    return (UserError, ConfigError, ImageError, CheckpointError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dln",
+        description="Port DLN (Deep Lightening Network) from PyTorch to JAX and prove the port "
+                    "right: convert weights, enhance images, compare the frameworks.")
+    parser.add_argument("--version", action="version", version=f"dln {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"dln.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except user_error_types() as err:
+        print(f"dln {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dln {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `dln` subcommand; see dln.cli."""

@@ -1,0 +1,1 @@
+"""Everything that compares the two frameworks."""

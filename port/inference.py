@@ -1,0 +1,38 @@
+"""Running the Flax DLN on images: one jit-compiled apply per network config."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dln.config import DLNConfig
+from port.model import DLN
+
+# Parity with PyTorch needs true float32 convolutions; on GPUs XLA would otherwise
+# use TF32 / bf16 passes and no float32 tolerance would hold.
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def params_to_device(params: dict) -> dict:
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
+
+
+def make_apply(config: DLNConfig) -> Callable:
+    """jit(params, x_nhwc) -> prediction, for one config (shapes compile on first use)."""
+    model = DLN(config)
+    return jax.jit(lambda params, x: model.apply({"params": params}, x))
+
+
+def make_enhancer(params_tree: dict, config: DLNConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from one RGB float32 HWC image to the network's float32 HWC output."""
+    apply = make_apply(config)
+    params = params_to_device(params_tree)
+
+    def enhance(image: np.ndarray) -> np.ndarray:
+        out = apply(params, jnp.asarray(image, jnp.float32)[None])
+        return np.asarray(jax.block_until_ready(out))[0]
+
+    return enhance

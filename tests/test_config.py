@@ -1,0 +1,36 @@
+import pytest
+
+from dln.config import ConfigError, DLNConfig, parse_variant
+
+
+def test_defaults_are_the_authors_code():
+    cfg = DLNConfig()
+    assert (cfg.dim, cfg.brightness, cfg.gamma, cfg.residual_sign) == (64, True, 1.0, "code")
+    assert cfg.input_channels == 4
+    assert DLNConfig(brightness=False).input_channels == 3
+
+
+@pytest.mark.parametrize("dim", [0, 8, 15, 17, -64])
+def test_widths_below_the_fa_reduction_or_odd_are_refused(dim):
+    with pytest.raises(ConfigError):
+        DLNConfig(dim=dim)
+
+
+def test_variant_string_parses_every_switch():
+    got = parse_variant("brightness=off, residual_sign=paper,gamma=0.5")
+    assert got == {"brightness": False, "residual_sign": "paper", "gamma": 0.5}
+    assert parse_variant(None) == {} and parse_variant("") == {}
+
+
+@pytest.mark.parametrize("bad", ["brightness=maybe", "colour=on", "gamma=abc", "gamma",
+                                 "residual_sign=up", "gamma=nan", "gamma=1,gamma=2"])
+def test_bad_variant_strings_raise_one_config_error(bad):
+    with pytest.raises(ConfigError):
+        parse_variant(bad)
+
+
+def test_config_json_round_trips_and_rejects_unknown_fields():
+    cfg = DLNConfig(dim=16, brightness=False, gamma=0.25, residual_sign="paper")
+    assert DLNConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ConfigError):
+        DLNConfig.from_json('{"dim": 64, "depth": 3}')

@@ -1,0 +1,11 @@
+"""Checkpoint files and layouts: .pth <-> safetensors, strict, safe, verified.
+
+Knows files and layouts, not models; importing it starts neither framework.
+"""
+
+from weights.convert import Checkpoint, convert, load_checkpoint, save_checkpoint
+from weights.errors import CheckpointError
+from weights.spec import parameter_count, tensor_specs
+
+__all__ = ["Checkpoint", "CheckpointError", "convert", "load_checkpoint", "save_checkpoint",
+           "parameter_count", "tensor_specs"]

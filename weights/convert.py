@@ -1,0 +1,184 @@
+"""Checkpoints in either format, as one object; conversion between the formats.
+
+A `Checkpoint` holds the network config and the tensors under both frameworks'
+names and layouts. `load_checkpoint` reads .pth or .safetensors; `convert`
+writes the other format, verified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dln.config import ConfigError, DLNConfig
+from weights.errors import CheckpointError
+from weights.files import (is_safetensors_path, load_pth, load_safetensors, save_pth,
+                           save_safetensors, sha256_of)
+from weights.spec import flax_to_torch_array, parameter_count, tensor_specs, torch_to_flax_array
+from weights.state_dict import check_against_spec, infer_config
+
+FORMAT_NAME = "dln-flax-params"
+FORMAT_VERSION = "1"
+REQUIRED_METADATA = ("format", "format_version", "config")
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    config: DLNConfig
+    torch_state: dict[str, np.ndarray]   # torch names, OIHW layout
+    flax_params: dict[str, np.ndarray]   # dotted Flax paths, HWIO layout
+    source: Path
+    notes: list[str]
+
+    @property
+    def parameter_count(self) -> int:
+        return int(sum(v.size for v in self.torch_state.values()))
+
+    def flax_tree(self) -> dict:
+        """Nested dict for `model.apply({'params': tree}, x)`."""
+        tree: dict = {}
+        for name, value in self.flax_params.items():
+            node = tree
+            *parents, leaf = name.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return tree
+
+
+def _merge_stored(stored_json: str | None, overrides: dict, source: Path) -> dict:
+    """Combine the config stored in a file with the user's --variant.
+
+    gamma is an inference-time strength and may always be overridden; every other
+    switch the file records must agree with what was asked.
+    """
+    if stored_json is None:
+        return dict(overrides)
+    try:
+        stored = DLNConfig.from_json(stored_json)
+    except ConfigError as err:
+        raise CheckpointError(f"{source}: stored network config is invalid: {err}") from None
+    merged = dataclasses.asdict(stored)
+    for key, value in overrides.items():
+        if key != "gamma" and merged[key] != value:
+            raise CheckpointError(
+                f"variant conflict: {key}={value} was requested but {source.name} was made "
+                f"with {key}={merged[key]}")
+        merged[key] = value
+    return merged
+
+
+def _from_torch_state(state, overrides, source, notes) -> Checkpoint:
+    cfg = infer_config(state, overrides)
+    check_against_spec(state, cfg, "torch")
+    flax = {s.flax_name: torch_to_flax_array(s.kind, state[s.torch_name])
+            for s in tensor_specs(cfg)}
+    return Checkpoint(cfg, state, flax, source, notes)
+
+
+def _from_flax_params(params, overrides, source, notes, stored_config) -> Checkpoint:
+    by_flax = {s.flax_name: s for s in tensor_specs(stored_config)}
+    # shapes first, under the stored config, before any variant is applied
+    check_against_spec(params, stored_config, "flax")
+    state = {by_flax[k].torch_name: flax_to_torch_array(by_flax[k].kind, v)
+             for k, v in params.items()}
+    cfg = infer_config(state, overrides)
+    ordered_state = {s.torch_name: state[s.torch_name] for s in tensor_specs(cfg)}
+    return Checkpoint(cfg, ordered_state, {s.flax_name: params[s.flax_name]
+                                           for s in tensor_specs(cfg)}, source, notes)
+
+
+def load_checkpoint(path: str | os.PathLike, overrides: dict | None = None) -> Checkpoint:
+    """Read a .pth (any of the authors' layouts) or a .safetensors written by `convert`."""
+    source = Path(path)
+    overrides = dict(overrides or {})
+    notes: list[str] = []
+    if is_safetensors_path(source):
+        params, metadata = load_safetensors(source, notes)
+        missing = [k for k in REQUIRED_METADATA if k not in metadata]
+        if missing:
+            raise CheckpointError(
+                f"{source}: safetensors metadata lacks {', '.join(missing)} (not written by "
+                "`dln convert`; convert the original .pth instead)")
+        if metadata["format"] != FORMAT_NAME or metadata["format_version"] != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{source}: format {metadata['format']!r} version {metadata['format_version']!r}"
+                f" is not {FORMAT_NAME} version {FORMAT_VERSION}")
+        merged = _merge_stored(metadata["config"], overrides, source)
+        try:
+            stored = DLNConfig.from_json(metadata["config"])
+        except ConfigError as err:
+            raise CheckpointError(f"{source}: stored network config is invalid: {err}") from None
+        return _from_flax_params(params, merged, source, _dedupe(notes), stored)
+    state, stored_json = load_pth(source, notes)
+    merged = _merge_stored(stored_json, overrides, source)
+    return _from_torch_state(state, merged, source, _dedupe(notes))
+
+
+def _dedupe(notes: list[str]) -> list[str]:
+    return list(dict.fromkeys(notes))
+
+
+def checkpoint_from_torch_state(state: dict[str, np.ndarray], config: DLNConfig,
+                                source: str = "<memory>") -> Checkpoint:
+    """Wrap an in-memory torch-named state dict (e.g. random weights) as a Checkpoint."""
+    overrides = {k: v for k, v in dataclasses.asdict(config).items()}
+    return _from_torch_state({k: np.asarray(v, np.float32) for k, v in state.items()},
+                             overrides, Path(source), [])
+
+
+def safetensors_metadata(ckpt: Checkpoint) -> dict[str, str]:
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": ckpt.config.to_json(),
+        "parameter_count": str(parameter_count(ckpt.config)),
+        "layout": "flax-linen NHWC: conv kernels HWIO, dense kernels (in, out), PReLU scalar",
+    }
+    if ckpt.source.is_file():
+        meta["source_file"] = ckpt.source.name
+        meta["source_sha256"] = sha256_of(ckpt.source)
+    return meta
+
+
+def save_checkpoint(ckpt: Checkpoint, dst: str | os.PathLike, dataparallel: bool = False) -> None:
+    """Write ckpt as .safetensors (Flax names) or .pth (torch names), by dst's suffix."""
+    if is_safetensors_path(dst):
+        save_safetensors(ckpt.flax_params, dst, safetensors_metadata(ckpt))
+    elif str(dst).lower().endswith((".pth", ".pt")):
+        save_pth(ckpt.torch_state, dst, ckpt.config.to_json(), dataparallel=dataparallel)
+    else:
+        raise CheckpointError(f"{dst}: destination must end in .safetensors, .pth or .pt")
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    source: str
+    destination: str
+    config: DLNConfig
+    parameter_count: int
+    tensors: int
+    notes: list[str]
+
+    def as_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["config"] = json.loads(self.config.to_json())
+        return out
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, overrides: dict | None = None,
+            dataparallel: bool = False) -> ConversionReport:
+    """Convert between .pth and .safetensors; the destination is verified bit for bit."""
+    if is_safetensors_path(src) == is_safetensors_path(dst):
+        raise CheckpointError(
+            f"convert goes between .pth and .safetensors; got {Path(src).name} -> {Path(dst).name}")
+    if Path(src).resolve() == Path(dst).resolve():
+        raise CheckpointError("source and destination are the same file")
+    ckpt = load_checkpoint(src, overrides)
+    save_checkpoint(ckpt, dst, dataparallel=dataparallel)
+    return ConversionReport(str(src), str(dst), ckpt.config, ckpt.parameter_count,
+                            len(ckpt.torch_state), ckpt.notes)

@@ -1,7 +1,7 @@
 """The `dln` command: argparse subcommands, each a thin call into a tested function.
 
-Every subcommand lives in dln/commands/<name>.py with `register(subparsers)`; its
-handler returns the exit code. Errors a user can cause (bad files, bad options)
+Every subcommand lives in dln/commands/<name>.py with `register(subparsers)` and an
+`ORDER` for the help listing; its handler returns the exit code. Errors a user can cause (bad files, bad options)
 end in one line on stderr and exit code 2, never a traceback.
 """
 
@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 
-from dln import __version__
+from dln import __version__, commands
 
-COMMANDS = ("convert", "enhance", "demo")
+
+def command_modules() -> list:
+    """Every module in dln/commands, in their ORDER (the order `dln --help` lists them)."""
+    mods = [importlib.import_module(f"dln.commands.{info.name}")
+            for info in pkgutil.iter_modules(commands.__path__) if not info.name.startswith("_")]
+    return sorted(mods, key=lambda m: (getattr(m, "ORDER", 100), m.__name__))
 
 
 class UserError(Exception):
@@ -35,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "right: convert weights, enhance images, compare the frameworks.")
     parser.add_argument("--version", action="version", version=f"dln {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"dln.commands.{name}").register(sub)
+    for module in command_modules():
+        module.register(sub)
     return parser
 
 

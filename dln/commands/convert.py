@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dln.config import parse_variant
 
+ORDER = 10
+
 
 def register(sub) -> None:
     p = sub.add_parser(

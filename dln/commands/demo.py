@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dln.paths import SAMPLE_CHECKPOINT, SAMPLE_IMAGES
 
+ORDER = 90
+
 
 def register(sub) -> None:
     p = sub.add_parser(

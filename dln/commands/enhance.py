@@ -7,6 +7,8 @@ import sys
 from dln.config import parse_variant
 from dln.images import DEFAULT_MAX_PIXELS
 
+ORDER = 20
+
 
 def register(sub) -> None:
     p = sub.add_parser(

@@ -19,8 +19,24 @@ FORWARD_ATOL = 1e-5
 # reach 100 cannot agree to 1e-5 absolute in float32 (ulp(100) = 7.6e-6). A block
 # passes when max|a - b| <= tol * max(1, max|reference|).
 SCALE_FLOOR = 1.0
-# Losses (SSIM, TV) JAX vs torch: reductions over ~1e5 terms in float32.
+# Losses (SSIM, TV) JAX vs torch: reductions over ~1e5 terms in float32. Compared
+# with `compare` (relative to max(1, |reference|)): 1 - SSIM cancels when SSIM is
+# near 1, so a loss of 0.05 carries the absolute error of SSIM (~1 ulp(1) = 6e-8).
 LOSS_RTOL = 1e-6
+# Gradient of the loss w.r.t. the prediction, JAX vs torch, relative L2 norm: the
+# separable 1-D Gaussian (dm-pix) and the 2-D grouped conv (torch) sum in different
+# orders; seen ~2e-6 on 2 x 48 x 80 and 1 x 61 x 93 batches.
+LOSS_GRAD_RTOL = 1e-5
+# The same gradient on SMOOTH images (local variance ~1e-3 around a mean ~0.5):
+# SSIM's f(x^2) - f(x)^2 cancels ~3 digits, so float32 gradients carry ~1e-5 relative
+# rounding in either framework (seen: port 1e-5, torch 4e-5 from the float64 value).
+# Pixels under windows whose float32 covariance rounds to exactly 0 are left out:
+# there dm-pix's clip sign(s01) * min(...) has zero derivative (one such window moved
+# the whole gradient by 7.6e-4 relative L2).
+SMOOTH_LOSS_GRAD_RTOL = 5e-5
+# Losses and gradients with both frameworks in float64: only float64 rounding is left,
+# amplified by SSIM's cancellation (seen ~1e-10 on 2 x 48 x 80).
+LOSS_F64_RTOL = 1e-8
 # Gradients of the training loss, per tensor, relative L2 norm: backward passes sum
 # over every pixel and batch element, adding rounding compared to the forward.
 GRAD_RTOL = 1e-4
@@ -100,3 +116,12 @@ def assert_pngs_match(a_uint8, b_uint8, max_fraction: float = PNG_MAX_FRACTION_O
         raise AssertionError(f"{what}: {fraction:.4%} of values differ, worst by {worst} levels "
                              f"(allowed: {max_fraction:.2%} off by one)")
     return fraction
+# Training parity, JAX vs torch, same initial weights and batches: each step's loss
+# carries the forward/backward rounding of both frameworks, and Adam feeds every
+# difference back into the weights, so differences grow step by step. 20 steps.
+TRAIN_LOSS_RTOL = 1e-4
+# Final weights after the compared steps, per tensor, relative L2 norm.
+TRAIN_WEIGHTS_RTOL = 1e-3
+# Data parallel: the same global batch on 1 and on N devices; only the order of the
+# float32 reductions across devices differs.
+DATA_PARALLEL_LOSS_RTOL = 1e-5

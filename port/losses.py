@@ -1,0 +1,125 @@
+"""The authors' training losses in JAX, NHWC (dln_facts.md section 3).
+
+    loss = (1 - SSIM(pred, target)) + tv_weight * TV(pred),   tv_weight = 0.001
+
+SSIM is `dm_pix.ssim` at the authors' settings: Gaussian window 11 x 11, sigma 1.5,
+"valid" filtering, C1 = (0.01 L)^2, C2 = (0.03 L)^2, and the range L chosen from the
+PREDICTION at every call: max_val = 255 if max(pred) > 128 else 1; min_val = -1 if
+min(pred) < -0.5 else 0. The mean over batch, channels and valid positions equals
+dm-pix's per-image mean averaged over the batch (every image of a batch has one size).
+
+The window goes in through dm-pix's `filter_fn`: a depthwise 2-D "VALID" convolution
+with the authors' float32 window (the 1-D Gaussian stored as float32, normalised by
+its sum, outer product). dm-pix's built-in filter is the same Gaussian applied as two
+separable "valid" 1-D convolutions, but its float32 weights sum to 1 only up to a
+different rounding; SSIM subtracts squared means from filtered squares
+(sigma = f(x^2) - f(x)^2), so a window summing to 1 + d shifts every variance by about
+-d mu^2. On smooth images (local variance 1e-3, mean 0.5) that ulp-level difference
+moved the mean SSIM by 4e-6 (2e-5 relative) away from the authors' float32 value;
+with the identical window the two agree to ~1e-7. dm-pix's clipping of variances at
+eps^2 and of |covariance| at sqrt(var_a var_b) only acts on values that are rounding
+noise, which the authors' code keeps: a difference far below float32 resolution of
+the mean.
+
+TV uses the authors' normalisation: count_h = C (H - 1) W for the vertical
+differences, count_w = C H (W - 1) for the horizontal ones (the earlier JAX port
+swapped them, which only square patches hide), TV = 2 (h / count_h + w / count_w) / B.
+
+All functions are jit-able and differentiable; the range rule is a step function of
+the prediction and carries no gradient (as in the authors' code, where it is a
+Python `if` on a comparison).
+"""
+
+from __future__ import annotations
+
+import math
+
+import dm_pix
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+TV_WEIGHT = 0.001
+
+
+def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    """(size, size) float32 window, the same numbers as the authors' torch window: the
+    1-D Gaussian rounded to float32, divided by its sum (rounded once to float32), and
+    the float32 outer product of that line."""
+    line = np.array([math.exp(-((i - size // 2) ** 2) / (2.0 * sigma ** 2))
+                     for i in range(size)], np.float32)
+    line = line / np.float32(line.sum(dtype=np.float64))
+    return np.outer(line, line).astype(np.float32)
+
+
+def valid_filter(window: np.ndarray):
+    """A dm-pix `filter_fn`: per-channel 2-D "VALID" correlation of NHWC arrays."""
+    kernel_hw = jnp.asarray(window, jnp.float32)
+
+    def filter_fn(z: jax.Array) -> jax.Array:
+        channels = z.shape[-1]
+        kernel = jnp.broadcast_to(kernel_hw[:, :, None, None], kernel_hw.shape + (1, channels))
+        return jax.lax.conv_general_dilated(
+            z, kernel.astype(z.dtype), window_strides=(1, 1), padding="VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels,
+            precision=jax.lax.Precision.HIGHEST)
+
+    return filter_fn
+
+
+_AUTHORS_FILTER = valid_filter(gaussian_window())
+
+
+def authors_ssim_range(pred: jax.Array) -> jax.Array:
+    """L = max_val - min_val read from the prediction (255 / 1, minus -1 / 0)."""
+    pred = jax.lax.stop_gradient(jnp.asarray(pred))
+    max_val = jnp.where(jnp.max(pred) > 128, 255.0, 1.0)
+    min_val = jnp.where(jnp.min(pred) < -0.5, -1.0, 0.0)
+    return (max_val - min_val).astype(jnp.float32)
+
+
+def _check_nhwc_pair(pred: jax.Array, target: jax.Array) -> None:
+    if pred.ndim != 4 or pred.shape != target.shape:
+        raise ValueError(f"ssim_loss needs two NHWC batches of one shape, got {pred.shape} "
+                         f"and {target.shape}")
+    height, width = pred.shape[1], pred.shape[2]
+    if height < SSIM_WINDOW or width < SSIM_WINDOW:
+        raise ValueError(f"ssim_loss needs images of at least {SSIM_WINDOW} x {SSIM_WINDOW} "
+                         f"pixels (valid {SSIM_WINDOW} x {SSIM_WINDOW} window), got "
+                         f"{height} x {width}")
+
+
+def ssim(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """The authors' training SSIM: scalar mean over batch, channels and valid positions."""
+    pred, target = jnp.asarray(pred), jnp.asarray(target)
+    _check_nhwc_pair(pred, target)
+    per_image = dm_pix.ssim(pred, target, max_val=authors_ssim_range(pred),
+                            k1=SSIM_K1, k2=SSIM_K2, filter_fn=_AUTHORS_FILTER)
+    return jnp.mean(per_image)
+
+
+def ssim_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """1 - SSIM(pred, target) with the authors' semantics (NHWC)."""
+    return 1.0 - ssim(pred, target)
+
+
+def tv_loss(pred: jax.Array) -> jax.Array:
+    """The authors' total variation of an NHWC batch (squared differences)."""
+    pred = jnp.asarray(pred)
+    if pred.ndim != 4:
+        raise ValueError(f"tv_loss needs an NHWC batch, got shape {pred.shape}")
+    batch, height, width, channels = pred.shape
+    count_h = channels * (height - 1) * width
+    count_w = channels * height * (width - 1)
+    h_tv = jnp.sum(jnp.square(pred[:, 1:, :, :] - pred[:, :-1, :, :]))
+    w_tv = jnp.sum(jnp.square(pred[:, :, 1:, :] - pred[:, :, :-1, :]))
+    return 2.0 * (h_tv / count_h + w_tv / count_w) / batch
+
+
+def dln_loss(pred: jax.Array, target: jax.Array, tv_weight: float = TV_WEIGHT) -> jax.Array:
+    """The authors' training loss: (1 - SSIM(pred, target)) + tv_weight * TV(pred)."""
+    return ssim_loss(pred, target) + tv_weight * tv_loss(pred)

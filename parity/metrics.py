@@ -1,0 +1,114 @@
+"""Reference evaluation metrics (numpy / scikit-image, float64): the authors' protocol.
+
+dln_facts.md section 5: the enhanced image is quantised to uint8 (x255, clip,
+truncate), then compared with the uint8 ground truth by
+- PSNR with data_range 255 (per image; a folder's figure is the mean of per-image values);
+- SSIM with scikit-image's `structural_similarity` at its defaults (uniform 7 x 7
+  window, sample covariance, K1 0.01, K2 0.03), data range 255, one SSIM per channel
+  averaged (their `multichannel=True` is today's `channel_axis=-1`);
+- theta (section 6): mean per-pixel angle in degrees between the estimate's and the
+  ground truth's colour vectors after the linear RGB -> XYZ transform (OpenCV's
+  matrix applied to the gamma-encoded RGB values); pixels where either vector is zero
+  count as 0 and stay in the mean.
+
+Every function takes the range of the data explicitly: the classic pitfalls are
+floats in [-1, 1] (range 2), floats on the 0-255 scale (range 255) and uint8 (range
+255, and never subtract uint8 arrays: they wrap around). Inputs are converted to
+float64 before any arithmetic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# OpenCV's RGB -> XYZ matrix (rows X, Y, Z), dln_facts.md section 6.
+RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423],
+                       [0.212671, 0.715160, 0.072169],
+                       [0.019334, 0.119193, 0.950227]])
+# Wang et al. (2004) settings: Gaussian window, sigma 1.5 (11 x 11 with scikit-image's
+# truncate 3.5), population covariance.
+WANG_SIGMA = 1.5
+AUTHORS_DATA_RANGE = 255.0
+
+
+def _pair_float64(pred, gt, what: str) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(pred)
+    b = np.asarray(gt)
+    if a.shape != b.shape:
+        raise ValueError(f"{what}: prediction {a.shape} and ground truth {b.shape} differ in shape")
+    return a.astype(np.float64), b.astype(np.float64)
+
+
+def _check_range(data_range) -> float:
+    if data_range is None or not np.isfinite(data_range) or data_range <= 0:
+        raise ValueError(f"data_range must be a positive number, got {data_range!r}")
+    return float(data_range)
+
+
+def _check_rgb(a: np.ndarray, what: str) -> None:
+    if a.ndim != 3 or a.shape[-1] != 3:
+        raise ValueError(f"{what} needs RGB images (H, W, 3), got shape {a.shape}")
+
+
+def psnr(pred, gt, data_range) -> float:
+    """10 log10(data_range^2 / MSE) in dB (inf for identical images)."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    a, b = _pair_float64(pred, gt, "psnr")
+    return float(peak_signal_noise_ratio(b, a, data_range=_check_range(data_range)))
+
+
+def ssim_skimage(pred, gt, data_range) -> float:
+    """The authors' SSIM: scikit-image defaults (uniform 7 x 7, sample covariance),
+    computed per channel (last axis) and averaged."""
+    from skimage.metrics import structural_similarity
+
+    a, b = _pair_float64(pred, gt, "ssim_skimage")
+    _check_rgb(a, "ssim_skimage")
+    return float(structural_similarity(b, a, data_range=_check_range(data_range),
+                                       channel_axis=-1))
+
+
+def ssim_gaussian(pred, gt, data_range) -> float:
+    """SSIM at Wang et al.'s settings: Gaussian sigma 1.5 (11 x 11), population covariance,
+    per channel and averaged; the same settings as dm_pix.ssim's defaults."""
+    from skimage.metrics import structural_similarity
+
+    a, b = _pair_float64(pred, gt, "ssim_gaussian")
+    _check_rgb(a, "ssim_gaussian")
+    return float(structural_similarity(b, a, data_range=_check_range(data_range),
+                                       channel_axis=-1, gaussian_weights=True,
+                                       sigma=WANG_SIGMA, use_sample_covariance=False))
+
+
+def angle_map(pred, gt) -> np.ndarray:
+    """Per-pixel angle in degrees between the XYZ vectors (0 where either is zero).
+
+    atan2(|u x v|, u . v) is the angle acos(u . v / (|u| |v|)) without acos's loss of
+    accuracy for nearly parallel vectors (where most pixels of a good estimate lie)."""
+    a, b = _pair_float64(pred, gt, "theta")
+    _check_rgb(a, "theta")
+    u = a @ RGB_TO_XYZ.T
+    v = b @ RGB_TO_XYZ.T
+    cross = np.linalg.norm(np.cross(u, v), axis=-1)
+    dot = np.sum(u * v, axis=-1)
+    angle = np.degrees(np.arctan2(cross, dot))
+    zero = ~np.any(u != 0, axis=-1) | ~np.any(v != 0, axis=-1)
+    return np.where(zero, 0.0, angle)
+
+
+def theta(pred, gt) -> float:
+    """Mean per-pixel colour angle (degrees) in XYZ; RGB input on any common scale."""
+    return float(np.mean(angle_map(pred, gt)))
+
+
+def evaluate_pair(pred_uint8, gt_uint8) -> dict[str, float]:
+    """The authors' evaluation of one uint8 RGB pair: PSNR and SSIM at data range 255
+    (scikit-image defaults), and theta."""
+    for name, arr in (("prediction", pred_uint8), ("ground truth", gt_uint8)):
+        if np.asarray(arr).dtype != np.uint8:
+            raise TypeError(f"evaluate_pair needs uint8 images; the {name} is "
+                            f"{np.asarray(arr).dtype}")
+    return dict(psnr=psnr(pred_uint8, gt_uint8, AUTHORS_DATA_RANGE),
+                ssim=ssim_skimage(pred_uint8, gt_uint8, AUTHORS_DATA_RANGE),
+                theta=theta(pred_uint8, gt_uint8))

@@ -1,30 +1,49 @@
 """Reading and writing checkpoint files safely.
 
-- .pth files are pickles. They are opened with `torch.load(weights_only=True)`,
-  whose unpickler only rebuilds tensors and plain containers: a pickle that asks
-  for anything else (os.system, eval, a class) is refused before it can run.
-- .safetensors files hold no code at all; their JSON header is checked.
-- Every write goes to a temporary file in the destination folder, is re-read and
-  compared bit for bit, and only then renamed over the destination: a failed or
-  interrupted conversion leaves nothing behind.
+Reading (see SECURITY.md):
+- A file is read into memory once (regular files up to MAX_CHECKPOINT_BYTES only),
+  so every check below looks at the very bytes that are finally parsed.
+- .pth files are pickles, which can run code. Two independent gates stand before
+  any object is built: weights.pickle_guard walks the opcodes without running them
+  and refuses any import outside a short allowlist (tensors, storages, OrderedDict),
+  then `torch.load(weights_only=True)` unpickles with torch's restricted unpickler.
+- .safetensors files hold no code; the header is parsed as JSON and the tensors by
+  the safetensors library, which checks every offset.
+- Every tensor must be floating point and finite. float16 and bfloat16 widen to
+  float32 exactly; float64 is rounded to nearest float32 (a relative change of at
+  most 2**-24, the rounding float32 arithmetic itself makes, so a note says so and
+  no more). Each conversion is reported in `notes`.
+- Whatever goes wrong, the loaders raise CheckpointError with one line: any other
+  exception a parser raises on hostile bytes is caught at this boundary.
+
+Writing: every file goes to a temporary file in the destination folder, is
+flushed to disk, re-read and compared bit for bit, and only then renamed over the
+destination, so a failed or interrupted write leaves nothing behind. Output bytes
+depend only on the content (no time stamps, no temporary names, sorted headers).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import json
 import os
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from weights.errors import CheckpointError
-from weights.state_dict import WRAPPER_KEYS, strip_dataparallel
+from weights.pickle_guard import UnsafePickleError, check_torch_file
+from weights.state_dict import WRAPPER_KEYS, require_dln_keys, strip_dataparallel
 
 FLOAT_DTYPES_CONVERTED = ("float16", "bfloat16", "float64")
+MAX_CHECKPOINT_BYTES = 2 << 30   # a dim-64 DLN is 2.8 MB; 2 GiB leaves room for wide ones
+MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors library's own header limit
+SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "bfloat16"}
 
 
 def sha256_of(path: Path) -> str:
@@ -35,58 +54,113 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_readable(path: Path) -> None:
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a regular file")
-    try:
-        size = path.stat().st_size
-        with open(path, "rb"):
-            pass
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot be read ({err.strerror or err})") from None
-    if size == 0:
-        raise CheckpointError(f"{path}: empty file")
-
-
 def _one_line(err: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
+    text = " ".join(str(err).split())
+    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _unsafe_reason(err: BaseException) -> str | None:
-    """Name what a refused weights-only unpickle asked for, if that was the failure."""
-    text = str(err)
-    if "Weights only load failed" not in text and "Unsupported global" not in text \
-            and "Unsupported operand" not in text:
-        return None
-    for line in text.splitlines():
-        line = line.strip()
-        if "Unsupported global" in line or "Unsupported operand" in line \
-                or "Unsupported class" in line:
-            return line.split(":", 1)[-1].strip()
-    return "an object other than tensors and plain containers"
+def read_checkpoint_bytes(path: Path) -> bytes:
+    """The whole file, if it is a readable, non-empty regular file within the size limit."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file" + (" (a dangling link)"
+                                                        if path.is_symlink() else ""))
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file")
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_CHECKPOINT_BYTES:
+                raise CheckpointError(f"{path}: {size:,} bytes is more than the "
+                                      f"{MAX_CHECKPOINT_BYTES:,} a checkpoint may have")
+            data = fh.read(MAX_CHECKPOINT_BYTES + 1)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if not data:
+        raise CheckpointError(f"{path}: empty file")
+    if len(data) > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path}: grew past {MAX_CHECKPOINT_BYTES:,} bytes while read")
+    return data
+
+
+class FloatConversions:
+    """Collects the dtype conversions of one load and words them as notes."""
+
+    def __init__(self) -> None:
+        self.count: dict[str, int] = {}
+        self.largest_change = 0.0
+
+    def to_float32(self, name: str, array: np.ndarray, dtype: str) -> np.ndarray:
+        """A finite float32 copy of `array` (whose original dtype is `dtype`)."""
+        if dtype not in ("float32",) + FLOAT_DTYPES_CONVERTED:
+            raise CheckpointError(f"tensor {name!r} has dtype {dtype}; DLN weights are "
+                                  "floating point")
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            raise CheckpointError(f"tensor {name!r} holds {bad} NaN or Inf value(s)")
+        if dtype == "float64":
+            peak = float(np.max(np.abs(array), initial=0.0))
+            if peak > float(np.finfo(np.float32).max):
+                raise CheckpointError(f"tensor {name!r} holds float64 values up to {peak:.3g}, "
+                                      "beyond the float32 range")
+            out = array.astype(np.float32)
+            change = float(np.max(np.abs(out.astype(np.float64) - array), initial=0.0))
+            self.largest_change = max(self.largest_change, change)
+        else:
+            out = np.array(array, dtype=np.float32, copy=True)
+        if dtype != "float32":
+            self.count[dtype] = self.count.get(dtype, 0) + 1
+        return np.require(out, requirements="C")  # (ascontiguousarray would make 0-d 1-d)
+
+    def notes(self) -> list[str]:
+        lines = []
+        for dtype, n in sorted(self.count.items()):
+            if dtype == "float64":
+                how = ("exact: every value was already a float32 value"
+                       if self.largest_change == 0 else
+                       f"rounded to nearest, largest change {self.largest_change:.2g}; at most "
+                       "2^-24 relative, the rounding of float32 arithmetic itself")
+            else:
+                how = f"exact: every {dtype} value is a float32 value"
+            lines.append(f"converted {n} {dtype} tensor(s) to float32 ({how})")
+        return lines
 
 
 def sanitize(name: str, value, notes: list[str]) -> np.ndarray:
-    """A float32 numpy copy of one tensor; other float dtypes are converted with a note,
-    anything else, or a non-finite value, is refused."""
+    """A finite float32 numpy copy of one torch tensor (conversions noted in notes)."""
+    conversions = FloatConversions()
+    out = _tensor_to_float32(name, value, conversions)
+    notes.extend(conversions.notes())
+    return out
+
+
+def _tensor_to_float32(name: str, value, conversions: FloatConversions) -> np.ndarray:
     import torch  # the torch side of the file format only
 
     if not isinstance(value, torch.Tensor):
         raise CheckpointError(f"entry {name!r} is a {type(value).__name__}, not a tensor")
+    if value.layout != torch.strided or value.is_quantized:
+        raise CheckpointError(f"tensor {name!r} is not a plain dense tensor")
     dtype = str(value.dtype).replace("torch.", "")
-    if dtype != "float32":
-        if dtype not in FLOAT_DTYPES_CONVERTED:
-            raise CheckpointError(f"tensor {name!r} has dtype {dtype}; DLN weights are float")
-        notes.append(f"converted {dtype} tensors to float32")
+    if dtype == "bfloat16":  # numpy has no bfloat16; widening is exact
         value = value.to(torch.float32)
-    array = value.detach().cpu().contiguous().numpy().copy()
-    if not np.all(np.isfinite(array)):
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise CheckpointError(f"tensor {name!r} holds {bad} NaN or Inf values")
-    return array
+    array = value.detach().cpu().contiguous().numpy()
+    return conversions.to_float32(name, array, dtype)
+
+
+def check_config_json(text, where) -> str:
+    """The stored DLN config text, if it parses into a valid DLNConfig."""
+    from dln.config import DLNConfig
+
+    if not isinstance(text, str):
+        raise CheckpointError(f"{where}: stored network config is not text")
+    try:
+        DLNConfig.from_json(text)
+    except Exception as err:  # noqa: BLE001 - hostile JSON may raise anything here
+        raise CheckpointError(f"{where}: stored network config is invalid ({_one_line(err)})") \
+            from None
+    return text
 
 
 def load_pth(path: str | os.PathLike, notes: list[str] | None = None
@@ -95,47 +169,62 @@ def load_pth(path: str | os.PathLike, notes: list[str] | None = None
     that `dln convert` stores in the dict's `_metadata`, when present.
 
     Accepts the authors' DataParallel files (`module.` prefix), plain state dicts,
-    and state dicts wrapped under `state_dict` / `model` (and similar) keys.
+    and state dicts wrapped under `state_dict` / `model` (and similar) keys; both
+    the zip format of torch.save and the legacy one.
     """
-    import pickle
-
-    import torch
-
     path = Path(path)
     notes = [] if notes is None else notes
-    _check_readable(path)
+    data = read_checkpoint_bytes(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        reason = _unsafe_reason(err)
-        if reason is not None:
-            raise CheckpointError(
-                f"{path}: refused: the pickle asks for {reason}, which a weights-only load "
-                "does not run (the file may be malicious)") from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(err)})") \
+        return _parse_pth(data, path, notes)
+    except UnsafePickleError as err:
+        raise CheckpointError(
+            f"{path}: refused: its pickle asks for {err.what}, which is neither a tensor nor "
+            "a plain container; nothing in it was run (the file may be malicious; a "
+            "checkpoint should hold only a state dict)") from None
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}" if str(path) not in str(err) else str(err)) \
             from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError,
-            AttributeError, TypeError, IndexError, UnicodeDecodeError, MemoryError,
-            OverflowError, AssertionError, ImportError) as err:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(err)})") \
-            from None
+    except Exception as err:  # noqa: BLE001 - every parser failure is the file's fault
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint "
+                              f"({_one_line(err)})") from None
+
+
+def _parse_pth(data: bytes, path: Path, notes: list[str]):
+    import torch
+
+    check_torch_file(data)  # static gate: raises before anything is unpickled
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if isinstance(obj, dict):
         for key in WRAPPER_KEYS:
-            if key in obj and isinstance(obj[key], dict) and not isinstance(obj[key], torch.Tensor):
+            if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj:
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+        raise CheckpointError(f"holds a {type(obj).__name__}"
+                              + (" that is empty" if isinstance(obj, dict) else "")
+                              + ", not a state dict")
     if not all(isinstance(k, str) for k in obj):
-        raise CheckpointError(f"{path}: state dict keys are not all strings")
+        raise CheckpointError("state dict keys are not all strings")
     metadata = getattr(obj, "_metadata", None)
     config_json = None
     if isinstance(metadata, dict):
         root = metadata.get("", {})
-        if isinstance(root, dict) and isinstance(root.get("dln_config"), str):
-            config_json = root["dln_config"]
-    state = {k: sanitize(k, v, notes) for k, v in strip_dataparallel(obj).items()}
-    return state, config_json
+        if isinstance(root, dict) and "dln_config" in root:
+            config_json = check_config_json(root["dln_config"], path)
+    state = strip_dataparallel(obj)
+    require_dln_keys(state)
+    conversions = FloatConversions()
+    arrays = {k: _tensor_to_float32(k, v, conversions) for k, v in state.items()}
+    notes.extend(conversions.notes())
+    return arrays, config_json
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
 
 
 @contextlib.contextmanager
@@ -147,12 +236,19 @@ def atomic_destination(dst: Path) -> Iterator[Path]:
     parent = dst.parent if str(dst.parent) else Path(".")
     if not parent.is_dir():
         raise CheckpointError(f"{dst}: folder {parent} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent)
+    except OSError as err:
+        raise CheckpointError(f"{dst}: cannot write in {parent} ({err.strerror or err})") \
+            from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
+        _fsync_file(tmp)
         os.replace(tmp, dst)
+    except OSError as err:
+        raise CheckpointError(f"{dst}: cannot be written ({err.strerror or err})") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -160,24 +256,29 @@ def atomic_destination(dst: Path) -> Iterator[Path]:
 
 def save_pth(state: dict[str, np.ndarray], dst: str | os.PathLike, config_json: str,
              dataparallel: bool = False) -> None:
-    """Write a torch state dict (optionally `module.`-prefixed), verified after writing."""
+    """Write a torch state dict (optionally `module.`-prefixed), verified after writing.
+
+    torch.save goes to memory first: written to a named file it would take the
+    (random) temporary file name as its archive folder, and the bytes would differ
+    from run to run.
+    """
     from collections import OrderedDict
 
     import torch
 
     prefix = "module." if dataparallel else ""
-    out = OrderedDict((prefix + k, torch.from_numpy(np.ascontiguousarray(v)).clone())
+    out = OrderedDict((prefix + k, torch.from_numpy(np.ascontiguousarray(v, np.float32)).clone())
                       for k, v in state.items())
     out._metadata = OrderedDict([("", {"version": 1, "dln_config": config_json})])  # type: ignore[attr-defined]
-
-    def verify(tmp: Path) -> None:
-        back = torch.load(tmp, map_location="cpu", weights_only=True)
-        _verify_equal({k: v.numpy() for k, v in out.items()},
-                      {k: v.numpy() for k, v in back.items()}, tmp)
-
+    buffer = io.BytesIO()
+    torch.save(out, buffer)
     with atomic_destination(Path(dst)) as tmp:
-        torch.save(out, tmp)
-        verify(tmp)
+        tmp.write_bytes(buffer.getvalue())
+        back, back_config = load_pth(tmp)
+        expected = {k: v.numpy() for k, v in strip_dataparallel(out).items()}
+        _verify_equal(expected, back, tmp)
+        if back_config != config_json:
+            raise CheckpointError(f"{tmp}: re-read config differs from what was written")
 
 
 def _verify_equal(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], where) -> None:
@@ -190,56 +291,114 @@ def _verify_equal(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], w
             raise CheckpointError(f"{where}: re-read tensor {key!r} differs from what was written")
 
 
+def safetensors_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """A float32 safetensors file as bytes, the same bytes for the same content.
+
+    Written here rather than by the safetensors library, whose header lists the
+    metadata in an order that changes from process to process.
+    """
+    header: dict = {"__metadata__": {str(k): str(v) for k, v in sorted(metadata.items())}}
+    blobs, offset = [], 0
+    for name in sorted(arrays):
+        blob = np.ascontiguousarray(arrays[name], dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": [int(n) for n in np.shape(arrays[name])],
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("ascii")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
+
+
 def save_safetensors(arrays: dict[str, np.ndarray], dst: str | os.PathLike,
                      metadata: dict[str, str]) -> None:
-    """Write a safetensors file atomically and verify every tensor bit for bit."""
-    from safetensors.numpy import load_file, save_file
+    """Write a safetensors file atomically; the safetensors library re-reads it and
+    every tensor and the metadata must come back bit for bit."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
 
     arrays = {k: np.asarray(v, dtype=np.float32, order="C") for k, v in sorted(arrays.items())}
     with atomic_destination(Path(dst)) as tmp:
-        save_file(arrays, str(tmp), metadata=metadata)
+        tmp.write_bytes(safetensors_bytes(arrays, metadata))
         _verify_equal(arrays, load_file(str(tmp)), tmp)
-        if read_safetensors_metadata(tmp) != metadata:
+        with safe_open(str(tmp), framework="numpy") as fh:
+            back = dict(fh.metadata() or {})
+        if back != {str(k): str(v) for k, v in metadata.items()}:
             raise CheckpointError(f"{tmp}: re-read metadata differs from what was written")
 
 
 def read_safetensors_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
+    """The header metadata of a safetensors file (CheckpointError if it has no valid header)."""
+    path = Path(path)
+    try:
+        return _safetensors_header(read_checkpoint_bytes(path))[1]
+    except CheckpointError as err:
+        raise CheckpointError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(err)})") \
+            from None
 
-    with safe_open(str(path), framework="numpy") as fh:
-        return dict(fh.metadata() or {})
+
+def _safetensors_header(data: bytes) -> tuple[dict, dict[str, str]]:
+    if len(data) < 8:
+        raise CheckpointError("not a safetensors file: shorter than its 8-byte header size")
+    size = int.from_bytes(data[:8], "little")
+    if size > min(len(data) - 8, MAX_SAFETENSORS_HEADER):
+        raise CheckpointError(f"not a safetensors file: header size {size:,} does not fit "
+                              f"in {len(data):,} bytes")
+    try:
+        header = json.loads(data[8:8 + size].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise CheckpointError(f"not a safetensors file: corrupt header ({_one_line(err)})") \
+            from None
+    if not isinstance(header, dict):
+        raise CheckpointError("not a safetensors file: its header is not a JSON object")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise CheckpointError("safetensors metadata is not a map of text to text")
+    return header, metadata
 
 
 def load_safetensors(path: str | os.PathLike, notes: list[str] | None = None
                      ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Tensors (float32, finite) and the header metadata of a safetensors file."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
     path = Path(path)
     notes = [] if notes is None else notes
-    _check_readable(path)
+    data = read_checkpoint_bytes(path)
     try:
-        metadata = read_safetensors_metadata(path)
-        raw = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, TypeError, OverflowError, MemoryError) as err:
+        return _parse_safetensors(data, path, notes)
+    except CheckpointError as err:
+        raise CheckpointError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - every parser failure is the file's fault
         raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(err)})") \
             from None
+
+
+def _parse_safetensors(data: bytes, path: Path, notes: list[str]):
+    from safetensors import deserialize
+
+    _header, metadata = _safetensors_header(data)
+    if "config" in metadata:
+        check_config_json(metadata["config"], path)
+    conversions = FloatConversions()
     arrays = {}
-    for key, value in raw.items():
-        dtype = str(value.dtype)
-        if dtype != "float32":
-            if dtype not in FLOAT_DTYPES_CONVERTED:
-                raise CheckpointError(f"tensor {key!r} has dtype {dtype}; DLN weights are float")
-            notes.append(f"converted {dtype} tensors to float32")
-            value = value.astype(np.float32)
-        if not np.all(np.isfinite(value)):
-            raise CheckpointError(f"tensor {key!r} holds NaN or Inf values")
-        arrays[key] = value
+    for name, view in deserialize(data):  # the library validates offsets and sizes
+        code = view["dtype"]
+        if code not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"tensor {name!r} has dtype {code}; DLN weights are "
+                                  "floating point")
+        shape = tuple(int(n) for n in view["shape"])
+        if code == "BF16":  # bfloat16 is the top half of a float32: widen bit-exactly
+            bits = np.frombuffer(view["data"], dtype="<u2").astype(np.uint32) << 16
+            array, dtype = bits.view(np.float32).reshape(shape), "bfloat16"
+        else:
+            array = np.frombuffer(view["data"], dtype=SAFETENSORS_DTYPES[code]).reshape(shape)
+            dtype = array.dtype.name
+        arrays[name] = conversions.to_float32(name, array, dtype)
+    notes.extend(conversions.notes())
     return arrays, metadata
 
 
 def is_safetensors_path(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(".safetensors")
-
-

@@ -29,6 +29,19 @@ def _shorten(names: list[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
+def require_dln_keys(state: dict) -> None:
+    """Refuse, before any tensor is looked at, a state dict of another network.
+
+    Every DLN has `feat1.conv.weight` (after the `module.` prefix is stripped);
+    a state dict without it is named by its first keys, so that a ResNet or a
+    detector is called what it is rather than failing on a dtype or a shape.
+    """
+    if "feat1.conv.weight" not in state:
+        raise CheckpointError(
+            f"not a DLN checkpoint: no feat1.conv.weight among its {len(state)} entries "
+            f"(first keys: {_shorten(sorted(map(str, state)), 5) or 'none'})")
+
+
 def infer_config(state: dict[str, np.ndarray], overrides: dict) -> DLNConfig:
     """The config a torch-named state dict implies, merged with the user's --variant.
 

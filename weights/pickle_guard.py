@@ -1,0 +1,146 @@
+"""A static look at what a pickle would import, before anything unpickles it.
+
+A pickle can only run code by first naming a callable: the opcodes GLOBAL,
+STACK_GLOBAL and INST look one up by module and name, EXT1/2/4 through the copyreg
+registry. This module walks the opcodes with `pickletools.genops` (a parser: it
+builds no objects and calls nothing) and refuses every name outside a short
+allowlist of what a saved state dict needs: OrderedDict, torch's tensor-rebuild
+functions, storage classes and dtypes.
+
+It is the second of two independent gates. The first is torch's own weights-only
+unpickler, which the loader always uses as well; either one alone refuses a file
+that calls os.system, eval, exec or subprocess. This one also holds if something
+in the process has widened torch's allowlist (torch.serialization.add_safe_globals),
+and it names what was asked for in one line.
+"""
+
+from __future__ import annotations
+
+import io
+import pickletools
+import tarfile
+import zipfile
+
+from weights.errors import CheckpointError
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.load takes the zip path exactly when a file starts so
+LEGACY_PICKLES = 5         # magic number, protocol, sys info, the object, storage keys
+MAX_PICKLE_BYTES = 64 << 20  # a DLN data.pkl is ~20 KB; larger is refused unread
+
+_STORAGES = ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte",
+             "Bool", "ComplexFloat", "ComplexDouble", "Untyped")
+_DTYPES = ("float32", "float", "float64", "double", "float16", "half", "bfloat16", "int64",
+           "long", "int32", "int", "int16", "short", "int8", "uint8", "bool", "uint16",
+           "uint32", "uint64", "complex64", "complex128", "float8_e4m3fn", "float8_e5m2")
+ALLOWED_GLOBALS = frozenset(
+    {("collections", "OrderedDict"),
+     ("torch._utils", "_rebuild_tensor"),
+     ("torch._utils", "_rebuild_tensor_v2"),
+     ("torch._utils", "_rebuild_tensor_v3"),
+     ("torch._utils", "_rebuild_parameter"),
+     ("torch._utils", "_rebuild_parameter_with_state"),
+     ("torch", "device"),
+     ("torch", "Size")}
+    | {("torch", f"{kind}Storage") for kind in _STORAGES}
+    | {("torch", name) for name in _DTYPES})
+
+_STRING_PUSHES = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE",
+                  "SHORT_BINSTRING", "BINSTRING", "STRING"}
+_MEMO_GETS = {"GET", "BINGET", "LONG_BINGET"}
+_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
+class UnsafePickleError(CheckpointError):
+    """The pickle names a callable outside the allowlist; `what` is module.name."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
+def globals_in_pickle(stream: io.BufferedIOBase) -> list[tuple[str, str]]:
+    """(module, name) of every global one pickle in `stream` names, in order.
+
+    Reads up to and including the STOP opcode. An import this walk cannot pin to
+    two literal strings (a STACK_GLOBAL fed by anything but string pushes or memo
+    lookups of strings) raises UnsafePickleError: ordinary picklers never do that.
+    """
+    found: list[tuple[str, str]] = []
+    memo: dict[int, str | None] = {}
+    top: list[str | None] = [None, None]  # the two topmost stack items, when known strings
+    for opcode, arg, _pos in pickletools.genops(stream):
+        name = opcode.name
+        if name in ("GLOBAL", "INST"):
+            module, _, attr = str(arg).partition(" ")
+            found.append((module, attr))
+            top = [None, None]
+        elif name == "STACK_GLOBAL":
+            if top[0] is None or top[1] is None:
+                raise UnsafePickleError("an import assembled at run time (STACK_GLOBAL)")
+            found.append((top[0], top[1]))
+            top = [None, None]
+        elif name in ("EXT1", "EXT2", "EXT4"):
+            raise UnsafePickleError(f"copyreg extension code {arg}")
+        elif name in _STRING_PUSHES:
+            top = [top[1], arg if isinstance(arg, str) else arg.decode("latin-1")]
+        elif name in _MEMO_GETS:
+            top = [top[1], memo.get(int(arg))]
+        elif name == "MEMOIZE":
+            memo[len(memo)] = top[1]
+        elif name in _MEMO_PUTS:
+            memo[int(arg)] = top[1]
+        elif name not in ("FRAME", "PROTO"):
+            top = [None, None]
+    return found
+
+
+def _check_allowed(found: list[tuple[str, str]]) -> None:
+    for module, attr in found:
+        if (module, attr) not in ALLOWED_GLOBALS:
+            raise UnsafePickleError(f"{module}.{attr}")
+
+
+def _zip_pickles(data: bytes) -> list[bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        pickles = []
+        for info in archive.infolist():
+            if not info.filename.endswith(".pkl"):
+                continue
+            if info.file_size > MAX_PICKLE_BYTES:
+                raise CheckpointError(
+                    f"{info.filename} would unpack to {info.file_size:,} bytes (limit "
+                    f"{MAX_PICKLE_BYTES:,})")
+            pickles.append(archive.read(info))
+        if not any(p.filename.endswith("data.pkl") for p in archive.infolist()):
+            raise CheckpointError("a zip file without data.pkl, so not a torch.save checkpoint")
+        return pickles
+
+
+def check_torch_file(data: bytes) -> str:
+    """Refuse `data` (a whole .pth file) unless every pickle in it is allowlisted.
+
+    Returns the format found, "zip" (torch.save since 1.6) or "legacy" (older
+    torch.save, a run of pickles followed by raw storage bytes). Raises
+    UnsafePickleError naming the first disallowed global, or CheckpointError when
+    the bytes are not a torch checkpoint at all.
+    """
+    if data.startswith(ZIP_MAGIC):
+        for blob in _zip_pickles(data):
+            stream = io.BytesIO(blob)
+            _check_allowed(globals_in_pickle(stream))
+        return "zip"
+    if _is_tar(data):
+        raise CheckpointError("a tar archive: the .tar checkpoints of PyTorch < 0.4 are not "
+                              "supported (re-save the state dict with a current torch)")
+    stream = io.BytesIO(data)
+    for _ in range(LEGACY_PICKLES):
+        _check_allowed(globals_in_pickle(stream))
+    return "legacy"
+
+
+def _is_tar(data: bytes) -> bool:
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:"):
+            return True
+    except (tarfile.TarError, ValueError, OSError, EOFError):
+        return False

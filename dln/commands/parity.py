@@ -1,0 +1,138 @@
+"""`dln parity`: PyTorch reference vs Flax port, block by block; optional bug-zoo defect.
+
+Exit 0 when every block agrees within --tol, 1 when something diverges, 2 on bad input.
+The command is a thin layer over parity.harness / parity.report: it builds the weights
+and inputs, runs, prints, writes. New modes (e.g. a training comparison) add their
+flags in `register` and a branch at the top of `run`, reusing `load_weights`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dln.config import parse_variant
+
+ORDER = 30
+
+
+def register(sub) -> None:
+    from parity.harness import DEFAULT_BATCH, DEFAULT_SEED, DEFAULT_SIZE
+    from parity.tolerance import FORWARD_ATOL
+    from parity.zoo import defect_names
+
+    p = sub.add_parser(
+        "parity", help="compare the Flax port with the PyTorch reference, block by block",
+        description="Run the PyTorch reference and the Flax port on the same weights and inputs, "
+                    "capture every named block (torch hooks / Flax capture_intermediates), and "
+                    "report per block the shape, max abs error, error relative to the block's "
+                    "scale and pass/fail, plus the first divergence in execution order. "
+                    "Exit 0: all pass; 1: diverges; 2: bad input.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="defects for --inject (JAX side only): " + ", ".join(defect_names()) +
+               "\nexamples:\n"
+               "  dln parity --weights DLN_pretrained.pth --size 61x93 --batch 3\n"
+               "  dln parity --variant brightness=off,residual_sign=paper,dim=16\n"
+               "  dln parity --inject conv1d-kernel --report out/parity_conv1d")
+    p.add_argument("--weights", default=None,
+                   help=".pth or .safetensors checkpoint (default: seeded random weights with "
+                        "non-zero biases and varied PReLU slopes)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--images", nargs="+", metavar="PATH", default=None,
+                        help="image files/folders, one batch, centre-cropped to a common size")
+    source.add_argument("--size", default=None, metavar="HxW",
+                        help=f"size of seeded random inputs (default "
+                             f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]})")
+    p.add_argument("--batch", type=int, default=None,
+                   help=f"batch size (random inputs: default {DEFAULT_BATCH}; "
+                        "--images: the first N images)")
+    p.add_argument("--variant", default=None,
+                   help="switches, e.g. brightness=off,residual_sign=paper,gamma=0.5 (dim=16 "
+                        "for random weights); must agree with what the checkpoint records")
+    p.add_argument("--inject", default=None, metavar="DEFECT",
+                   help="apply a known porting defect to the JAX side only (see below)")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="write report.json, report.md and per_layer_error.png here")
+    p.add_argument("--tol", type=float, default=FORWARD_ATOL,
+                   help=f"per-block tolerance relative to max(1, max|torch|) "
+                        f"(default {FORWARD_ATOL:g})")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help="seed of random weights and inputs")
+    p.add_argument("--list-defects", action="store_true", help="list the bug zoo and exit")
+    p.set_defaults(run=run)
+
+
+def load_weights(args):
+    """(Checkpoint, label) from --weights/--variant, or seeded random weights."""
+    from dln.config import DLNConfig
+    from weights.convert import checkpoint_from_torch_state, load_checkpoint
+    from weights.synthetic import random_torch_state
+
+    overrides = parse_variant(args.variant)
+    if args.weights:
+        ckpt = load_checkpoint(args.weights, overrides)
+        return ckpt, args.weights
+    config = DLNConfig(**overrides)
+    state = random_torch_state(config, seed=args.seed)
+    return checkpoint_from_torch_state(state, config), f"seeded random weights (seed {args.seed})"
+
+
+def _inputs(args):
+    from parity.harness import DEFAULT_BATCH, image_inputs, parse_size, random_inputs, DEFAULT_SIZE
+
+    if args.images:
+        return image_inputs(args.images, args.batch)
+    size = parse_size(args.size) if args.size else DEFAULT_SIZE
+    return random_inputs(size, DEFAULT_BATCH if args.batch is None else args.batch, args.seed)
+
+
+def _list_defects() -> int:
+    from parity.zoo import DEFECTS
+
+    width = max(map(len, DEFECTS))
+    for name, defect in DEFECTS.items():
+        print(f"{name:<{width}}  {defect.summary}")
+    return 0
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from dln.cli import UserError
+    from parity.harness import ParityInputError
+    from parity.zoo import DEFECTS, DefectNotApplicable
+
+    if args.list_defects:
+        return _list_defects()
+    if not args.tol > 0:
+        raise UserError(f"--tol must be positive, got {args.tol}")
+    if args.inject is not None and args.inject not in DEFECTS:
+        raise UserError(f"unknown defect {args.inject!r} (known: {', '.join(DEFECTS)})")
+    if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
+        raise UserError(f"--report {args.report}: exists and is not a folder")
+    ckpt, label = load_weights(args)
+    try:
+        return _run_forward(args, ckpt, label)
+    except (ParityInputError, DefectNotApplicable) as err:
+        raise UserError(str(err)) from None
+
+
+def _run_forward(args, ckpt, label) -> int:
+    from parity.harness import run_parity
+    from parity.layers import format_table, verdict_line
+    from parity.report import write_report
+
+    inputs = _inputs(args)
+    run_result = run_parity(ckpt, inputs, tol=args.tol, defect=args.inject, weights_label=label)
+    print(f"weights: {label}; {ckpt.config.variant_string()}, dim {ckpt.config.dim}")
+    print(f"inputs: {inputs.description}")
+    if args.inject:
+        print(f"injected into JAX only: {args.inject}: {run_result.defect_summary}")
+    for note in run_result.notes:
+        print(f"note: {note}")
+    print("\n".join(format_table(run_result.layers)))
+    print(verdict_line(run_result.layers))
+    print(f"time: torch {run_result.seconds['torch']:.1f} s, JAX {run_result.seconds['jax']:.1f} s")
+    if args.report:
+        paths = write_report(run_result, args.report)
+        print(f"report: {paths['json']}, {paths['markdown']}, {paths['plot']}")
+    return 0 if run_result.passed else 1

@@ -1,0 +1,137 @@
+"""Writing a parity run for people: report.json, report.md and a per-block error plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from parity.layers import FAIL, PASS, format_shape, verdict_line
+
+PLOT_NAME = "per_layer_error.png"
+PLOT_FLOOR = 1e-12  # exact agreement (0 error) is drawn here: a log axis has no zero
+
+
+def report_dict(run) -> dict:
+    """Everything a script needs from a ParityRun (JSON-safe: non-finite numbers are null)."""
+    layers = run.layers
+    return {
+        "verdict": "pass" if run.passed else "diverges",
+        "passed": run.passed,
+        "first_divergence": layers.first_divergence,
+        "tolerance": layers.tol,
+        "tolerance_rule": "max|jax - torch| <= tol * max(1, max|torch|), per block",
+        "config": dataclasses.asdict(run.config),
+        "jax_config": dataclasses.asdict(run.jax_config),
+        "weights": run.weights,
+        "inputs": {"shape_nhwc": list(run.inputs.x.shape), "description": run.inputs.description},
+        "defect": None if run.defect is None else {"name": run.defect,
+                                                   "summary": run.defect_summary},
+        "blocks_compared": len(layers.rows),
+        "blocks_failing": len(layers.failures),
+        "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
+        "notes": run.notes,
+        "blocks": [row.as_dict() for row in layers.rows],
+    }
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.2e}"
+
+
+def report_markdown(run) -> str:
+    layers = run.layers
+    lines = [
+        "# DLN parity report: PyTorch reference vs Flax port",
+        "",
+        f"**{verdict_line(layers)}**",
+        "",
+        f"- first divergence: `{layers.first_divergence}`" if layers.first_divergence
+        else "- first divergence: none",
+        f"- variant: `{run.config.variant_string()}`, dim {run.config.dim}",
+        f"- weights: {run.weights}",
+        f"- inputs: {run.inputs.description} (NHWC {format_shape(run.inputs.x.shape)})",
+        f"- tolerance: max\\|diff\\| <= {layers.tol:.0e} x max(1, max\\|torch\\|) per block",
+    ]
+    if run.defect:
+        lines.append(f"- injected defect (JAX side only): `{run.defect}`: {run.defect_summary}")
+    lines += [f"- note: {note}" for note in run.notes]
+    lines += [f"- time: torch {run.seconds.get('torch', 0):.1f} s, "
+              f"JAX {run.seconds.get('jax', 0):.1f} s (incl. compilation)",
+              "", f"![per-block error]({PLOT_NAME})", "",
+              "| # | block (torch name) | shape | max abs error | scale | relative to scale | status |",
+              "| ---: | --- | --- | ---: | ---: | ---: | --- |"]
+    for i, r in enumerate(layers.rows, 1):
+        status = r.status if r.status != PASS else "pass"
+        if r.jax_shape is not None and r.jax_shape != r.torch_shape:
+            status += f" (JAX {format_shape(r.jax_shape)})"
+        if r.name == layers.first_divergence:
+            status = f"**{status} (first divergence)**"
+        lines.append(f"| {i} | `{r.name}` | {format_shape(r.torch_shape)} | {_cell(r.max_abs)} | "
+                     f"{_cell(r.scale)} | {_cell(r.rel_to_scale)} | {status} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_errors(run, dst: Path) -> None:
+    """Relative error per block on a log axis, in execution order, with the tolerance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = run.layers.rows
+    xs = np.arange(len(rows))
+    rel = [r.rel_to_scale for r in rows]
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.2 * len(rows) + 2), 5.0))
+    try:
+        finite = [v for v in rel if v is not None and np.isfinite(v)]
+        top = max(finite + [run.layers.tol]) * 10
+        values = [top if v is None or not np.isfinite(v) else max(v, PLOT_FLOOR) for v in rel]
+        colors = ["tab:blue" if r.status == PASS else "tab:red" for r in rows]
+        ax.plot(xs, values, color="0.7", linewidth=0.8, zorder=1)
+        ax.scatter(xs, values, c=colors, s=18, zorder=2)
+        for x, r in zip(xs, rows):
+            if r.status not in (PASS, FAIL):  # no number: drawn at the top, labelled
+                ax.scatter([x], [top], marker="X", s=60, color="tab:red", zorder=3)
+                ax.annotate(r.status, (x, top / 30), rotation=90, fontsize=6,
+                            color="tab:red", ha="right", va="top")
+        ax.axhline(run.layers.tol, color="tab:red", linestyle="--", linewidth=1,
+                   label=f"tolerance {run.layers.tol:.0e}")
+        ax.set_yscale("log")
+        ax.set_xticks(xs)
+        ax.set_xticklabels([r.name for r in rows], rotation=90, fontsize=6)
+        ax.set_ylabel("max|jax - torch| / max(1, max|torch|)")
+        title = "per-block error, execution order"
+        if run.defect:
+            title += f" (injected: {run.defect})"
+        if run.layers.first_divergence:
+            title += f"; first divergence: {run.layers.first_divergence}"
+        ax.set_title(title, fontsize=9)
+        ax.legend(loc="upper left", fontsize=8)
+        fig.tight_layout()
+        tmp = dst.with_name(f".{dst.name}.tmp.png")
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, dst)
+    finally:
+        plt.close(fig)
+
+
+def _write_text(dst: Path, text: str) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, dst)
+
+
+def write_report(run, folder: str | os.PathLike) -> dict[str, Path]:
+    """report.json, report.md and per_layer_error.png in `folder` (created)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": folder / "report.json", "markdown": folder / "report.md",
+             "plot": folder / PLOT_NAME}
+    _write_text(paths["json"], json.dumps(report_dict(run), indent=2) + "\n")
+    _write_text(paths["markdown"], report_markdown(run))
+    plot_errors(run, paths["plot"])
+    return paths

@@ -1,0 +1,143 @@
+"""The bug zoo: every defect makes `dln parity` exit 1 at the right first divergence.
+
+Expected first divergences are worked out from the network, not read from the code:
+blocks are listed as they finish (children before parents), so the first failing one
+is the innermost block that reads the defect first.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from dln.cli import main
+from dln.config import DLNConfig
+from parity.harness import random_inputs, run_parity
+from parity.zoo import DEFECTS, flax_prelu_default, inject
+from weights.convert import checkpoint_from_torch_state, load_checkpoint
+from weights.synthetic import random_torch_state
+
+EXPECTED_FIRST_DIVERGENCE_DIM16 = {
+    "conv1d-kernel": "feat1",                        # the first 3x3 conv
+    "feature-width": "feature",                      # 4*dim channels: a shape mismatch
+    "brightness-scaled": "feat1",                    # reads the brightness channel
+    "fa-no-bias": "feat_out_1.fusion.outlayer",      # the first FA outlayer
+    # at dim 16 feat_out_1's fc.0 weight is 1 x 16: reshaping it IS transposing it,
+    # so the first dense layer that changes is feat_out_2's (2 x 32)
+    "dense-untransposed": "feat_out_2.fusion.fc.0",
+    "kernel-flip": "feat1",                          # 1x1 kernels are flip-invariant
+    "prelu-default-slope": "feat1",
+    # lambda1 and D run before the sign is applied, and local_weight2_1(hr) is
+    # evaluated before conv3(r): conv3's encoder is the first to read the residual
+    "residual-sign": "feat_out_1.conv3.conv_Encoder",
+    "concat-order": "feature",
+}
+
+
+@pytest.fixture(scope="module")
+def ckpt16():
+    cfg = DLNConfig(dim=16)
+    return checkpoint_from_torch_state(random_torch_state(cfg, seed=5), cfg)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return random_inputs((13, 17), batch=2, seed=1)
+
+
+def test_the_zoo_holds_every_defect_the_issue_names():
+    assert set(EXPECTED_FIRST_DIVERGENCE_DIM16) == set(DEFECTS)
+
+
+@pytest.mark.parametrize("defect", list(EXPECTED_FIRST_DIVERGENCE_DIM16))
+def test_defect_is_caught_at_its_first_divergence(defect, ckpt16, inputs):
+    run = run_parity(ckpt16, inputs, defect=defect)
+    expected = EXPECTED_FIRST_DIVERGENCE_DIM16[defect]
+    assert run.first_divergence == expected, (
+        f"{defect}: first divergence {run.first_divergence}, expected {expected}; "
+        f"failing: {[r.name for r in run.layers.failures][:5]}")
+    first = run.layers.failures[0]
+    if defect == "feature-width":
+        assert first.status == "shape mismatch" and first.jax_shape[-1] == 4 * 16, first
+    else:
+        assert first.rel_to_scale > 1e-3, f"{defect}: {first}"
+    assert run.layers.failures[-1].name == "prediction"  # and the output is wrong too
+
+
+def test_cli_exits_1_and_writes_first_divergence_to_report(tmp_path):
+    code = main(["parity", "--variant", "dim=16", "--size", "13x17", "--inject", "conv1d-kernel",
+                 "--report", str(tmp_path / "r")])
+    assert code == 1
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["first_divergence"] == "feat1" and report["verdict"] == "diverges"
+    assert report["defect"]["name"] == "conv1d-kernel"
+
+
+def test_dense_untransposed_diverges_in_the_first_lbp_when_its_weights_are_not_vectors():
+    cfg = DLNConfig(dim=32)  # feat_out_1's fc.0 is 2 x 32: reshape != transpose
+    ckpt = checkpoint_from_torch_state(random_torch_state(cfg, seed=2), cfg)
+    run = run_parity(ckpt, random_inputs((9, 11), 2, seed=3), defect="dense-untransposed")
+    assert run.first_divergence == "feat_out_1.fusion.fc.0", run.first_divergence
+
+
+def test_defects_do_not_leak_into_a_following_clean_run(ckpt16, inputs):
+    assert not run_parity(ckpt16, inputs, defect="concat-order").passed
+    clean = run_parity(ckpt16, inputs)
+    assert clean.passed, clean.layers.worst
+
+
+def test_the_earlier_ports_three_structural_defects_give_its_421610_parameters():
+    """dln_facts.md section 7: the report's port had 421,610 parameters (1-D convs,
+    a 4*dim feature block, an FA outlayer without bias) instead of 700,586."""
+    cfg = DLNConfig()
+    params = checkpoint_from_torch_state(random_torch_state(cfg, 0), cfg).flax_params
+    assert sum(v.size for v in params.values()) == 700_586
+    for name in ("feature-width", "conv1d-kernel", "fa-no-bias"):
+        params = DEFECTS[name].transform(params, cfg)
+    total = sum(int(np.size(v)) for v in params.values())
+    assert total == 421_610, total
+    assert params["feat1.conv.kernel"].shape == (3, 4, 128)  # what Conv(kernel_size=3) holds
+
+
+def test_parameter_defects_change_what_they_claim(ckpt16):
+    p = ckpt16.flax_params
+    flipped = inject("kernel-flip", ckpt16.config, p).params
+    np.testing.assert_array_equal(flipped["feat1.conv.kernel"][0, 0], p["feat1.conv.kernel"][2, 2])
+    slopes = inject("prelu-default-slope", ckpt16.config, p).params
+    assert slopes["feat2.act.negative_slope"] == np.float32(0.01) == np.float32(flax_prelu_default())
+    dense = inject("dense-untransposed", ckpt16.config, p).params
+    torch_w = ckpt16.torch_state["feat_out_2.fusion.fc.0.weight"]  # (out 2, in 32)
+    np.testing.assert_array_equal(dense["feat_out_2.fusion.fc_0.kernel"], torch_w.reshape(32, 2))
+
+
+def test_fa_no_bias_on_zero_bias_weights_says_it_cannot_show(tmp_path):
+    cfg = DLNConfig(dim=16)
+    state = random_torch_state(cfg, 1)
+    for i in (1, 2, 3):
+        state[f"feat_out_{i}.fusion.outlayer.conv.bias"][:] = 0
+    side = inject("fa-no-bias", cfg, checkpoint_from_torch_state(state, cfg).flax_params)
+    assert side.notes and "zero" in side.notes[0]
+
+
+def test_brightness_defect_without_brightness_channel_is_bad_input(capsys):
+    code = main(["parity", "--variant", "dim=16,brightness=off", "--inject", "brightness-scaled"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "brightness" in err, err
+
+
+def test_unknown_defect_is_bad_input_listing_the_zoo(capsys):
+    assert main(["parity", "--variant", "dim=16", "--inject", "no-such-bug"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "conv1d-kernel" in err, err
+
+
+def test_sample_checkpoint_is_loadable_for_the_zoo():
+    # the bundled checkpoint is at the authors' initialisation: zero biases, so the
+    # zoo warns that fa-no-bias cannot show on it
+    from dln.paths import SAMPLE_CHECKPOINT
+
+    ckpt = load_checkpoint(SAMPLE_CHECKPOINT)
+    side = inject("fa-no-bias", ckpt.config, ckpt.flax_params)
+    biases = [v for k, v in ckpt.flax_params.items() if k.endswith("outlayer.conv.bias")]
+    assert bool(side.notes) == all(not np.any(b) for b in biases)

@@ -139,7 +139,8 @@ def _tensor_to_float32(name: str, value, conversions: FloatConversions) -> np.nd
     import torch  # the torch side of the file format only
 
     if not isinstance(value, torch.Tensor):
-        raise CheckpointError(f"entry {name!r} is a {type(value).__name__}, not a tensor")
+        raise CheckpointError(f"entry {name!r} holds a value of type {type(value).__name__}, "
+                              "not a tensor")
     if value.layout != torch.strided or value.is_quantized:
         raise CheckpointError(f"tensor {name!r} is not a plain dense tensor")
     dtype = str(value.dtype).replace("torch.", "")

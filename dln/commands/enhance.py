@@ -22,10 +22,26 @@ def register(sub) -> None:
     p.add_argument("--gamma", type=float, default=None,
                    help="enhancement strength: pred = x + gamma * P(x) (default: the checkpoint's)")
     p.add_argument("--variant", default=None, help="switches the checkpoint cannot tell")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output PNGs")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help=f"refuse larger images up front (default {DEFAULT_MAX_PIXELS:,})")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output PNGs (without it each one is refused with a "
+                        "line, the others are written, and the exit code is 1)")
+    p.add_argument("--max-pixels", type=_positive_int, default=None,
+                   help="refuse larger images from their header, before decoding (default: "
+                        f"{DEFAULT_MAX_PIXELS:,}, or fewer if that would not fit in 80%% of "
+                        "the memory available)")
     p.set_defaults(run=run)
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def run(args) -> int:
@@ -45,4 +61,6 @@ def run(args) -> int:
         print(f"dln enhance: {line}", file=sys.stderr)
     print(f"wrote {len(result.written)} image(s) to {args.output} with {args.backend}"
           + (f"; {len(result.failures)} problem(s)" if result.failures else ""))
+    # 0: all written; 1: some inputs refused or unreadable (each named above);
+    # 2 (from the CLI): nothing could start (bad checkpoint, bad options).
     return 0 if result.ok else 1

@@ -47,8 +47,8 @@ class ImageTooLargeError(ImageError):
     def __init__(self, path: Path, pixels: int, limit: int, size: tuple[int, int] | None):
         self.path, self.pixels, self.limit, self.size = path, pixels, limit, size
         shown = f"{size[0]}x{size[1]} = " if size else ""
-        super().__init__(f"{path}: {shown}{pixels / 1e6:.1f} MP is more than the limit of "
-                         f"{limit / 1e6:.1f} MP (--max-pixels {limit})")
+        super().__init__(f"{path}: refused before decoding: {shown}{pixels / 1e6:.1f} MP is "
+                         f"more than the limit of {limit / 1e6:.1f} MP ({limit} pixels)")
 
 
 class OutputExistsError(ImageError):

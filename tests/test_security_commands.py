@@ -1,0 +1,96 @@
+"""Hostile checkpoints and bad images through the other commands (parity, synth, table2).
+
+They read weights through weights.convert.load_checkpoint and images through
+dln.images.load_image; these tests hold each command to the same contract as
+convert and enhance: one line, the right exit code, no code run, no traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dln.cli import main
+from tests.test_security_bad_checkpoints import broken_pth_variants
+from tests.test_security_checkpoints import hostile_paths
+
+
+def _run(argv, capsys):
+    capsys.readouterr()
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, [line for line in out.err.splitlines() if line.strip()]
+
+
+def _has_command(name: str) -> bool:
+    return importlib.util.find_spec(f"dln.commands.{name}") is not None
+
+
+def _one_line_exit_2(code, lines, phrase):
+    assert code == 2, lines
+    assert len(lines) == 1 and "Traceback" not in lines[0] and phrase in lines[0], lines
+
+
+def test_parity_refuses_code_carrying_checkpoints_and_runs_nothing(tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    for case, path in hostile_paths(tmp_path, marker).items():
+        code, _, lines = _run(["parity", "--weights", str(path)], capsys)
+        _one_line_exit_2(code, lines, "refused")
+        assert not marker.exists(), case
+
+
+def test_parity_refuses_broken_checkpoints_with_one_line(tmp_path, capsys, authors_pth_16):
+    from weights.synthetic import random_torch_state
+    from dln.config import DLNConfig
+
+    variants = broken_pth_variants(authors_pth_16.read_bytes(),
+                                   random_torch_state(DLNConfig(dim=16), 1))
+    for name in ("empty", "truncated zip", "random bytes", "ResNet state dict"):
+        data, phrase = variants[name]
+        path = tmp_path / "bad.pth"
+        path.write_bytes(data)
+        code, _, lines = _run(["parity", "--weights", str(path)], capsys)
+        _one_line_exit_2(code, lines, phrase)
+
+
+def test_parity_with_a_bad_image_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(folder / "a.png")
+    (folder / "b.png").write_text("not an image")
+    code, _, lines = _run(["parity", "--variant", "dim=16", "--images", str(folder)], capsys)
+    _one_line_exit_2(code, lines, "b.png")
+
+
+@pytest.mark.skipif(not _has_command("synth"), reason="dln synth is not in this tree yet")
+def test_synth_writes_good_pairs_and_one_line_per_bad_image(tmp_path, capsys):
+    source = tmp_path / "src"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray((rng.random((20, 24, 3)) * 255).astype(np.uint8)).save(source / f"{name}.png")
+    (source / "empty.jpg").write_bytes(b"")
+    (source / "text.png").write_text("hello")
+    (source / "sub.png").mkdir()
+    out = tmp_path / "out"
+    code, _, lines = _run(["synth", "--source", str(source), "--out", str(out)], capsys)
+    assert code == 1
+    assert sorted(p.name for p in (out / "low").iterdir()) == ["a.png", "b.png"]
+    assert sorted(p.name for p in (out / "high").iterdir()) == ["a.png", "b.png"]
+    assert len(lines) == 3 and not any("Traceback" in line for line in lines), lines
+    for name in ("empty.jpg", "text.png", "sub.png"):
+        assert sum(name in line for line in lines) == 1, (name, lines)
+
+
+@pytest.mark.skipif(not _has_command("table2"), reason="dln table2 is not in this tree yet")
+def test_table2_refuses_code_carrying_checkpoint_and_runs_nothing(tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    path = hostile_paths(tmp_path, marker)["os.system, torch.save zip"]
+    code, _, lines = _run(["table2", "--model", f"x={path}"], capsys)
+    assert code == 2, lines
+    assert any("refused" in line for line in lines) and not any("Traceback" in line
+                                                                 for line in lines), lines
+    assert not marker.exists()

@@ -262,6 +262,28 @@ def test_written_safetensors_reads_back_through_the_library_with_sorted_metadata
     assert list(_header_of(data)["__metadata__"]) == ["a", "z"]
 
 
+def test_zip_bomb_is_refused_before_anything_is_unpacked(tmp_path, capsys, good_files):
+    """An entry whose zip directory declares 1.5 GB unpacked: torch would allocate that."""
+    import resource
+    import struct
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(good_files[0].read_bytes())) as source, \
+            zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            out.writestr(info.filename, source.read(info))
+        out.writestr("archive/data/999", bytes(1000))
+    data = bytearray(buffer.getvalue())
+    entry = data.rindex(b"PK\x01\x02")  # the last central-directory record: data/999
+    data[entry + 24:entry + 28] = struct.pack("<I", 1_500_000_000)  # its unpacked size
+    (tmp_path / "bomb.pth").write_bytes(bytes(data))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    line = _refused_by_convert(tmp_path, capsys, tmp_path / "bomb.pth")
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert "zip bomb" in line and "1,500," in line, line
+    assert grown_mib < 100, f"peak memory grew by {grown_mib:.0f} MiB"
+
+
 def test_directory_dangling_link_and_missing_file_are_one_line_errors(tmp_path):
     (tmp_path / "dir.pth").mkdir()
     (tmp_path / "dangling.pth").symlink_to(tmp_path / "nowhere.pth")

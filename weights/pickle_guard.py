@@ -27,6 +27,8 @@ from weights.errors import CheckpointError
 ZIP_MAGIC = b"PK\x03\x04"  # torch.load takes the zip path exactly when a file starts so
 LEGACY_PICKLES = 5         # magic number, protocol, sys info, the object, storage keys
 MAX_PICKLE_BYTES = 64 << 20  # a DLN data.pkl is ~20 KB; larger is refused unread
+MAX_UNPACKED_BYTES = 2 << 30  # all entries of a zip checkpoint together, unpacked
+MAX_UNPACK_RATIO = 8          # torch.save stores entries uncompressed; floats barely compress
 
 _STORAGES = ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte",
              "Bool", "ComplexFloat", "ComplexDouble", "Untyped")
@@ -102,7 +104,15 @@ def _check_allowed(found: list[tuple[str, str]]) -> None:
 
 
 def _zip_pickles(data: bytes) -> list[bytes]:
+    """The .pkl entries of a zip checkpoint, after refusing a zip bomb: torch would
+    allocate each entry's unpacked size, so the sizes the directory declares must
+    be plausible for the file's size before anything is unpacked."""
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        unpacked = sum(info.file_size for info in archive.infolist())
+        if unpacked > min(MAX_UNPACKED_BYTES, MAX_UNPACK_RATIO * len(data) + (1 << 20)):
+            raise CheckpointError(
+                f"its zip entries would unpack to {unpacked:,} bytes from {len(data):,} "
+                "(a zip bomb?); torch.save writes them uncompressed")
         pickles = []
         for info in archive.infolist():
             if not info.filename.endswith(".pkl"):

@@ -284,6 +284,16 @@ def test_zip_bomb_is_refused_before_anything_is_unpacked(tmp_path, capsys, good_
     assert grown_mib < 100, f"peak memory grew by {grown_mib:.0f} MiB"
 
 
+def test_a_checkpoint_with_the_other_format_s_suffix_is_named_as_such(tmp_path, good_files):
+    pth, st = good_files
+    (tmp_path / "really_pth.safetensors").write_bytes(pth.read_bytes())
+    (tmp_path / "really_safetensors.pth").write_bytes(st.read_bytes())
+    with pytest.raises(CheckpointError, match=r"looks like a PyTorch checkpoint \(name it .pth"):
+        load_checkpoint(tmp_path / "really_pth.safetensors")
+    with pytest.raises(CheckpointError, match=r"it is a safetensors file: name it .safetensors"):
+        load_checkpoint(tmp_path / "really_safetensors.pth")
+
+
 def test_directory_dangling_link_and_missing_file_are_one_line_errors(tmp_path):
     (tmp_path / "dir.pth").mkdir()
     (tmp_path / "dangling.pth").symlink_to(tmp_path / "nowhere.pth")

@@ -38,10 +38,11 @@ import numpy as np
 
 from weights.errors import CheckpointError
 from weights.pickle_guard import UnsafePickleError, check_torch_file
+from weights.tensor_checks import FLOAT_DTYPES_CONVERTED  # noqa: F401 (re-exported)
+from weights.tensor_checks import (FloatConversions, check_config_json, one_line,
+                                   read_checkpoint_bytes)
 from weights.state_dict import WRAPPER_KEYS, require_dln_keys, strip_dataparallel
 
-FLOAT_DTYPES_CONVERTED = ("float16", "bfloat16", "float64")
-MAX_CHECKPOINT_BYTES = 2 << 30   # a dim-64 DLN is 2.8 MB; 2 GiB leaves room for wide ones
 MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors library's own header limit
 SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "bfloat16"}
 
@@ -52,79 +53,6 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _one_line(err: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(err).split())
-    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def read_checkpoint_bytes(path: Path) -> bytes:
-    """The whole file, if it is a readable, non-empty regular file within the size limit."""
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file" + (" (a dangling link)"
-                                                        if path.is_symlink() else ""))
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a regular file")
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size > MAX_CHECKPOINT_BYTES:
-                raise CheckpointError(f"{path}: {size:,} bytes is more than the "
-                                      f"{MAX_CHECKPOINT_BYTES:,} a checkpoint may have")
-            data = fh.read(MAX_CHECKPOINT_BYTES + 1)
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot be read ({err.strerror or err})") from None
-    if not data:
-        raise CheckpointError(f"{path}: empty file")
-    if len(data) > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{path}: grew past {MAX_CHECKPOINT_BYTES:,} bytes while read")
-    return data
-
-
-class FloatConversions:
-    """Collects the dtype conversions of one load and words them as notes."""
-
-    def __init__(self) -> None:
-        self.count: dict[str, int] = {}
-        self.largest_change = 0.0
-
-    def to_float32(self, name: str, array: np.ndarray, dtype: str) -> np.ndarray:
-        """A finite float32 copy of `array` (whose original dtype is `dtype`)."""
-        if dtype not in ("float32",) + FLOAT_DTYPES_CONVERTED:
-            raise CheckpointError(f"tensor {name!r} has dtype {dtype}; DLN weights are "
-                                  "floating point")
-        finite = np.isfinite(array)
-        if not finite.all():
-            bad = int(finite.size - np.count_nonzero(finite))
-            raise CheckpointError(f"tensor {name!r} holds {bad} NaN or Inf value(s)")
-        if dtype == "float64":
-            peak = float(np.max(np.abs(array), initial=0.0))
-            if peak > float(np.finfo(np.float32).max):
-                raise CheckpointError(f"tensor {name!r} holds float64 values up to {peak:.3g}, "
-                                      "beyond the float32 range")
-            out = array.astype(np.float32)
-            change = float(np.max(np.abs(out.astype(np.float64) - array), initial=0.0))
-            self.largest_change = max(self.largest_change, change)
-        else:
-            out = np.array(array, dtype=np.float32, copy=True)
-        if dtype != "float32":
-            self.count[dtype] = self.count.get(dtype, 0) + 1
-        return np.require(out, requirements="C")  # (ascontiguousarray would make 0-d 1-d)
-
-    def notes(self) -> list[str]:
-        lines = []
-        for dtype, n in sorted(self.count.items()):
-            if dtype == "float64":
-                how = ("exact: every value was already a float32 value"
-                       if self.largest_change == 0 else
-                       f"rounded to nearest, largest change {self.largest_change:.2g}; at most "
-                       "2^-24 relative, the rounding of float32 arithmetic itself")
-            else:
-                how = f"exact: every {dtype} value is a float32 value"
-            lines.append(f"converted {n} {dtype} tensor(s) to float32 ({how})")
-        return lines
 
 
 def sanitize(name: str, value, notes: list[str]) -> np.ndarray:
@@ -150,20 +78,6 @@ def _tensor_to_float32(name: str, value, conversions: FloatConversions) -> np.nd
     return conversions.to_float32(name, array, dtype)
 
 
-def check_config_json(text, where) -> str:
-    """The stored DLN config text, if it parses into a valid DLNConfig."""
-    from dln.config import DLNConfig
-
-    if not isinstance(text, str):
-        raise CheckpointError(f"{where}: stored network config is not text")
-    try:
-        DLNConfig.from_json(text)
-    except Exception as err:  # noqa: BLE001 - hostile JSON may raise anything here
-        raise CheckpointError(f"{where}: stored network config is invalid ({_one_line(err)})") \
-            from None
-    return text
-
-
 def load_pth(path: str | os.PathLike, notes: list[str] | None = None
              ) -> tuple[dict[str, np.ndarray], str | None]:
     """A .pth state dict as torch-named float32 numpy arrays, plus the DLN config JSON
@@ -187,8 +101,9 @@ def load_pth(path: str | os.PathLike, notes: list[str] | None = None
         raise CheckpointError(f"{path}: {err}" if str(path) not in str(err) else str(err)) \
             from None
     except Exception as err:  # noqa: BLE001 - every parser failure is the file's fault
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint "
-                              f"({_one_line(err)})") from None
+        hint = " (it is a safetensors file: name it .safetensors)" if _is_safetensors(data) \
+            else f" ({one_line(err)})"
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint{hint}") from None
 
 
 def _parse_pth(data: bytes, path: Path, notes: list[str]):
@@ -336,7 +251,7 @@ def read_safetensors_metadata(path: Path) -> dict[str, str]:
     except CheckpointError as err:
         raise CheckpointError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
     except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(err)})") \
+        raise CheckpointError(f"{path}: not a readable safetensors file ({one_line(err)})") \
             from None
 
 
@@ -350,7 +265,7 @@ def _safetensors_header(data: bytes) -> tuple[dict, dict[str, str]]:
     try:
         header = json.loads(data[8:8 + size].decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise CheckpointError(f"not a safetensors file: corrupt header ({_one_line(err)})") \
+        raise CheckpointError(f"not a safetensors file: corrupt header ({one_line(err)})") \
             from None
     if not isinstance(header, dict):
         raise CheckpointError("not a safetensors file: its header is not a JSON object")
@@ -370,10 +285,21 @@ def load_safetensors(path: str | os.PathLike, notes: list[str] | None = None
     try:
         return _parse_safetensors(data, path, notes)
     except CheckpointError as err:
+        if data.startswith((b"PK\x03\x04", b"\x80\x02")):
+            raise CheckpointError(f"{path}: not a safetensors file: it looks like a PyTorch "
+                                  "checkpoint (name it .pth)") from None
         raise CheckpointError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
     except Exception as err:  # noqa: BLE001 - every parser failure is the file's fault
-        raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(err)})") \
+        raise CheckpointError(f"{path}: not a readable safetensors file ({one_line(err)})") \
             from None
+
+
+def _is_safetensors(data: bytes) -> bool:
+    try:
+        _safetensors_header(data)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _parse_safetensors(data: bytes, path: Path, notes: list[str]):

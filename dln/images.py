@@ -154,36 +154,52 @@ def _decode(fh, path: Path, max_pixels: int | None) -> np.ndarray:
 
     from dln import png16
 
+    _quiet_pillow()
     if max_pixels is not None and max_pixels > (Image.MAX_IMAGE_PIXELS or 0):
         Image.MAX_IMAGE_PIXELS = max_pixels  # only ever raised, to honour a larger limit
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # bomb warnings (checked below), palette notes
-        try:
-            im = Image.open(fh, formats=DECODERS)
-        except Image.DecompressionBombError as err:
-            found = re.search(r"\((\d+) pixels\)", str(err))
-            pixels = int(found.group(1)) if found else 0
-            raise ImageTooLargeError(path, pixels, max_pixels or Image.MAX_IMAGE_PIXELS,
-                                     None) from None
-        except Image.UnidentifiedImageError:
-            fh.seek(0, os.SEEK_END)
-            what = "an empty file" if fh.tell() == 0 else \
-                "not a PNG, JPEG or BMP image (whatever its name says)"
-            raise ImageError(f"{path}: cannot read image ({what})") from None
-        with im:
-            width, height = im.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise ImageTooLargeError(path, width * height, max_pixels, (width, height))
-            if width == 0 or height == 0:
-                raise ImageError(f"{path}: cannot read image (it has no pixels)")
-            fh.seek(0)
-            head = fh.read(33)
-            if im.format == "PNG" and png16.is_16bit_colour(head):
-                return _decode_png16(fh)
-            im.load()
-            orientation = _orientation(im.getexif())
-            array = _pil_to_float(im)
+    try:
+        im = Image.open(fh, formats=DECODERS)
+    except Image.DecompressionBombError as err:
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = int(found.group(1)) if found else 0
+        raise ImageTooLargeError(path, pixels, max_pixels or Image.MAX_IMAGE_PIXELS,
+                                 None) from None
+    except Image.UnidentifiedImageError:
+        fh.seek(0, os.SEEK_END)
+        what = "an empty file" if fh.tell() == 0 else \
+            "not a PNG, JPEG or BMP image (whatever its name says)"
+        raise ImageError(f"{path}: cannot read image ({what})") from None
+    with im:
+        width, height = im.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageTooLargeError(path, width * height, max_pixels, (width, height))
+        if width == 0 or height == 0:
+            raise ImageError(f"{path}: cannot read image (it has no pixels)")
+        fh.seek(0)
+        head = fh.read(33)
+        if im.format == "PNG" and png16.is_16bit_colour(head):
+            return _decode_png16(fh)
+        im.load()
+        orientation = _orientation(im.getexif())
+        array = _pil_to_float(im)
     return orient(array, orientation)
+
+
+_PILLOW_QUIETED = False
+
+
+def _quiet_pillow() -> None:
+    """Silence, once per process, two Pillow warnings that would only be noise here:
+    the decompression-bomb warning (our own size check runs right after the header)
+    and the note on palette transparency (alpha is dropped anyway). A filter set
+    once, rather than catch_warnings per call, is safe with loader threads."""
+    global _PILLOW_QUIETED
+    if not _PILLOW_QUIETED:
+        from PIL import Image
+
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", message="Palette images with Transparency")
+        _PILLOW_QUIETED = True
 
 
 def _decode_png16(fh) -> np.ndarray:

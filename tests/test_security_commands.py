@@ -85,6 +85,30 @@ def test_synth_writes_good_pairs_and_one_line_per_bad_image(tmp_path, capsys):
         assert sum(name in line for line in lines) == 1, (name, lines)
 
 
+@pytest.mark.skipif(not _has_command("train"), reason="dln train is not in this tree yet")
+def test_train_refuses_a_code_carrying_init_checkpoint_before_writing(tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    path = hostile_paths(tmp_path, marker)["exec, legacy torch.save"]
+    out = tmp_path / "run"
+    code, _, lines = _run(["train", "--init", str(path), "--out", str(out), "--steps", "1",
+                           "--batch", "1", "--patch", "16", "--variant", "dim=16"], capsys)
+    _one_line_exit_2(code, lines, "refused")
+    assert not marker.exists() and not out.exists()
+
+
+@pytest.mark.skipif(not _has_command("metrics"), reason="dln metrics is not in this tree yet")
+def test_metrics_with_a_bad_image_is_one_line(tmp_path, capsys):
+    for folder in ("pred", "gt"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (9, 9), (50, 60, 70)).save(tmp_path / folder / "a.png")
+    Image.new("RGB", (9, 9), (52, 60, 70)).save(tmp_path / "pred" / "a.png")  # PSNR finite
+    (tmp_path / "pred" / "b.png").write_bytes(b"")
+    Image.new("RGB", (9, 9)).save(tmp_path / "gt" / "b.png")
+    code, _, lines = _run(["metrics", "--pred", str(tmp_path / "pred"), "--gt",
+                           str(tmp_path / "gt")], capsys)
+    _one_line_exit_2(code, lines, "b.png")
+
+
 @pytest.mark.skipif(not _has_command("table2"), reason="dln table2 is not in this tree yet")
 def test_table2_refuses_code_carrying_checkpoint_and_runs_nothing(tmp_path, capsys):
     marker = tmp_path / "code-ran"
@@ -94,3 +118,33 @@ def test_table2_refuses_code_carrying_checkpoint_and_runs_nothing(tmp_path, caps
     assert any("refused" in line for line in lines) and not any("Traceback" in line
                                                                  for line in lines), lines
     assert not marker.exists()
+
+
+@pytest.mark.skipif(not _has_command("table2"), reason="dln table2 is not in this tree yet")
+def test_table2_refuses_a_broken_checkpoint_with_one_line(tmp_path, capsys):
+    (tmp_path / "cut.pth").write_bytes(b"PK\x03\x04" + bytes(100))
+    code, _, lines = _run(["table2", "--model", f"x={tmp_path / 'cut.pth'}"], capsys)
+    _one_line_exit_2(code, lines, "cut.pth")
+
+
+@pytest.mark.skipif(not _has_command("table2"), reason="dln table2 is not in this tree yet")
+@pytest.mark.xfail(strict=True, reason="dln table2 notes an unreadable image but exits 0 "
+                                       "(issue 8 asks for a non-zero exit); reported, not "
+                                       "fixed here: remove this marker once table2 does")
+def test_table2_with_an_unreadable_image_names_it_and_ends_non_zero(tmp_path, capsys,
+                                                                    authors_pth_16):
+    rng = np.random.default_rng(1)
+    for folder in ("low", "high"):
+        (tmp_path / "lol" / folder).mkdir(parents=True)
+    for name in ("a", "b"):
+        Image.fromarray((rng.random((10, 12, 3)) * 255).astype(np.uint8)).save(
+            tmp_path / "lol" / "low" / f"{name}.png")
+        Image.fromarray((rng.random((10, 12, 3)) * 255).astype(np.uint8)).save(
+            tmp_path / "lol" / "high" / f"{name}.png")
+    (tmp_path / "lol" / "high" / "b.png").write_text("not an image")
+    code, out, lines = _run(["table2", "--model", f"x={authors_pth_16}", "--data",
+                             str(tmp_path / "lol"), "--repeats", "1"], capsys)
+    named = [line for line in (out.splitlines() + lines) if "b.png" in line]
+    assert len(named) == 1 and "Traceback" not in out + "".join(lines), named
+    assert code != 0, "the run ended with exit 0 although an image could not be read"
+

@@ -185,21 +185,17 @@ def _decode(fh, path: Path, max_pixels: int | None) -> np.ndarray:
     return orient(array, orientation)
 
 
-_PILLOW_QUIETED = False
-
-
 def _quiet_pillow() -> None:
-    """Silence, once per process, two Pillow warnings that would only be noise here:
-    the decompression-bomb warning (our own size check runs right after the header)
-    and the note on palette transparency (alpha is dropped anyway). A filter set
-    once, rather than catch_warnings per call, is safe with loader threads."""
-    global _PILLOW_QUIETED
-    if not _PILLOW_QUIETED:
-        from PIL import Image
+    """Silence two Pillow warnings that would only be noise here: the
+    decompression-bomb warning (our own size check runs right after the header)
+    and the note on palette transparency (alpha is dropped anyway). Filters are
+    added once (and again only if something reset them), rather than a
+    catch_warnings per call, which is not safe with loader threads."""
+    from PIL import Image
 
-        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    if not any(f[2] is Image.DecompressionBombWarning for f in warnings.filters):
         warnings.filterwarnings("ignore", message="Palette images with Transparency")
-        _PILLOW_QUIETED = True
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _decode_png16(fh) -> np.ndarray:

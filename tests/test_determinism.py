@@ -50,3 +50,23 @@ def test_enhance_twice_gives_identical_pngs_on_both_backends(tmp_path, authors_p
             one = (tmp_path / f"{backend}1" / name).read_bytes()
             two = (tmp_path / f"{backend}2" / name).read_bytes()
             assert one == two, f"{backend} {name} differs between runs"
+
+
+def test_synth_twice_gives_identical_pairs(tmp_path):
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("dln.commands.synth") is None:
+        pytest.skip("dln synth is not in this tree yet")
+    rng = np.random.default_rng(9)
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray((rng.random((30, 40, 3)) * 255).astype(np.uint8)).save(src / f"{name}.jpg")
+    for run in ("1", "2"):
+        assert main(["synth", "--source", str(src), "--out", str(tmp_path / run)]) == 0
+    for part in ("low", "high"):
+        for name in ("a.png", "b.png"):
+            one = (tmp_path / "1" / part / name).read_bytes()
+            assert one == (tmp_path / "2" / part / name).read_bytes(), f"{part}/{name}"

@@ -61,13 +61,31 @@ def resize_short_side(image: np.ndarray, short_side: int = SHORT_SIDE) -> np.nda
                                                     reducing_gap=None))
 
 
-def darken(image: np.ndarray, draw: DarkeningDraw) -> np.ndarray:
-    """The low-light input for a uint8 RGB target."""
+def contrast_mean(image: np.ndarray, saturation: float) -> int:
+    """The grey level PIL's Contrast step blends towards: the rounded mean luma of the
+    colour-dimmed image. A crop of `image` darkened with this mean equals the same
+    crop of the darkened full image (every other step works pixel by pixel)."""
+    from PIL import Image, ImageEnhance, ImageStat
+
+    dimmed = ImageEnhance.Color(Image.fromarray(image)).enhance(saturation)
+    return int(ImageStat.Stat(dimmed.convert("L")).mean[0] + 0.5)
+
+
+def darken(image: np.ndarray, draw: DarkeningDraw, mean: int | None = None) -> np.ndarray:
+    """The low-light input for a uint8 RGB target.
+
+    `mean` (from `contrast_mean` of the full image) lets a crop be darkened exactly as
+    the full image would be; without it the contrast step uses this image's own mean.
+    """
     from PIL import Image, ImageEnhance
 
     pil = Image.fromarray(image)
     pil = ImageEnhance.Color(pil).enhance(draw.saturation)
-    pil = ImageEnhance.Contrast(pil).enhance(draw.contrast)
+    if mean is None:
+        pil = ImageEnhance.Contrast(pil).enhance(draw.contrast)
+    else:
+        grey = Image.new("L", pil.size, int(mean)).convert(pil.mode)
+        pil = Image.blend(grey, pil, draw.contrast)
     v = np.asarray(pil, dtype=np.float64) / 255.0
     low = draw.beta * (draw.alpha * v) ** draw.gamma
     return np.clip(low * 255.0, 0, 255).astype(np.uint8)

@@ -1,0 +1,35 @@
+"""`dln synth`: write a LOL-layout folder of synthetic low-light pairs from any images."""
+
+from __future__ import annotations
+
+ORDER = 35
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "synth", help="make synthetic low-light pairs (LOL layout) from a folder of images",
+        description="For every image in SOURCE: resize so the shorter side is 384, then darken "
+                    "with the authors' recipe (saturation and contrast x U(0.7, 1), then "
+                    "beta (alpha v)^gamma). Writes OUT/high/<stem>.png and OUT/low/<stem>.png; "
+                    "each image's draw depends only on the seed and its name.")
+    p.add_argument("--source", required=True, help="folder of images (png, jpg, jpeg, bmp)")
+    p.add_argument("--out", required=True, help="output folder (gets low/ and high/)")
+    p.add_argument("--seed", type=int, default=0, help="darkening seed (default 0)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from dln.cli import UserError
+    from dln.synth import synthesize_folder
+
+    if not Path(args.source).is_dir():
+        raise UserError(f"{args.source}: not a folder")
+    result = synthesize_folder(args.source, args.out, args.seed)
+    for line in result.problems:
+        print(f"dln synth: {line}", file=sys.stderr)
+    print(f"wrote {len(result.written)} pair(s) to {args.out}"
+          + (f"; {len(result.problems)} problem(s)" if result.problems else ""))
+    return 0 if not result.problems and result.written else 1

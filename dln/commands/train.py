@@ -1,0 +1,76 @@
+"""`dln train`: train DLN with JAX or PyTorch on built-in, synthetic or LOL-layout data."""
+
+from __future__ import annotations
+
+ORDER = 40
+
+
+def register(sub) -> None:
+    from dln.training import AUTHORS_EPOCHS, LR_DECAYS, PRECISIONS
+
+    p = sub.add_parser(
+        "train", help="train DLN (JAX or PyTorch), resumable, with logs and a loss plot",
+        description="Train DLN with the authors' recipe (Adam .9/.999/1e-8, lr 1e-5 divided by 10 "
+                    "when (epoch+1) %% (2/3 epochs) == 0, batch 32, patch 128, seed 123, loss "
+                    "1 - SSIM + 0.001 TV, crop + flips + 180-degree rotation). Writes "
+                    "OUT/weights.safetensors (usable by `dln enhance`), OUT/optimizer.safetensors, "
+                    "OUT/log.csv, OUT/log.json and OUT/loss.png; reports held-out PSNR at the end.")
+    p.add_argument("--framework", choices=("jax", "torch"), default="jax")
+    p.add_argument("--data", default="builtin",
+                   help="'builtin' (scikit-image photographs darkened on the fly), a LOL-layout "
+                        "folder (low/ + high/, or our485/ + eval15/), or a folder of images to "
+                        "darken on the fly (default builtin)")
+    p.add_argument("--init", default=None, help="start from this .pth or .safetensors checkpoint")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, default=None,
+                        help=f"epochs to run (default {AUTHORS_EPOCHS}, the authors')")
+    length.add_argument("--steps", type=int, default=None, help="steps to run instead of epochs")
+    p.add_argument("--batch", type=int, default=32, help="global batch size (default 32)")
+    p.add_argument("--patch", type=int, default=128, help="square crop size (default 128)")
+    p.add_argument("--lr", type=float, default=1e-5, help="Adam learning rate (default 1e-5)")
+    p.add_argument("--lr-decay", choices=LR_DECAYS, default="authors",
+                   help="'authors': /10 after each epoch e with (e+1) %% (epochs*2/3) == 0 "
+                        "(a float test); 'none'")
+    p.add_argument("--seed", type=int, default=123, help="seed of weights and batches (123)")
+    p.add_argument("--variant", default=None,
+                   help="network switches, e.g. dim=16,brightness=off,residual_sign=paper")
+    p.add_argument("--zero-last-conv", action="store_true",
+                   help="start the final conv at zero, so the untrained network is the identity")
+    p.add_argument("--heldout", default="auto",
+                   help="pairs for the held-out PSNR: auto (built-in held-out photographs for "
+                        "builtin data, eval15 for LOL), builtin, none, or a LOL-layout folder")
+    p.add_argument("--eval-every", type=int, default=0, help="held-out check every N steps")
+    p.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps")
+    p.add_argument("--log-every", type=int, default=10,
+                   help="fetch losses from the device every N steps (all are logged)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="threads making batches (default: min(8, CPU count))")
+    p.add_argument("--precision", choices=PRECISIONS, default="highest",
+                   help="JAX matmul/conv precision: highest (true float32, default) or default "
+                        "(TF32 on recent GPUs: faster)")
+    p.add_argument("--devices", type=int, default=0,
+                   help="JAX: data parallel over the first N local devices (default all)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out (same settings; --steps/--epochs may grow)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from dln.training import TrainSettings, train
+
+    settings = TrainSettings(
+        out=args.out, framework=args.framework, data=args.data, init=args.init,
+        epochs=args.epochs, steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
+        lr_decay=args.lr_decay, seed=args.seed, variant=args.variant,
+        zero_last_conv=args.zero_last_conv, heldout=args.heldout, eval_every=args.eval_every,
+        save_every=args.save_every, log_every=args.log_every, workers=args.workers,
+        precision=args.precision, devices=args.devices, resume=args.resume)
+    result = train(settings)
+    print(f"trained {result.steps} steps in {result.seconds:.1f} s; final loss "
+          f"{result.final_loss:.4f}")
+    if result.heldout is not None:
+        print(result.heldout.text())
+    print(f"wrote {result.weights}, {result.out / 'log.csv'}, {result.out / 'log.json'}, "
+          f"{result.out / 'loss.png'}")
+    return 0

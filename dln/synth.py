@@ -1,0 +1,45 @@
+"""Synthetic low-light pairs on disk (LOL layout) from any folder of images."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from dln.images import ImageError, list_images, load_image, write_png_atomic
+from dln.lowlight import make_pair
+
+
+@dataclasses.dataclass
+class SynthResult:
+    written: list[str]
+    problems: list[str]
+
+
+def synthesize_folder(source: str | Path, out: str | Path, seed: int = 0) -> SynthResult:
+    """out/high/<stem>.png (shorter side 384) and out/low/<stem>.png (darkened), per image.
+
+    A file that cannot be read, or a second file with the same stem, is one problem
+    line; the others are still written.
+    """
+    from dln.data import to_uint8
+    from dln.progress import progress
+
+    paths, problems = list_images([source])
+    out = Path(out)
+    (out / "low").mkdir(parents=True, exist_ok=True)
+    (out / "high").mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    for path in progress(paths, desc="synth", unit="image"):
+        if path.stem in written:
+            problems.append(f"{path}: another image is also named {path.stem!r}; skipped")
+            continue
+        try:
+            image = to_uint8(load_image(path))
+        except ImageError as err:
+            problems.append(str(err))
+            continue
+        low, high, _ = make_pair(image, path.stem, seed)
+        write_png_atomic(high, out / "high" / f"{path.stem}.png")
+        write_png_atomic(low, out / "low" / f"{path.stem}.png")
+        written.append(path.stem)
+    return SynthResult(written, problems)

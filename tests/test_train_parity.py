@@ -1,0 +1,52 @@
+"""Training parity (JAX vs torch, same weights and batches) and data parallel = one device.
+
+One run of parity.training.training_parity serves all tests: torch trains in one
+subprocess, JAX in another that has two forced host devices and reruns its first
+steps data-parallel over both (neither framework's gradients share a process).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dln.config import DLNConfig
+from parity.tolerance import DATA_PARALLEL_LOSS_RTOL, TRAIN_LOSS_RTOL, TRAIN_WEIGHTS_RTOL
+from parity.training import DATA_PARALLEL_STEPS, training_parity
+
+
+@pytest.fixture(scope="module")
+def parity_dim16():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")  # torch's thread pool stalls on a busy machine
+        return training_parity(DLNConfig(dim=16), steps=20, batch=2, patch=32,
+                               data_parallel_devices=2)
+
+
+def test_jax_and_torch_losses_agree_for_20_steps_at_dim_16(parity_dim16):
+    result = parity_dim16
+    assert len(result.losses_jax) == len(result.losses_torch) == 20
+    assert result.losses_torch[0] != result.losses_torch[-1], "training did not move"
+    assert result.worst_loss <= TRAIN_LOSS_RTOL, (
+        f"loss relative errors {['%.1e' % e for e in result.loss_rel]} exceed {TRAIN_LOSS_RTOL}")
+
+
+def test_jax_and_torch_final_weights_agree_after_20_steps(parity_dim16):
+    name, worst = parity_dim16.worst(parity_dim16.weight_rel)
+    assert worst <= TRAIN_WEIGHTS_RTOL, f"final {name} differs by {worst:.2e} (relative L2)"
+    assert len(parity_dim16.weight_rel) == 125
+
+
+def test_two_host_devices_give_the_losses_of_one_device(parity_dim16):
+    rel = parity_dim16.data_parallel_rel
+    assert len(rel) == DATA_PARALLEL_STEPS, parity_dim16.losses_jax_data_parallel
+    assert max(rel) <= DATA_PARALLEL_LOSS_RTOL, (
+        f"2 devices {parity_dim16.losses_jax_data_parallel} vs 1 device "
+        f"{parity_dim16.losses_jax[:DATA_PARALLEL_STEPS]}: worst {max(rel):.2e}")
+
+
+def test_training_parity_report_files(parity_dim16, tmp_path):
+    assert parity_dim16.passed
+    paths = parity_dim16.write_report(tmp_path)
+    assert [p.suffix for p in paths] == [".json", ".md", ".png"]
+    assert all(p.stat().st_size > 0 for p in paths)
+    assert "PASS" in paths[1].read_text()

@@ -48,11 +48,14 @@ class DLNConfig:
                 f"{FA_REDUCTION} and the LBP encoder halves the width), got {self.dim}")
         if not isinstance(self.brightness, bool):
             raise ConfigError(f"brightness must be a bool, got {self.brightness!r}")
-        gamma = float(self.gamma)
-        if gamma != gamma or gamma in (float("inf"), float("-inf")):
+        try:
+            gamma = float(self.gamma)
+        except (TypeError, ValueError):
+            raise ConfigError(f"gamma must be a number, got {self.gamma!r}") from None
+        if isinstance(self.gamma, bool) or gamma != gamma or gamma in (float("inf"), float("-inf")):
             raise ConfigError(f"gamma must be finite, got {self.gamma!r}")
         object.__setattr__(self, "gamma", gamma)
-        if self.residual_sign not in RESIDUAL_SIGNS:
+        if not isinstance(self.residual_sign, str) or self.residual_sign not in RESIDUAL_SIGNS:
             raise ConfigError(
                 f"residual_sign must be one of {', '.join(RESIDUAL_SIGNS)}, got {self.residual_sign!r}")
 

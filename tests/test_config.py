@@ -34,3 +34,11 @@ def test_config_json_round_trips_and_rejects_unknown_fields():
     assert DLNConfig.from_json(cfg.to_json()) == cfg
     with pytest.raises(ConfigError):
         DLNConfig.from_json('{"dim": 64, "depth": 3}')
+
+
+@pytest.mark.parametrize("text", ['{"gamma": "bright"}', '{"gamma": null}', '{"gamma": true}',
+                                  '{"residual_sign": ["code"]}', '{"dim": "64"}',
+                                  '{"brightness": "on"}'])
+def test_stored_configs_of_the_wrong_type_raise_config_error_not_a_traceback(text):
+    with pytest.raises(ConfigError):
+        DLNConfig.from_json(text)

@@ -93,8 +93,20 @@ def _from_flax_params(params, overrides, source, notes, stored_config) -> Checkp
 
 
 def load_checkpoint(path: str | os.PathLike, overrides: dict | None = None) -> Checkpoint:
-    """Read a .pth (any of the authors' layouts) or a .safetensors written by `convert`."""
+    """Read a .pth (any of the authors' layouts) or a .safetensors written by `convert`.
+
+    Every CheckpointError names the file, so a line among several models is placeable.
+    """
     source = Path(path)
+    try:
+        return _load_checkpoint(source, overrides)
+    except CheckpointError as err:
+        if str(source) in str(err):
+            raise
+        raise CheckpointError(f"{source}: {err}") from None
+
+
+def _load_checkpoint(source: Path, overrides: dict | None) -> Checkpoint:
     overrides = dict(overrides or {})
     notes: list[str] = []
     if is_safetensors_path(source):

@@ -19,15 +19,21 @@ torch module name; the Flax path of a torch name follows the converter's rename 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from collections import OrderedDict
 from contextlib import ExitStack
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 PREDICTION = "prediction"  # the row of the model's final output (torch: the root module)
+# torch intra-op threads while the harness runs the reference. Once JAX has started
+# its CPU thread pool in the same process, torch's OpenMP threads contend with it: on
+# the 2-core development machine a dim-16 13x17 capture took 2.1 s with 2 threads and
+# 0.03 s with 1; dim 64 at 96x128 took 2.2-3.0 s vs 0.9 s. Restored afterwards.
+TORCH_THREADS = 1
 _SEQUENTIAL_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
 
 
@@ -56,6 +62,19 @@ def torch_block_names(model) -> list[str]:
     return names
 
 
+@contextlib.contextmanager
+def torch_threads(count: int = TORCH_THREADS) -> Iterator[None]:
+    """Run torch with `count` intra-op threads inside the block, then restore."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def to_nhwc(array: np.ndarray) -> np.ndarray:
     """torch NCHW -> NHWC; dense outputs (N, C) unchanged."""
     return np.ascontiguousarray(array.transpose(0, 2, 3, 1)) if array.ndim == 4 else array
@@ -79,7 +98,7 @@ def capture_torch(model, x_nhwc: np.ndarray) -> "OrderedDict[str, np.ndarray]":
         for name in torch_block_names(model):
             handle = model.get_submodule(name).register_forward_hook(recorder(name))
             stack.callback(handle.remove)
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads():
             prediction = model(x)
     outputs[PREDICTION] = to_nhwc(prediction.numpy().copy())
     return outputs

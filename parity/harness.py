@@ -114,8 +114,10 @@ def captured_values_per_pixel(config: DLNConfig) -> int:
     return (2 + 1 + 3 * 14 + 1) * config.dim + 6
 
 
-def check_memory(x: np.ndarray, config: DLNConfig) -> int:
-    n, h, w, _ = x.shape
+def check_memory(shape_nhwc: tuple[int, ...], config: DLNConfig) -> int:
+    """Bytes both sides' captures need; refuses (before anything is allocated) beyond
+    MEMORY_BUDGET_BYTES."""
+    n, h, w = shape_nhwc[:3]
     need = 2 * 4 * n * h * w * captured_values_per_pixel(config)
     if need > MEMORY_BUDGET_BYTES:
         raise ParityInputError(
@@ -170,7 +172,7 @@ def run_parity(ckpt, inputs: ParityInputs, tol: float = FORWARD_ATOL, defect: st
     from parity.capture import capture_torch
     from reference_torch.inference import model_from_state
 
-    check_memory(inputs.x, ckpt.config)
+    check_memory(inputs.x.shape, ckpt.config)
     start = time.perf_counter()
     torch_outputs = capture_torch(model_from_state(ckpt.torch_state, ckpt.config), inputs.x)
     seconds = {"torch": time.perf_counter() - start}

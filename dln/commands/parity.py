@@ -76,13 +76,16 @@ def load_weights(args):
     return checkpoint_from_torch_state(state, config), f"seeded random weights (seed {args.seed})"
 
 
-def _inputs(args):
-    from parity.harness import DEFAULT_BATCH, image_inputs, parse_size, random_inputs, DEFAULT_SIZE
+def _inputs(args, config):
+    from parity.harness import (DEFAULT_BATCH, DEFAULT_SIZE, check_memory, image_inputs,
+                                parse_size, random_inputs)
 
     if args.images:
         return image_inputs(args.images, args.batch)
     size = parse_size(args.size) if args.size else DEFAULT_SIZE
-    return random_inputs(size, DEFAULT_BATCH if args.batch is None else args.batch, args.seed)
+    batch = DEFAULT_BATCH if args.batch is None else args.batch
+    check_memory((batch, *size), config)  # before allocating the inputs
+    return random_inputs(size, batch, args.seed)
 
 
 def _list_defects() -> int:
@@ -121,7 +124,7 @@ def _run_forward(args, ckpt, label) -> int:
     from parity.layers import format_table, verdict_line
     from parity.report import write_report
 
-    inputs = _inputs(args)
+    inputs = _inputs(args, ckpt.config)
     run_result = run_parity(ckpt, inputs, tol=args.tol, defect=args.inject, weights_label=label)
     print(f"weights: {label}; {ckpt.config.variant_string()}, dim {ckpt.config.dim}")
     print(f"inputs: {inputs.description}")

@@ -219,16 +219,20 @@ def _initial_params(config: DLNConfig, seed: int) -> dict[str, np.ndarray]:
 
 def training_parity(config: DLNConfig = DLNConfig(), steps: int = LOSS_STEPS, batch: int = 2,
                     patch: int = 48, lr: float = 1e-5, seed: int = 0, data: str = PARITY_DATA,
-                    data_parallel_devices: int = 0) -> TrainingParityResult:
+                    data_parallel_devices: int = 0,
+                    initial: dict[str, np.ndarray] | None = None) -> TrainingParityResult:
     """Train both frameworks `steps` steps from the same weights on the same batches.
 
     lr defaults to the authors' 1e-5. data_parallel_devices = N > 1 also runs the JAX
     side's first steps on N devices (forced host devices on a CPU-only machine) and
     compares their losses with the single-device run; the batch must divide by N.
+    `initial` (flat Flax-named weights, e.g. a Checkpoint's flax_params) replaces the
+    seeded random starting weights.
     """
     if data_parallel_devices and batch % data_parallel_devices:
         raise ValueError(f"batch {batch} does not split over {data_parallel_devices} devices")
-    initial = _initial_params(config, seed)
+    initial = _initial_params(config, seed) if initial is None else {
+        k: np.asarray(v, np.float32) for k, v in initial.items()}
     env = {}
     if data_parallel_devices:
         flags = os.environ.get("XLA_FLAGS", "")

@@ -50,3 +50,24 @@ def test_training_parity_report_files(parity_dim16, tmp_path):
     assert [p.suffix for p in paths] == [".json", ".md", ".png"]
     assert all(p.stat().st_size > 0 for p in paths)
     assert "PASS" in paths[1].read_text()
+
+
+def test_dln_parity_training_flag_runs_training_parity_and_writes_the_report(
+        parity_dim16, tmp_path, monkeypatch, capsys):
+    import parity.training
+    from dln.cli import main
+
+    calls = []
+
+    def recorded(config, **kwargs):
+        calls.append((config, kwargs))
+        return parity_dim16
+
+    monkeypatch.setattr(parity.training, "training_parity", recorded)
+    code = main(["parity", "--training", "--steps", "20", "--variant", "dim=16",
+                 "--report", str(tmp_path)])
+    assert code == 0
+    config, kwargs = calls[0]
+    assert config.dim == 16 and kwargs["steps"] == 20 and len(kwargs["initial"]) == 125
+    assert "PASS" in capsys.readouterr().out
+    assert (tmp_path / "training_parity.json").is_file()

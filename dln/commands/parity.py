@@ -58,6 +58,12 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help="seed of random weights and inputs")
     p.add_argument("--list-defects", action="store_true", help="list the bug zoo and exit")
+    p.add_argument("--training", action="store_true",
+                   help="training parity instead: train both frameworks --steps steps (Adam, "
+                        "lr 1e-5, batch --batch or 2, 48 x 48 crops of textured built-in photos) "
+                        "from the same weights and batches; losses must agree to 1e-4 relative "
+                        "(first 20 steps) and final weights to 1e-3")
+    p.add_argument("--steps", type=int, default=20, help="with --training: steps (default 20)")
     p.set_defaults(run=run)
 
 
@@ -113,6 +119,8 @@ def run(args) -> int:
     if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
         raise UserError(f"--report {args.report}: exists and is not a folder")
     ckpt, label = load_weights(args)
+    if args.training:
+        return _run_training(args, ckpt, label)
     try:
         return _run_forward(args, ckpt, label)
     except (ParityInputError, DefectNotApplicable) as err:
@@ -139,3 +147,19 @@ def _run_forward(args, ckpt, label) -> int:
         paths = write_report(run_result, args.report)
         print(f"report: {paths['json']}, {paths['markdown']}, {paths['plot']}")
     return 0 if run_result.passed else 1
+
+
+def _run_training(args, ckpt, label) -> int:
+    from dln.cli import UserError
+    from parity.training import training_parity
+
+    if args.steps < 1 or (args.batch is not None and args.batch < 1):
+        raise UserError("--steps and --batch must be at least 1")
+    print(f"weights: {label}; {ckpt.config.variant_string()}, dim {ckpt.config.dim}")
+    result = training_parity(ckpt.config, steps=args.steps, batch=args.batch or 2,
+                             seed=args.seed, initial=ckpt.flax_params)
+    print(result.text())
+    if args.report:
+        paths = result.write_report(args.report)
+        print("report: " + ", ".join(str(p) for p in paths))
+    return 0 if result.passed else 1

@@ -123,7 +123,7 @@ def check_memory(shape_nhwc: tuple[int, ...], config: DLNConfig) -> int:
         raise ParityInputError(
             f"capturing every block of {n} image(s) {h}x{w} at dim {config.dim} needs about "
             f"{need / 2**30:.1f} GiB (limit {MEMORY_BUDGET_BYTES / 2**30:.0f} GiB); use fewer "
-            "images (--batch) or smaller ones (--size)")
+            "images (--batch N) or smaller ones")
     return need
 
 

@@ -101,6 +101,9 @@ def plot_errors(run, dst: Path) -> None:
         ax.axhline(run.layers.tol, color="tab:red", linestyle="--", linewidth=1,
                    label=f"tolerance {run.layers.tol:.0e}")
         ax.set_yscale("log")
+        if any(v == 0 for v in rel):
+            ax.text(0.01, 0.02, f"exact agreement (0) is drawn at {PLOT_FLOOR:.0e}",
+                    transform=ax.transAxes, fontsize=7, color="0.4")
         ax.set_xticks(xs)
         ax.set_xticklabels([r.name for r in rows], rotation=90, fontsize=6)
         ax.set_ylabel("max|jax - torch| / max(1, max|torch|)")

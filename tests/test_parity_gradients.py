@@ -11,6 +11,7 @@ import pytest
 
 from dln.config import DLNConfig
 from parity import gradients
+from parity.capture import torch_threads
 from parity.tolerance import ADAM_STEP_RTOL, GRAD_RTOL
 from weights.convert import checkpoint_from_torch_state
 from weights.spec import tensor_specs
@@ -58,7 +59,8 @@ def test_gradient_check_fails_on_a_layout_mistake(setup16):
     ckpt, x, target, _ = setup16
     cfg = ckpt.config
     _, _, torch_loss = gradients.training_losses()
-    _, grads_t = gradients.torch_gradients(ckpt.torch_state, cfg, x, target, torch_loss)
+    with torch_threads():
+        _, grads_t = gradients.torch_gradients(ckpt.torch_state, cfg, x, target, torch_loss)
     spec = next(s for s in tensor_specs(cfg) if s.torch_name == "feat2.conv.weight")
     flipped = dict(grads_t)
     flipped[spec.torch_name] = grads_t[spec.torch_name][:, :, ::-1, ::-1]
@@ -74,8 +76,9 @@ def test_adam_check_fails_with_the_help_texts_learning_rate(setup16):
     ckpt, x, target, _ = setup16
     cfg = ckpt.config
     _, _, torch_loss = gradients.training_losses()
-    _, grads_t = gradients.torch_gradients(ckpt.torch_state, cfg, x, target, torch_loss)
-    adam_t = gradients.torch_adam_step(ckpt.torch_state, grads_t)
+    with torch_threads():
+        _, grads_t = gradients.torch_gradients(ckpt.torch_state, cfg, x, target, torch_loss)
+        adam_t = gradients.torch_adam_step(ckpt.torch_state, grads_t)
     as_flax = {s.flax_name: gradients.torch_to_flax_array(s.kind, grads_t[s.torch_name])
                for s in tensor_specs(cfg)}
     wrong = gradients.optax_adam_step(ckpt.flax_params, as_flax, lr=1e-4)

@@ -144,7 +144,13 @@ def _run_forward(args, ckpt, label) -> int:
     print(verdict_line(run_result.layers))
     print(f"time: torch {run_result.seconds['torch']:.1f} s, JAX {run_result.seconds['jax']:.1f} s")
     if args.report:
-        paths = write_report(run_result, args.report)
+        from dln.cli import UserError
+
+        try:
+            paths = write_report(run_result, args.report)
+        except OSError as err:
+            raise UserError(f"--report {args.report}: cannot write ({err.strerror or err})") \
+                from None
         print(f"report: {paths['json']}, {paths['markdown']}, {paths['plot']}")
     return 0 if run_result.passed else 1
 

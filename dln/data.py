@@ -156,7 +156,8 @@ class FolderPairs:
                 np.ascontiguousarray(high[top:top + patch, left:left + patch]))
 
 
-def match_pair_files(low_dir: Path, high_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+def match_pair_files(low_dir: Path, high_dir: Path
+                     ) -> tuple[list[tuple[str, Path, Path]], list[str]]:
     """(name, low, high) for every file name present in both folders; unmatched names
     are problems. Names are matched exactly, then by stem (low/1.jpg with high/1.png)."""
     lows, problems = list_images([low_dir])
@@ -251,7 +252,8 @@ def open_source(spec: str, patch: int) -> tuple[PairSource, str, list[HeldoutPai
                             "of the built-in targets")
         names = tuple(n.strip() for n in spec[8:].split(",") if n.strip()) or BUILTIN_TRAIN
         source = SyntheticPairs.builtin(names)
-        return source, f"built-in: {len(source)} scikit-image photographs, darkened on the fly", None
+        description = f"built-in: {len(source)} scikit-image photographs, darkened on the fly"
+        return source, description, None
     root = Path(spec)
     if not root.is_dir():
         raise DataError(f"{spec}: not a folder (give a folder of images, a LOL-layout folder, "
@@ -297,19 +299,33 @@ def open_training_data(spec: str, patch: int, heldout: str = "auto") -> Training
 
 
 # ---- seeded batches --------------------------------------------------------------------
+def auto_processes() -> int:
+    """Worker processes for batches when not asked: none on small machines (a
+    background thread does), else half the cores, at most 8."""
+    cpus = os.cpu_count() or 1
+    return 0 if cpus < 4 else min(8, cpus // 2)
+
+
 class BatchStream:
     """Batches as a pure function of (seed, step).
 
     An epoch is max(1, n // batch) steps (the authors' DataLoader with drop_last=True,
     but at least one step when there are fewer pairs than a batch). Epoch e visits the
     pairs in the order of seeded permutations, repeated when n < batch.
+
+    `iterate` makes batches ahead of the trainer: in `processes` worker processes
+    (spawned, each holding a copy of the source; Pillow and numpy hold the GIL too much
+    for threads to scale) or, with processes=0, in one background thread that spreads
+    a batch's samples over `threads` threads.
     """
 
-    def __init__(self, source: PairSource, batch: int, patch: int, seed: int, workers: int = 0):
+    def __init__(self, source: PairSource, batch: int, patch: int, seed: int,
+                 threads: int = 0, processes: int = 0):
         if batch < 1 or patch < 1:
             raise DataError(f"batch and patch must be positive, got {batch} and {patch}")
         self.source, self.batch, self.patch, self.seed = source, batch, patch, int(seed)
-        self.workers = workers if workers > 0 else min(8, os.cpu_count() or 1)
+        self.threads = threads if threads > 0 else min(4, os.cpu_count() or 1)
+        self.processes = max(0, int(processes))
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._order_cache: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
@@ -323,8 +339,9 @@ class BatchStream:
             if epoch not in self._order_cache:
                 n = len(self.source)
                 repeats = math.ceil(max(n, self.batch) / n)
-                order = np.concatenate([np.random.default_rng([self.seed, 0, epoch, r]).permutation(n)
-                                        for r in range(repeats)])
+                order = np.concatenate(
+                    [np.random.default_rng([self.seed, 0, epoch, r]).permutation(n)
+                     for r in range(repeats)])
                 self._order_cache = {epoch: order}
             return self._order_cache[epoch]
 
@@ -339,20 +356,28 @@ class BatchStream:
         low, high = self.source.crop(index, self.patch, rng)
         return augment(low, high, rng)
 
-    def batch_at(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """float32 NHWC (low, high) in [0, 1] for one step."""
+    def batch_uint8_at(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 NHWC (low, high) for one step."""
         jobs = range(self.batch)
-        if self.workers > 1 and self.batch > 1:
+        if self.threads > 1 and self.batch > 1:
             if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(self.workers)
+                self._pool = concurrent.futures.ThreadPoolExecutor(self.threads)
             pairs = list(self._pool.map(lambda j: self.sample(step, j), jobs))
         else:
             pairs = [self.sample(step, j) for j in jobs]
-        return (to_float(np.stack([p[0] for p in pairs])), to_float(np.stack([p[1] for p in pairs])))
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    def batch_at(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """float32 NHWC (low, high) in [0, 1] for one step."""
+        low, high = self.batch_uint8_at(step)
+        return to_float(low), to_float(high)
 
     def iterate(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """(step, low, high) for start <= step < stop, the next batch made in the background."""
+        """(step, low, high) float32 for start <= step < stop, made ahead of use."""
         if start >= stop:
+            return
+        if self.processes > 0:
+            yield from self._iterate_processes(start, stop)
             return
         with concurrent.futures.ThreadPoolExecutor(1) as ahead:
             pending = ahead.submit(self.batch_at, start)
@@ -362,7 +387,41 @@ class BatchStream:
                     pending = ahead.submit(self.batch_at, step + 1)
                 yield step, low, high
 
+    def _iterate_processes(self, start: int, stop: int):
+        import collections
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # never fork a multithreaded framework
+        with concurrent.futures.ProcessPoolExecutor(
+                self.processes, mp_context=context, initializer=_start_worker,
+                initargs=(self.source, self.batch, self.patch, self.seed)) as pool:
+            queued: collections.deque = collections.deque()
+            upcoming = start
+            while upcoming < stop and len(queued) < 2 * self.processes:
+                queued.append((upcoming, pool.submit(_worker_batch, upcoming)))
+                upcoming += 1
+            while queued:
+                step, future = queued.popleft()
+                low, high = future.result()
+                if upcoming < stop:
+                    queued.append((upcoming, pool.submit(_worker_batch, upcoming)))
+                    upcoming += 1
+                yield step, to_float(low), to_float(high)
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+_WORKER_STREAM: BatchStream | None = None
+
+
+def _start_worker(source: PairSource, batch: int, patch: int, seed: int) -> None:
+    global _WORKER_STREAM
+    _WORKER_STREAM = BatchStream(source, batch, patch, seed, threads=1)
+
+
+def _worker_batch(step: int) -> tuple[np.ndarray, np.ndarray]:
+    assert _WORKER_STREAM is not None
+    return _WORKER_STREAM.batch_uint8_at(step)

@@ -68,3 +68,22 @@ def evaluate_heldout(enhance: Callable[[np.ndarray], np.ndarray],
         low_db.append(psnr_uint8(pair.low, pair.high))
         out_db.append(psnr_uint8(output, pair.high))
     return HeldoutResult(names, low_db, out_db)
+
+
+def evaluate_checkpoint(path, pairs: Sequence[HeldoutPair] | None = None,
+                        backend: str = "jax") -> HeldoutResult:
+    """Held-out PSNR of a .pth / .safetensors checkpoint (default: the built-in held-out
+    pairs chelsea, coffee, rocket, as darkened in samples/), on JAX or PyTorch."""
+    from dln.data import builtin_heldout
+    from weights.convert import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if backend == "jax":
+        from port.inference import make_enhancer
+
+        enhance = make_enhancer(ckpt.flax_tree(), ckpt.config)
+    else:
+        from reference_torch.inference import make_enhancer
+
+        enhance = make_enhancer(ckpt.torch_state, ckpt.config)
+    return evaluate_heldout(enhance, builtin_heldout() if pairs is None else pairs)

@@ -111,7 +111,8 @@ def load_state(out_dir: str | Path) -> tuple[DLNConfig, TrainState, dict]:
     ckpt = load_checkpoint(weights_path)
     weights_meta = read_safetensors_metadata(weights_path)
     arrays, meta = load_safetensors(optimizer_path)
-    if meta.get("format") != OPTIMIZER_FORMAT or meta.get("format_version") != OPTIMIZER_FORMAT_VERSION:
+    if (meta.get("format"), meta.get("format_version")) != (OPTIMIZER_FORMAT,
+                                                            OPTIMIZER_FORMAT_VERSION):
         raise CheckpointError(f"{optimizer_path}: not a {OPTIMIZER_FORMAT} file")
     if weights_meta.get("train_step") != meta.get("step"):
         raise CheckpointError(

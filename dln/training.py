@@ -66,7 +66,7 @@ class TrainSettings:
     eval_every: int = 0
     save_every: int = 1000
     log_every: int = 10
-    workers: int = 0
+    workers: int = -1  # batch-making processes; -1 = auto (dln.data.auto_processes)
     precision: str = "highest"
     devices: int = 0  # JAX data parallel: 0 = every local device
     resume: bool = False
@@ -90,7 +90,9 @@ class TrainSettings:
             raise TrainError(f"--patch must be at least 11 (the SSIM window), got {self.patch}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TrainError(f"--lr must be a positive number, got {self.lr}")
-        for name in ("eval_every", "save_every", "workers", "devices"):
+        if self.workers < -1:
+            raise TrainError("--workers must be -1 (auto) or more")
+        for name in ("eval_every", "save_every", "devices"):
             if getattr(self, name) < 0:
                 raise TrainError(f"--{name.replace('_', '-')} must not be negative")
         if self.log_every < 1:
@@ -194,7 +196,7 @@ def check_resumable(stored: dict, settings: TrainSettings) -> None:
 def train(settings: TrainSettings, echo: Callable[[str], None] | None = None,
           data=None) -> TrainResult:
     """Run (or resume) training as `settings` say; write weights, logs and the plot."""
-    from dln.data import BatchStream, open_training_data
+    from dln.data import BatchStream, auto_processes, open_training_data
     from dln.heldout import evaluate_heldout
     from dln.progress import progress
     from dln.train_state import load_state, save_state
@@ -215,8 +217,9 @@ def train(settings: TrainSettings, echo: Callable[[str], None] | None = None,
     data = data or open_training_data(settings.data, settings.patch, settings.heldout)
     for line in data.problems:
         echo(f"skipped: {line}")
+    processes = settings.workers if settings.workers >= 0 else auto_processes()
     stream = BatchStream(data.source, settings.batch, settings.patch, settings.seed,
-                         settings.workers)
+                         processes=processes)
     schedule = make_schedule(settings, stream.steps_per_epoch)
     out.mkdir(parents=True, exist_ok=True)
     trainer = make_trainer(settings, config, state)

@@ -200,8 +200,9 @@ def _run_worker(request: dict, workdir: Path, env_extra: dict | None = None) -> 
     request = {**request, "result": str(path.with_suffix(".npz"))}
     path.write_text(json.dumps(request))
     env = {**os.environ, **(env_extra or {}), "DLN_NO_PROGRESS": "1"}
+    repo = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, "-m", "parity.training", str(path)], env=env,
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+                          capture_output=True, text=True, cwd=repo)
     if done.returncode != 0:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
         raise RuntimeError(f"{request['framework']} worker failed (exit {done.returncode}):\n"

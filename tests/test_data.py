@@ -61,14 +61,18 @@ def _small_source(n: int) -> SyntheticPairs:
 
 def test_batches_are_a_pure_function_of_seed_and_step():
     source = _small_source(5)
-    a = BatchStream(source, 3, 16, seed=7, workers=1)
-    b = BatchStream(source, 3, 16, seed=7, workers=3)
+    a = BatchStream(source, 3, 16, seed=7, threads=1)
+    b = BatchStream(source, 3, 16, seed=7, threads=3)
     later_first = [b.batch_at(s) for s in (4, 0, 2)]
     for (low_b, high_b), step in zip(later_first, (4, 0, 2)):
         low_a, high_a = a.batch_at(step)
         assert np.array_equal(low_a, low_b) and np.array_equal(high_a, high_b), f"step {step}"
     streamed = {s: (lo, hi) for s, lo, hi in a.iterate(1, 4)}
     assert all(np.array_equal(streamed[s][0], a.batch_at(s)[0]) for s in (1, 2, 3))
+    in_processes = BatchStream(source, 3, 16, seed=7, processes=2)
+    for step, low, high in in_processes.iterate(0, 5):
+        assert np.array_equal(low, a.batch_at(step)[0]), f"worker process, step {step}"
+        assert np.array_equal(high, a.batch_at(step)[1]), f"worker process, step {step}"
     other = BatchStream(source, 3, 16, seed=8).batch_at(0)[0]
     assert not np.array_equal(other, a.batch_at(0)[0]), "a different seed gave the same batch"
     low, high = a.batch_at(0)

@@ -19,7 +19,7 @@ from dln.train_state import load_state
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--variant", "dim=16", "--batch", "2", "--patch", "24", "--lr", "1e-4",
-        "--data", "builtin:grass,gravel,coins", "--heldout", "none", "--workers", "1"]
+        "--data", "builtin:grass,gravel,coins", "--heldout", "none", "--workers", "0"]
 
 
 def _lol(root: Path) -> Path:

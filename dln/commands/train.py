@@ -43,15 +43,17 @@ def register(sub) -> None:
     p.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps")
     p.add_argument("--log-every", type=int, default=10,
                    help="fetch losses from the device every N steps (all are logged)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="threads making batches (default: min(8, CPU count))")
+    p.add_argument("--workers", type=int, default=-1,
+                   help="processes making batches ahead (default -1: half the cores, at most 8, "
+                        "none below 4 cores; 0: one background thread)")
     p.add_argument("--precision", choices=PRECISIONS, default="highest",
                    help="JAX matmul/conv precision: highest (true float32, default) or default "
                         "(TF32 on recent GPUs: faster)")
     p.add_argument("--devices", type=int, default=0,
                    help="JAX: data parallel over the first N local devices (default all)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run saved in --out (same settings; --steps/--epochs may grow)")
+                   help="continue the run saved in --out (same settings; --steps or --epochs "
+                        "may grow)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(run=run)
 

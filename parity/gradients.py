@@ -23,7 +23,7 @@ Which precision proves what:
   float64 and rounded to float32 (a whole training step). Both agree to ~1e-8 relative
   (limit 1e-6). With each side's own *float32* gradients the step is reported only:
   Adam's first step is about lr * g / |g|, so an element whose float32 gradient is near
-  0 and flips sign between the frameworks moves by 2 lr (measured up to 7e-6 relative
+  0 and flips sign between the frameworks moves by 2 lr (measured up to 1.3e-5 relative
   on one dim-64 tensor).
 
 The torch side always finishes before JAX computes any gradient, and JAX runs in

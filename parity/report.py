@@ -138,3 +138,91 @@ def write_report(run, folder: str | os.PathLike) -> dict[str, Path]:
     _write_text(paths["markdown"], report_markdown(run))
     plot_errors(run, paths["plot"])
     return paths
+
+
+# ---- gradient parity -----------------------------------------------------------------------
+GRADIENT_PLOT_NAME = "gradient_error.png"
+
+
+def gradient_report_dict(report) -> dict:
+    def rows(errors):
+        return None if errors is None else [
+            {"torch_name": e.torch_name, "kind": e.kind, "shape": list(e.shape),
+             "rel_l2": e.rel_l2, "reference_norm": e.reference_norm} for e in errors]
+
+    return {
+        "passed": report.passed,
+        "loss": report.loss_name,
+        "loss_float64": {"torch": report.loss_torch, "jax": report.loss_jax},
+        "limits": {"gradients_float64": report.grad_rtol, "adam_step": report.adam_rtol},
+        "worst": {label: None if errors is None else {
+            "torch_name": report.worst(errors).torch_name, "rel_l2": report.worst(errors).rel_l2}
+            for label, errors in (("gradients_float64", report.gradients),
+                                  ("adam_same_gradients", report.adam_same_gradients),
+                                  ("adam_own_gradients", report.adam_own_gradients),
+                                  ("gradients_float32", report.gradients_float32),
+                                  ("adam_own_float32", report.adam_own_float32))},
+        "gradients_float64": rows(report.gradients),
+        "adam_same_gradients": rows(report.adam_same_gradients),
+        "adam_own_gradients": rows(report.adam_own_gradients),
+        "gradients_float32": rows(report.gradients_float32),
+        "adam_own_float32": rows(report.adam_own_float32),
+    }
+
+
+def plot_gradient_errors(report, dst: Path) -> None:
+    """Per-tensor relative L2 error on a log axis: float64 gradients (checked), float32
+    gradients (reported) and the Adam step, with the two limits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [e.torch_name for e in report.gradients]
+    xs = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.12 * len(names) + 2), 5.0))
+    try:
+        series = [("gradients float64 (checked)", report.gradients, "tab:blue"),
+                  ("gradients float32 (reported)", report.gradients_float32, "tab:orange"),
+                  ("Adam step, same gradients", report.adam_same_gradients, "tab:green")]
+        for label, errors, color in series:
+            if errors is not None:
+                ax.scatter(xs, [max(e.rel_l2, PLOT_FLOOR) for e in errors], s=10, color=color,
+                           label=label)
+        ax.axhline(report.grad_rtol, color="tab:blue", linestyle="--", linewidth=1,
+                   label=f"gradient limit {report.grad_rtol:.0e}")
+        ax.axhline(report.adam_rtol, color="tab:green", linestyle=":", linewidth=1,
+                   label=f"Adam limit {report.adam_rtol:.0e}")
+        ax.set_yscale("log")
+        ax.set_xticks(xs)
+        ax.set_xticklabels(names, rotation=90, fontsize=4)
+        ax.set_ylabel("||jax - torch|| / ||torch|| per tensor")
+        ax.set_title(f"gradient parity, {report.loss_name}", fontsize=9)
+        ax.legend(loc="upper left", fontsize=7)
+        fig.tight_layout()
+        tmp = dst.with_name(f".{dst.name}.tmp.png")
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, dst)
+    finally:
+        plt.close(fig)
+
+
+def write_gradient_report(report, folder: str | os.PathLike) -> dict[str, Path]:
+    """gradients.json, gradients.md and gradient_error.png in `folder` (created)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": folder / "gradients.json", "markdown": folder / "gradients.md",
+             "plot": folder / GRADIENT_PLOT_NAME}
+    _write_text(paths["json"], json.dumps(gradient_report_dict(report), indent=2) + "\n")
+    lines = ["# DLN gradient parity: PyTorch vs Flax", ""]
+    lines += [f"- {line}" for line in report.summary_lines()]
+    lines += ["", f"![per-tensor error]({GRADIENT_PLOT_NAME})", "",
+              "| tensor | kind | float64 rel. L2 | float32 rel. L2 | Adam step rel. L2 |",
+              "| --- | --- | ---: | ---: | ---: |"]
+    f32 = report.gradients_float32 or [None] * len(report.gradients)
+    for g, g32, a in zip(report.gradients, f32, report.adam_same_gradients):
+        lines.append(f"| `{g.torch_name}` | {g.kind} | {g.rel_l2:.2e} | "
+                     f"{'-' if g32 is None else f'{g32.rel_l2:.2e}'} | {a.rel_l2:.2e} |")
+    _write_text(paths["markdown"], "\n".join(lines) + "\n")
+    plot_gradient_errors(report, paths["plot"])
+    return paths

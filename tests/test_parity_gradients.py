@@ -6,9 +6,12 @@ gradients differ by PReLU/ReLU branch flips at rounding level and are only repor
 gradients and with each framework's own (float64-computed) gradients.
 """
 
+import json
+
 import numpy as np
 import pytest
 
+from dln.cli import main
 from dln.config import DLNConfig
 from parity import gradients
 from parity.capture import torch_threads
@@ -16,47 +19,63 @@ from parity.tolerance import ADAM_STEP_RTOL, GRAD_RTOL
 from weights.convert import checkpoint_from_torch_state
 from weights.spec import tensor_specs
 from weights.synthetic import random_torch_state
+from tests.conftest import write_authors_pth
 
 
 @pytest.fixture(scope="module")
-def setup16():
+def setup16(tmp_path_factory):
+    """One gradient-parity run through `dln parity --gradients` on an authors'-layout
+    (`module.`-prefixed) dim-16 file; the tests read its gradients.json."""
+    folder = tmp_path_factory.mktemp("grad")
     cfg = DLNConfig(dim=16)
-    ckpt = checkpoint_from_torch_state(random_torch_state(cfg, seed=21), cfg)
+    state = random_torch_state(cfg, seed=21)
+    pth = write_authors_pth(folder / "authors16.pth", state)
+    code = main(["parity", "--gradients", "--weights", str(pth), "--size", "24x36",
+                 "--batch", "2", "--seed", "3", "--report", str(folder / "report")])
+    report = json.loads((folder / "report" / "gradients.json").read_text())
+    assert (folder / "report" / "gradient_error.png").read_bytes()[:4] == b"\x89PNG"
+    ckpt = checkpoint_from_torch_state(state, cfg)
     x, target = gradients.gradient_batch(size=(24, 36), batch=2, seed=3)
-    return ckpt, x, target, gradients.gradient_parity(ckpt, x, target, float32_gradients=False)
+    return ckpt, x, target, report, code
+
+
+def _worst(rows):
+    return max(rows, key=lambda r: r["rel_l2"])
 
 
 def test_training_loss_gradients_match_torch_per_tensor_within_1e4_in_float64(setup16):
-    _, _, _, report = setup16
-    assert len(report.gradients) == 125
-    worst = report.worst(report.gradients)
-    assert worst.rel_l2 <= GRAD_RTOL, f"{worst.torch_name}: relative L2 {worst.rel_l2:.2e}"
-    assert abs(report.loss_jax - report.loss_torch) <= 1e-6 * max(1.0, abs(report.loss_torch)), \
-        (report.loss_jax, report.loss_torch)
+    *_, report, code = setup16
+    rows = report["gradients_float64"]
+    worst = _worst(rows)
+    assert worst["rel_l2"] <= GRAD_RTOL, f"{worst['torch_name']}: {worst['rel_l2']:.2e}"
+    assert code == 0 and report["passed"] is True
+    assert len(rows) == 125 and len(report["gradients_float32"]) == 125
+    losses = report["loss_float64"]
+    assert abs(losses["jax"] - losses["torch"]) <= 1e-6 * max(1.0, abs(losses["torch"])), losses
     # every tensor receives gradient (none compared as 0 == 0 by accident)
-    assert sum(e.reference_norm > 0 for e in report.gradients) >= 120
+    assert sum(r["reference_norm"] > 0 for r in rows) >= 120
 
 
 def test_the_authors_loss_is_used_once_it_exists(setup16):
-    _, _, _, report = setup16
+    *_, report, _ = setup16
     try:
         import port.losses  # noqa: F401
         import reference_torch.losses  # noqa: F401
     except ImportError:
         pytest.skip("losses not present yet; the mean square error stands in")
-    assert report.loss_name.startswith("dln_loss"), report.loss_name
+    assert report["loss"].startswith("dln_loss"), report["loss"]
 
 
 def test_one_adam_step_gives_the_same_parameters_within_1e6(setup16):
-    _, _, _, report = setup16
-    for errors in (report.adam_same_gradients, report.adam_own_gradients):
-        worst = report.worst(errors)
-        assert worst.rel_l2 <= ADAM_STEP_RTOL, f"{worst.torch_name}: {worst.rel_l2:.2e}"
+    *_, report, _ = setup16
+    for key in ("adam_same_gradients", "adam_own_gradients"):
+        worst = _worst(report[key])
+        assert worst["rel_l2"] <= ADAM_STEP_RTOL, f"{key} {worst['torch_name']}: {worst['rel_l2']:.2e}"
 
 
 def test_gradient_check_fails_on_a_layout_mistake(setup16):
     """Gradients transposed wrongly on the way back (kernel flipped) must not pass."""
-    ckpt, x, target, _ = setup16
+    ckpt, x, target, *_ = setup16
     cfg = ckpt.config
     _, _, torch_loss = gradients.training_losses()
     with torch_threads():
@@ -73,7 +92,7 @@ def test_gradient_check_fails_on_a_layout_mistake(setup16):
 
 def test_adam_check_fails_with_the_help_texts_learning_rate(setup16):
     """The authors' flag help says lr 1e-4, the code uses 1e-5 (dln_facts.md section 4)."""
-    ckpt, x, target, _ = setup16
+    ckpt, x, target, *_ = setup16
     cfg = ckpt.config
     _, _, torch_loss = gradients.training_losses()
     with torch_threads():

@@ -58,6 +58,10 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED,
                    help="seed of random weights and inputs")
     p.add_argument("--list-defects", action="store_true", help="list the bug zoo and exit")
+    p.add_argument("--gradients", action="store_true",
+                   help="gradient parity instead: d(training loss)/d(every parameter) per tensor "
+                        "(float64, limit 1e-4; float32 reported) and one Adam step (limit 1e-6) "
+                        "on a random dark batch (--size, default 24x36, >= 11 a side; --batch)")
     p.add_argument("--training", action="store_true",
                    help="training parity instead: train both frameworks --steps steps (Adam, "
                         "lr 1e-5, batch --batch or 2, 48 x 48 crops of textured built-in photos) "
@@ -121,6 +125,8 @@ def run(args) -> int:
     ckpt, label = load_weights(args)
     if args.training:
         return _run_training(args, ckpt, label)
+    if args.gradients:
+        return _run_gradients(args, ckpt, label)
     try:
         return _run_forward(args, ckpt, label)
     except (ParityInputError, DefectNotApplicable) as err:
@@ -169,3 +175,35 @@ def _run_training(args, ckpt, label) -> int:
         paths = result.write_report(args.report)
         print("report: " + ", ".join(str(p) for p in paths))
     return 0 if result.passed else 1
+
+
+def _run_gradients(args, ckpt, label) -> int:
+    from dln.cli import UserError
+    from parity.gradients import gradient_batch, gradient_parity
+    from parity.harness import ParityInputError, parse_size
+    from parity.report import write_gradient_report
+
+    if args.inject or args.images:
+        raise UserError("--gradients takes --weights/--variant/--size/--batch, not "
+                        "--inject or --images")
+    try:
+        size = parse_size(args.size) if args.size else (24, 36)
+    except ParityInputError as err:
+        raise UserError(str(err)) from None
+    batch = 2 if args.batch is None else args.batch
+    if min(size) < 11 or batch < 1:
+        raise UserError("--gradients needs at least 11x11 pixels (the authors' SSIM window) "
+                        "and --batch >= 1")
+    x, target = gradient_batch(size, batch, args.seed)
+    print(f"weights: {label}; {ckpt.config.variant_string()}, dim {ckpt.config.dim}")
+    print(f"batch: {batch} seeded dark image(s) {size[0]}x{size[1]} and brighter targets")
+    report = gradient_parity(ckpt, x, target)
+    print("\n".join(report.summary_lines()))
+    if args.report:
+        try:
+            paths = write_gradient_report(report, args.report)
+        except OSError as err:
+            raise UserError(f"--report {args.report}: cannot write ({err.strerror or err})") \
+                from None
+        print("report: " + ", ".join(str(p) for p in paths.values()))
+    return 0 if report.passed else 1

@@ -50,6 +50,12 @@ class Checkpoint:
         return tree
 
 
+def _spelled(value) -> str:
+    """A switch value as `--variant` spells it (on/off for booleans)."""
+    return {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) \
+        else str(value)
+
+
 def _merge_stored(stored_json: str | None, overrides: dict, source: Path) -> dict:
     """Combine the config stored in a file with the user's --variant.
 
@@ -66,8 +72,8 @@ def _merge_stored(stored_json: str | None, overrides: dict, source: Path) -> dic
     for key, value in overrides.items():
         if key != "gamma" and merged[key] != value:
             raise CheckpointError(
-                f"variant conflict: {key}={value} was requested but {source.name} was made "
-                f"with {key}={merged[key]}")
+                f"variant conflict: {key}={_spelled(value)} was requested but {source.name} "
+                f"was made with {key}={_spelled(merged[key])}")
         merged[key] = value
     return merged
 

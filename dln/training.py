@@ -171,7 +171,8 @@ def make_trainer(settings: TrainSettings, config: DLNConfig, state: TrainState):
     from reference_torch.train import TorchTrainer
 
     return TorchTrainer(config, state, beta1=settings.beta1, beta2=settings.beta2,
-                        eps=settings.eps, tv_weight=settings.tv_weight, seed=settings.seed)
+                        eps=settings.eps, tv_weight=settings.tv_weight, seed=settings.seed,
+                        precision=settings.precision)
 
 
 # ---- the loop ---------------------------------------------------------------------------

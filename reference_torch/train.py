@@ -4,7 +4,7 @@ Same interface as port.train.JaxTrainer (see dln.training). Batches arrive NHWC
 float32 from dln.data and are transposed to NCHW; weights and Adam moments travel
 as flat Flax-named arrays (dln.train_state), converted with weights/spec.py's
 layout rules, so checkpoints are interchangeable between the two trainers.
-Runs on CUDA when available, else on the CPU.
+Runs on CUDA when available (with --precision highest: no TF32), else on the CPU.
 """
 
 from __future__ import annotations
@@ -27,11 +27,18 @@ def _tensor(array: np.ndarray, device) -> torch.Tensor:
 class TorchTrainer:
     def __init__(self, config: DLNConfig, state: TrainState, beta1: float = 0.9,
                  beta2: float = 0.999, eps: float = 1e-8, tv_weight: float = 0.001,
-                 seed: int = 123, device: str | None = None):
+                 seed: int = 123, device: str | None = None, precision: str = "highest"):
         torch.manual_seed(seed)
+        self.precision = precision
         self.config = config
         self.tv_weight = tv_weight
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda":
+            # "highest": true float32 convolutions, like JAX's; "default": torch's own
+            # default (TF32 convolutions on recent GPUs)
+            torch.backends.cudnn.allow_tf32 = precision != "highest"
+            torch.backends.cuda.matmul.allow_tf32 = False if precision == "highest" else \
+                torch.backends.cuda.matmul.allow_tf32
         self.model = DLN(config).to(self.device)
         weights = flax_to_torch_state(state.params, config)
         self.model.load_state_dict({k: _tensor(v, self.device) for k, v in weights.items()},
@@ -50,8 +57,10 @@ class TorchTrainer:
                     "exp_avg_sq": _tensor(nu[name], self.device)}
 
     def describe(self) -> str:
-        where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return f"torch {torch.__version__}: {where}"
+        if self.device.type == "cuda":
+            return (f"torch {torch.__version__}: {torch.cuda.get_device_name(self.device)}, "
+                    f"precision {self.precision}")
+        return f"torch {torch.__version__}: cpu"
 
     def step(self, low: np.ndarray, high: np.ndarray, lr: float) -> torch.Tensor:
         for group in self.optimizer.param_groups:

@@ -11,7 +11,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "train", help="train DLN (JAX or PyTorch), resumable, with logs and a loss plot",
         description="Train DLN with the authors' recipe (Adam .9/.999/1e-8, lr 1e-5 divided by 10 "
-                    "when (epoch+1) %% (2/3 epochs) == 0, batch 32, patch 128, seed 123, loss "
+                    "when (epoch+1) % (2/3 epochs) == 0, batch 32, patch 128, seed 123, loss "
                     "1 - SSIM + 0.001 TV, crop + flips + 180-degree rotation). Writes "
                     "OUT/weights.safetensors (usable by `dln enhance`), OUT/optimizer.safetensors, "
                     "OUT/log.csv, OUT/log.json and OUT/loss.png; reports held-out PSNR at the end.")
@@ -47,8 +47,8 @@ def register(sub) -> None:
                    help="processes making batches ahead (default -1: half the cores, at most 8, "
                         "none below 4 cores; 0: one background thread)")
     p.add_argument("--precision", choices=PRECISIONS, default="highest",
-                   help="JAX matmul/conv precision: highest (true float32, default) or default "
-                        "(TF32 on recent GPUs: faster)")
+                   help="GPU matmul/conv precision: highest (true float32, default) or default "
+                        "(the framework's default: TF32 on recent GPUs, ~30%% faster)")
     p.add_argument("--devices", type=int, default=0,
                    help="JAX: data parallel over the first N local devices (default all)")
     p.add_argument("--resume", action="store_true",

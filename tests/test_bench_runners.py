@@ -1,0 +1,116 @@
+"""The timed forward passes: the fast JAX forward equals the port, runners agree,
+and a failing torch.compile is reported as unavailable instead of crashing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dln.config import DLNConfig
+from parity.tolerance import assert_close
+from weights.convert import checkpoint_from_torch_state
+from weights.synthetic import random_torch_state
+
+POINTWISE_CONVS = 9  # per LBP: fusion.outlayer, local_weight1_1, local_weight2_1 (x 3 LBPs)
+ALL_CONVS = 40       # feat1, feat2, 3 x (1 + 9 + 2), feature, out
+
+
+@pytest.fixture(scope="module")
+def ckpt16():
+    cfg = DLNConfig(dim=16)
+    return checkpoint_from_torch_state(random_torch_state(cfg, seed=5), cfg)
+
+
+def _x(batch=2, h=13, w=21, seed=0):
+    return np.random.default_rng(seed).random((batch, h, w, 3), dtype=np.float32)
+
+
+def test_fast_jax_forward_equals_the_port_and_computes_pointwise_convs_as_dots(ckpt16):
+    import jax
+
+    from parity.fast_jax import make_fast_apply
+    from port.inference import make_apply, params_to_device
+
+    params = params_to_device(ckpt16.flax_tree())
+    x = _x()
+    port = make_apply(ckpt16.config)
+    fast = make_fast_apply(ckpt16.config)
+    assert_close(np.asarray(fast(params, x)), np.asarray(port(params, x)), what="fast vs port")
+    hlo_fast = fast.lower(params, jax.numpy.asarray(x)).as_text()
+    hlo_port = port.lower(params, jax.numpy.asarray(x)).as_text()
+    assert hlo_port.count("stablehlo.convolution") == ALL_CONVS
+    assert hlo_fast.count("stablehlo.convolution") == ALL_CONVS - POINTWISE_CONVS
+    assert hlo_fast.count("stablehlo.dot_general") - hlo_port.count("stablehlo.dot_general") \
+        == POINTWISE_CONVS
+
+
+def test_fast_jax_leaves_3x3_and_strided_convs_alone():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from parity.fast_jax import pointwise_conv_as_dot
+
+    x = jnp.asarray(_x(1, 8, 8))
+    for conv, expect_conv in ((nn.Conv(4, (1, 1), strides=(2, 2)), True),
+                              (nn.Conv(4, (3, 3), padding=((1, 1), (1, 1))), True),
+                              (nn.Conv(4, (1, 1), padding=((0, 0), (0, 0))), False)):
+        params = conv.init(jax.random.PRNGKey(0), x)
+
+        def plain(p):
+            return conv.apply(p, x)
+
+        def rewritten(p):
+            with nn.intercept_methods(pointwise_conv_as_dot):
+                return conv.apply(p, x)
+
+        text = jax.jit(rewritten).lower(params).as_text()
+        assert ("stablehlo.convolution" in text) == expect_conv, conv
+        assert_close(np.asarray(rewritten(params)), np.asarray(plain(params)), what=str(conv))
+
+
+def test_jax_and_torch_runners_give_the_same_image(ckpt16):
+    from parity.runners import make_runner
+
+    image = _x(1, 11, 17, seed=3)[0]
+    outputs = {}
+    for backend in ("jax", "torch"):
+        runner = make_runner(backend, ckpt16)
+        outputs[backend] = runner.infer(image)
+        runner.prepare(image[None])
+        runner.step()
+    assert outputs["jax"].shape == image.shape
+    assert_close(outputs["jax"], outputs["torch"], what="jax runner vs torch runner")
+
+
+def test_torch_channels_last_runner_gives_the_same_image(ckpt16):
+    from parity.runners import make_runner
+
+    image = _x(1, 11, 17, seed=4)[0]
+    nchw = make_runner("torch", ckpt16).infer(image)
+    last = make_runner("torch", ckpt16, channels_last=True)
+    assert last.settings["memory_format"] == "channels_last"
+    assert_close(last.infer(image), nchw, what="channels_last vs NCHW")
+
+
+def test_a_failing_torch_compile_is_reported_unavailable_with_its_reason(ckpt16, monkeypatch):
+    import torch
+
+    from parity.runners import BackendUnavailable, make_runner
+
+    def broken_compile(model, **kwargs):
+        def run(x):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    runner = make_runner("torch-compile", ckpt16)
+    with pytest.raises(BackendUnavailable, match="No working C\\+\\+ compiler"):
+        runner.prepare(_x(1, 8, 8))
+
+
+def test_unknown_backend_is_refused(ckpt16):
+    from parity.runners import make_runner
+
+    with pytest.raises(ValueError, match="unknown backend"):
+        make_runner("tensorflow", ckpt16)

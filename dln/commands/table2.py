@@ -1,0 +1,51 @@
+"""`dln table2`: the report's Table 2, measured on this machine for any set of models."""
+
+from __future__ import annotations
+
+ORDER = 60
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "table2", help="parameters, time and quality of models, beside the published Table 2",
+        description="For each --model: parameters, median synchronised time per image at the "
+                    "data's resolution (with GFLOP/s), and PSNR / SSIM / theta means with the "
+                    "authors' protocol; printed beside the paper's and the report's published "
+                    "rows. Writes table2.md, table2.json and table2_grid.png to --report.")
+    p.add_argument("--data", default="builtin",
+                   help="a LOL-layout folder (low/ and high/, or eval15/low and eval15/high) or "
+                        "'builtin' (the built-in held-out synthetic pairs; default)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=FILE",
+                   help="a .pth or .safetensors checkpoint, named in the table (repeatable)")
+    p.add_argument("--backend", default="jax",
+                   help="jax, torch or both as jax,torch (each model runs on each; default jax)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed runs per model after the warm-up (median reported; default 5)")
+    p.add_argument("--column", choices=("voc", "lol"), default=None,
+                   help="which published column group the measured metrics go under "
+                        "(default: voc for builtin, lol for a folder)")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="write table2.md, table2.json and table2_grid.png here")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from dln.cli import UserError
+    from parity.table2 import Table2Error, parse_model, run_table2, table_markdown, write_report
+
+    backends = tuple(dict.fromkeys(b.strip() for b in args.backend.split(",") if b.strip()))
+    bad = [b for b in backends if b not in ("jax", "torch")]
+    if bad or not backends:
+        raise UserError(f"--backend must be jax, torch or jax,torch; got {args.backend!r}")
+    try:
+        models = [parse_model(m) for m in args.model]
+        result = run_table2(models, args.data, backends, args.repeats, args.column)
+    except Table2Error as err:
+        raise UserError(str(err)) from None
+    print(table_markdown(result), end="")
+    for problem in result.problems:
+        print(f"note: {problem}")
+    if args.report:
+        paths = write_report(result, args.report)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,149 @@
+"""`dln table2`: measured rows from independent computations, published rows verbatim.
+
+Tiny LOL-layout folders and dim-16 models keep this fast; no time is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dln.cli import main
+from dln.config import DLNConfig
+from dln.images import load_image, quantize, write_png_atomic
+from parity.metrics import evaluate_pair
+from parity.table2 import Pair, common_resolution
+
+SIZES = {"a": (24, 36), "b": (24, 36), "c": (20, 30)}  # (h, w); 24x36 is the most common
+
+
+@pytest.fixture
+def lol_folder(tmp_path):
+    import skimage.data
+
+    photo = skimage.data.coffee()
+    root = tmp_path / "lol"
+    for sub in ("low", "high"):
+        (root / sub).mkdir(parents=True)
+    for i, (name, (h, w)) in enumerate(SIZES.items()):
+        high = np.ascontiguousarray(photo[40 * i:40 * i + h, 50 * i:50 * i + w])
+        low = (high.astype(np.float32) * 0.3).astype(np.uint8)
+        write_png_atomic(low, root / "low" / f"{name}.png")
+        write_png_atomic(high, root / "high" / f"{name}.png")
+    return root
+
+
+def _torch_means(pth, folder) -> dict:
+    """The authors' evaluation done by hand with the PyTorch reference model."""
+    import torch
+
+    from reference_torch.inference import model_from_state
+    from weights.convert import load_checkpoint
+
+    ckpt = load_checkpoint(pth)
+    model = model_from_state(ckpt.torch_state, ckpt.config)
+    scores = []
+    for name in sorted(SIZES):
+        low = load_image(folder / "low" / f"{name}.png")
+        high = (load_image(folder / "high" / f"{name}.png") * 255).round().astype(np.uint8)
+        with torch.no_grad():
+            out = model(torch.from_numpy(low.transpose(2, 0, 1))[None])[0].numpy()
+        scores.append(evaluate_pair(quantize(out.transpose(1, 2, 0)), high))
+    return {k: float(np.mean([s[k] for s in scores])) for k in ("psnr", "ssim", "theta")}
+
+
+def test_table2_measures_both_formats_on_both_backends_like_the_authors(
+        tmp_path, capsys, lol_folder, authors_pth_16):
+    import torch
+
+    from reference_torch.model import DLN
+    from weights.convert import convert
+
+    st = tmp_path / "m16.safetensors"
+    convert(authors_pth_16, st)
+    report = tmp_path / "report"
+    code = main(["table2", "--data", str(lol_folder), "--model", f"pth={authors_pth_16}",
+                 "--model", f"st={st}", "--backend", "jax,torch", "--repeats", "2",
+                 "--report", str(report)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    result = json.loads((report / "table2.json").read_text())
+    rows = {r["name"]: r for r in result["measured"]}
+    assert set(rows) == {"pth (jax)", "pth (torch)", "st (jax)", "st (torch)"}
+    expected_params = sum(p.numel() for p in DLN(DLNConfig(dim=16)).parameters())
+    expected = _torch_means(authors_pth_16, lol_folder)
+    for name, row in rows.items():
+        assert row["parameters"] == expected_params, name
+        assert row["resolution"] == {"height": 24, "width": 36}, name
+        assert len(row["time_runs_ms"]) == 2
+        assert row["time_ms"] == pytest.approx(float(np.median(row["time_runs_ms"])))
+        assert len(row["per_image"]) == len(SIZES)
+        # torch rows are the hand computation; jax rows may flip a few pixels by one level
+        tol = {"psnr": 1e-9, "ssim": 1e-12, "theta": 1e-9} if "torch" in name else \
+              {"psnr": 0.05, "ssim": 1e-3, "theta": 0.05}
+        for key, limit in tol.items():
+            err = abs(row[f"mean_{key}"] - expected[key])
+            assert err <= limit, f"{name} {key}: {row[f'mean_{key}']} vs {expected[key]} ({err})"
+    assert result["column_group"] == "lol"
+    for path in ("table2.md", "table2.json", "table2_grid.png"):
+        assert (report / path).stat().st_size > 0
+    assert "| pth (jax) | measured (jax) |" in printed
+
+
+def test_published_rows_are_the_reports_figures_marked_as_published(
+        tmp_path, capsys, lol_folder, authors_pth_16):
+    assert main(["table2", "--data", str(lol_folder), "--model", f"m={authors_pth_16}",
+                 "--repeats", "1"]) == 0
+    table = capsys.readouterr().out
+    published = [line for line in table.splitlines() if "| published |" in line]
+    assert len(published) == 4
+    jax_row = next(line for line in published if line.startswith("| JAX port |"))
+    cells = [c.strip() for c in jax_row.strip("|").split("|")]
+    # dln_facts.md section 6: JAX port | 421k | 2.75 ms | 27.77 | 0.90 | 3.23 | 20.45 | 0.80 | 4.90
+    assert cells[2:4] == ["421k", "2.75 ms"]
+    assert cells[5:] == ["27.77", "0.90", "3.23", "20.45", "0.80", "4.90"]
+    paper = next(line for line in published if line.startswith("| Paper |"))
+    assert [c.strip() for c in paper.strip("|").split("|")][5:] == [
+        "23.82", "0.91", "-", "21.94", "0.80", "-"]
+    # 332 GFLOP in 2.75 ms is ~120,700 GFLOP/s: shown as implied, not as a measurement
+    assert "120,727 (implied)" in jax_row
+    assert "not measured here" in table
+
+
+def test_builtin_data_are_the_bundled_samples(tmp_path):
+    from dln.paths import SAMPLE_IMAGES
+    from parity.table2 import load_pairs
+
+    pairs, _, problems = load_pairs("builtin")
+    assert not problems
+    assert [p.name for p in pairs] == sorted(p.stem for p in (SAMPLE_IMAGES / "low").iterdir())
+    for pair in pairs:
+        for side in ("low", "high"):
+            on_disk = (load_image(SAMPLE_IMAGES / side / f"{pair.name}.png") * 255).round()
+            assert np.array_equal(on_disk.astype(np.uint8), getattr(pair, side)), (pair.name, side)
+
+
+def test_timing_resolution_is_the_most_common_image_size():
+    def pair(h, w):
+        z = np.zeros((h, w, 3), np.uint8)
+        return Pair("x", z, z)
+
+    assert common_resolution([pair(5, 7), pair(9, 9), pair(9, 9)]) == (9, 9)
+    assert common_resolution([pair(5, 7), pair(9, 9)]) == (5, 7)  # a tie: the first seen
+
+
+def test_table2_refuses_bad_arguments_in_one_line(tmp_path, capsys, lol_folder, authors_pth_16):
+    cases = [
+        ["table2", "--data", str(lol_folder)],                                     # no model
+        ["table2", "--data", str(lol_folder), "--model", f"x={tmp_path / 'no.pth'}"],
+        ["table2", "--data", str(tmp_path / "nowhere"), "--model", f"m={authors_pth_16}"],
+        ["table2", "--data", str(tmp_path), "--model", f"m={authors_pth_16}"],      # no low/high
+        ["table2", "--model", f"m={authors_pth_16}", "--backend", "tensorflow"],
+        ["table2", "--data", str(lol_folder), "--model", "=x"],
+    ]
+    for argv in cases:
+        assert main(argv) == 2, argv
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == len(cases) and all(e.startswith("dln table2: error:") for e in err), err

@@ -56,6 +56,7 @@ class BenchOptions:
     torch_channels_last: bool = True   # measured faster than NCHW for eager torch here
     jax_fast: bool = True
     env: dict = dataclasses.field(default_factory=dict)  # extra environment for every worker
+    profile: bool = False  # trace the JAX forward after the timed rounds
     show_progress: bool = True
 
 
@@ -262,6 +263,8 @@ def run_bench(opts: BenchOptions) -> dict:
             _peak_round(peak_worker, opts.peak_n, peak_runs)
             for name, worker in workers.items():
                 seconds[name] += worker.request({"op": "time", "repeats": 1})["seconds"]
+        if opts.profile and "jax" in workers:
+            backends["jax"]["profile"] = workers["jax"].request({"op": "profile"})["profile"]
     finally:
         for worker in [peak_worker, *workers.values()]:
             worker.close()

@@ -15,8 +15,8 @@ def _ratio_lines(result: dict) -> list[str]:
         for other in ("torch", "torch-compile"):
             if backends.get(other, {}).get("available"):
                 ratio = backends[other]["median_ms"] / jax["median_ms"]
-                lines.append(f"jax is {ratio:.2f}x {'faster' if ratio >= 1 else 'as fast'} than "
-                             f"{other} (median per-image latency, same run)")
+                verdict = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+                lines.append(f"jax is {verdict} than {other} (median per-image latency, same run)")
     return lines
 
 
@@ -49,6 +49,19 @@ def floor_lines(result: dict) -> list[str]:
     return out
 
 
+def profile_lines(profile: dict, top: int = 8) -> list[str]:
+    """The JAX forward's time by kind of op and its slowest layers."""
+    lines = [f"JAX profile (one traced forward: wall {profile['wall_ms']:,.0f} ms, op time "
+             f"{profile['op_ms_total']:,.0f} ms summed over threads):", "",
+             "| kind of op | ms | share |", "| --- | --- | --- |"]
+    lines += [f"| {k['kind']} | {k['ms']:,.1f} | {k['share']:.1%} |" for k in profile["by_kind"]]
+    lines += ["", "| slowest layers | ms | GFLOP | GFLOP/s |", "| --- | --- | --- | --- |"]
+    for row in profile["layers"][:top]:
+        rate = "-" if row["gflops_per_s"] is None else f"{row['gflops_per_s']:,.0f}"
+        lines.append(f"| {row['layer']} | {row['ms']:,.1f} | {row['gflop']:.2f} | {rate} |")
+    return lines
+
+
 def summary_text(result: dict) -> str:
     peak = result["peak"]
     size = result["size"]
@@ -66,6 +79,9 @@ def summary_text(result: dict) -> str:
         *_ratio_lines(result),
         *floor_lines(result),
     ]
+    profile = result["backends"].get("jax", {}).get("profile")
+    if profile:
+        lines += ["", *profile_lines(profile)]
     load = result.get("machine", {}).get("load_average_at_end")
     if load:
         lines.append(f"load average at the end: {', '.join(f'{v:.2f}' for v in load)} "

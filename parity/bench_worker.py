@@ -14,6 +14,7 @@ library prints is ignored by the driver). Requests:
   {"op": "time", "repeats": n}            seconds of n forward passes
   {"op": "matmul", "library": "numpy" | "torch" | "jax", "n": N, "repeats": r}
       seconds of r (N x N) @ (N x N) float32 products, after one warm-up
+  {"op": "profile"}   (jax only) per-op times of the forward, parity.jax_profile
   {"op": "quit"}
 
 Separate processes keep the backends' thread pools and allocators apart, while
@@ -82,6 +83,11 @@ class Worker:
             return {"ok": False, "error": "time before setup"}
         return {"ok": True, "seconds": time_steps(self.runner.step, int(req["repeats"]))}
 
+    def profile(self, req: dict) -> dict:
+        if not hasattr(self.runner, "profile"):
+            return {"ok": False, "error": "profile needs the jax backend, set up first"}
+        return {"ok": True, "profile": self.runner.profile(int(req.get("runs", 2)))}
+
     def _matmul_step(self, library: str, n: int):
         key = (library, n)
         if key in self._matmul_cache:
@@ -138,7 +144,7 @@ def main() -> int:
             if op == "quit":
                 reply({"ok": True})
                 return 0
-            if op not in ("setup", "time", "matmul"):
+            if op not in ("setup", "time", "matmul", "profile"):
                 reply({"ok": False, "error": f"unknown op {op!r}"})
                 continue
             reply(getattr(worker, op)(req))

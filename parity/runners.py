@@ -64,6 +64,7 @@ class JaxRunner(Runner):
         self._jax = jax
         self._apply = make_fast_apply(ckpt.config) if fast else make_apply(ckpt.config)
         self._params = params_to_device(ckpt.flax_tree())
+        self._config = ckpt.config
         self._x = None
         self.settings = {"jit": "whole forward", "devices": str(jax.devices()[0]),
                          "jax": jax.__version__,
@@ -80,6 +81,12 @@ class JaxRunner(Runner):
     def infer(self, image_hwc):
         x = self._jax.device_put(np.ascontiguousarray(image_hwc, np.float32)[None])
         return np.asarray(self._apply(self._params, x).block_until_ready())[0]
+
+    def profile(self, runs: int = 2) -> dict:
+        """Per-op / per-layer times of the prepared forward (parity.jax_profile)."""
+        from parity.jax_profile import profile_forward
+
+        return profile_forward(self._apply, self._params, self._x, self._config, runs)
 
     def compiled_stats(self) -> dict:
         """XLA's own view of the compiled forward: buffer bytes and HLO FLOP count."""

@@ -114,3 +114,30 @@ def test_unknown_backend_is_refused(ckpt16):
 
     with pytest.raises(ValueError, match="unknown backend"):
         make_runner("tensorflow", ckpt16)
+
+
+def test_jax_profile_attributes_op_time_to_the_authors_layer_names(ckpt16):
+    from parity.flops import layer_flops
+    from parity.jax_profile import kind_of, layer_of
+    from parity.runners import make_runner
+
+    assert layer_of("jit(forward)/DLN/DLN.residual/feat_out_2/fusion/outlayer/conv/"
+                    "dot_general") == "feat_out_2.fusion.outlayer.conv"
+    assert layer_of("jit(forward)/DLN/DLN.residual/out/conv_general_dilated") == "out"
+    assert layer_of("jit(forward)/DLN/DLN.residual/concatenate") is None
+    kernels = {"feat1.conv": 3, "feat_out_1.local_weight1_1.conv": 1}
+    assert kind_of("fusion", "jit(f)/DLN/DLN.residual/feat1/conv/conv_general_dilated",
+                   kernels) == "3x3 convolution"
+    assert kind_of("concatenate", "jit(f)/DLN/DLN.residual/concatenate", kernels) == "concatenate"
+
+    runner = make_runner("jax", ckpt16)
+    runner.prepare(_x(1, 16, 24))
+    profile = runner.profile(runs=1)
+    every_layer = {n.rsplit(".", 1)[0] for n in layer_flops(ckpt16.config, 16, 24)}
+    conv_layers = {n for n in every_layer if n.endswith("conv") or n == "out"}
+    seen = {r["layer"] for r in profile["layers"]}
+    # every convolution is seen; tiny dense layers may be fused into other ops
+    assert conv_layers <= seen <= every_layer, (conv_layers - seen, seen - every_layer)
+    shares = sum(k["share"] for k in profile["by_kind"])
+    assert abs(shares - 1) < 1e-9, shares
+    assert {"3x3 convolution", "1x1 convolution"} <= {k["kind"] for k in profile["by_kind"]}

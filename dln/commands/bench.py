@@ -29,6 +29,8 @@ def register(sub) -> None:
                         "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432")
     p.add_argument("--jax-plain", action="store_true",
                    help="time port.inference.make_apply as is (1x1 convolutions as convolutions)")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, trace the JAX forward: time per layer and per kind of op")
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="also write bench.json, bench.md and bench_latency.png here")
@@ -68,7 +70,7 @@ def run(args) -> int:
     opts = BenchOptions(weights=weights, size=size, batch=args.batch, backends=backends,
                         repeats=args.repeats, peak_n=args.peak_size,
                         torch_channels_last=not args.torch_nchw, env=env,
-                        jax_fast=not args.jax_plain)
+                        jax_fast=not args.jax_plain, profile=args.profile)
     try:
         result = run_bench(opts)
     except BenchError as err:

@@ -30,6 +30,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    import os
+    import sys
+
+    if "torch" not in sys.modules:
+        # PyTorch's OpenMP threads wait passively at barriers: libgomp's default busy
+        # wait collapses when other programs share the cores (see parity.bench.worker_env).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from dln.cli import UserError
     from parity.table2 import Table2Error, parse_model, run_table2, table_markdown, write_report
 

@@ -107,10 +107,12 @@ def plot_latency(result: dict, dst: Path) -> None:
         bound = result["gflop_per_image"] / result["peak"]["gflops_per_s"] * 1e3
         ax.axhline(bound, color="tab:red", linestyle="--",
                    label=f"at the matmul peak: {bound:,.0f} ms")
-        for x, m, n in zip(range(len(names)), med, names):
+        tops = [result["backends"][n]["max_ms"] for n in names]
+        for x, m, top, n in zip(range(len(names)), med, tops, names):
             ax.annotate(f"{m:,.0f} ms\n{result['backends'][n]['peak_fraction']:.0%} of peak",
-                        (x, m), ha="center", va="bottom", fontsize=8,
+                        (x, top), ha="center", va="bottom", fontsize=8,
                         xytext=(0, 4), textcoords="offset points")
+        ax.set_ylim(0, max(tops + [bound]) * 1.2)
         ax.set_ylabel("ms per image (median; whiskers min-max)")
         size = result["size"]
         ax.set_title(f"DLN {size['height']}x{size['width']}, batch {result['batch']}: "

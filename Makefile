@@ -19,5 +19,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+bench: $(STAMP)
+	$(BIN)/dln bench --profile --report out/bench
+
 clean:
 	rm -rf $(VENV) out .pytest_cache

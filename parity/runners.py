@@ -10,7 +10,7 @@ Each backend gets its own best documented CPU settings, nothing that changes the
 arithmetic beyond float32 rounding:
 - jax: the whole forward is one jit, parameters on the device once, inputs
   transferred before timing; by default the 1 x 1 convolutions are computed as
-  dots (parity.fast_jax: same arithmetic, XLA's faster path); `fast=False` runs
+  dots (port.pointwise: same arithmetic, XLA's faster path); `fast=False` runs
   port.inference.make_apply exactly.
 - torch: eval mode, inference_mode, all cores (torch's default thread count), and
   the memory format (NCHW or channels_last) chosen by the caller.
@@ -58,11 +58,10 @@ class JaxRunner(Runner):
         super().__init__()
         import jax
 
-        from parity.fast_jax import make_fast_apply
         from port.inference import make_apply, params_to_device
 
         self._jax = jax
-        self._apply = make_fast_apply(ckpt.config) if fast else make_apply(ckpt.config)
+        self._apply = make_apply(ckpt.config, pointwise_as_dot=fast)
         self._params = params_to_device(ckpt.flax_tree())
         self._config = ckpt.config
         self._x = None

@@ -25,16 +25,15 @@ def _x(batch=2, h=13, w=21, seed=0):
     return np.random.default_rng(seed).random((batch, h, w, 3), dtype=np.float32)
 
 
-def test_fast_jax_forward_equals_the_port_and_computes_pointwise_convs_as_dots(ckpt16):
+def test_inference_forward_equals_plain_model_and_computes_pointwise_convs_as_dots(ckpt16):
     import jax
 
-    from parity.fast_jax import make_fast_apply
     from port.inference import make_apply, params_to_device
 
     params = params_to_device(ckpt16.flax_tree())
     x = _x()
-    port = make_apply(ckpt16.config)
-    fast = make_fast_apply(ckpt16.config)
+    port = make_apply(ckpt16.config, pointwise_as_dot=False)
+    fast = make_apply(ckpt16.config)
     assert_close(np.asarray(fast(params, x)), np.asarray(port(params, x)), what="fast vs port")
     hlo_fast = fast.lower(params, jax.numpy.asarray(x)).as_text()
     hlo_port = port.lower(params, jax.numpy.asarray(x)).as_text()
@@ -44,12 +43,12 @@ def test_fast_jax_forward_equals_the_port_and_computes_pointwise_convs_as_dots(c
         == POINTWISE_CONVS
 
 
-def test_fast_jax_leaves_3x3_and_strided_convs_alone():
+def test_pointwise_rewrite_leaves_3x3_and_strided_convs_alone():
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
 
-    from parity.fast_jax import pointwise_conv_as_dot
+    from port.pointwise import pointwise_conv_as_dot
 
     x = jnp.asarray(_x(1, 8, 8))
     for conv, expect_conv in ((nn.Conv(4, (1, 1), strides=(2, 2)), True),

@@ -128,9 +128,6 @@ def test_table2_refuses_a_broken_checkpoint_with_one_line(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not _has_command("table2"), reason="dln table2 is not in this tree yet")
-@pytest.mark.xfail(strict=True, reason="dln table2 notes an unreadable image but exits 0 "
-                                       "(issue 8 asks for a non-zero exit); reported, not "
-                                       "fixed here: remove this marker once table2 does")
 def test_table2_with_an_unreadable_image_names_it_and_ends_non_zero(tmp_path, capsys,
                                                                     authors_pth_16):
     rng = np.random.default_rng(1)

@@ -50,9 +50,10 @@ def run(args) -> int:
     except Table2Error as err:
         raise UserError(str(err)) from None
     print(table_markdown(result), end="")
-    for problem in result.problems:
-        print(f"note: {problem}")
     if args.report:
         paths = write_report(result, args.report)
         print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    for problem in result.problems:
+        print(f"dln table2: {problem}", file=sys.stderr)
+    # pairs that could not be read were left out of the means: say so in the exit code
+    return 1 if result.problems else 0

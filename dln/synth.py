@@ -15,11 +15,13 @@ class SynthResult:
     problems: list[str]
 
 
-def synthesize_folder(source: str | Path, out: str | Path, seed: int = 0) -> SynthResult:
+def synthesize_folder(source: str | Path, out: str | Path, seed: int = 0,
+                      overwrite: bool = False) -> SynthResult:
     """out/high/<stem>.png (shorter side 384) and out/low/<stem>.png (darkened), per image.
 
-    A file that cannot be read, or a second file with the same stem, is one problem
-    line; the others are still written.
+    A file that cannot be read, a second file with the same stem, or (without
+    overwrite) a pair whose outputs already exist is one problem line; the others
+    are still written. A pair is never left half-replaced by an existing file.
     """
     from dln.data import to_uint8
     from dln.progress import progress
@@ -38,8 +40,18 @@ def synthesize_folder(source: str | Path, out: str | Path, seed: int = 0) -> Syn
         except ImageError as err:
             problems.append(str(err))
             continue
+        targets = (out / "high" / f"{path.stem}.png", out / "low" / f"{path.stem}.png")
+        existing = [str(t) for t in targets if t.exists() or t.is_symlink()]
+        if existing and not overwrite:
+            problems.append(f"{path}: {' and '.join(existing)} exist(s) "
+                            "(use --overwrite to replace)")
+            continue
         low, high, _ = make_pair(image, path.stem, seed)
-        write_png_atomic(high, out / "high" / f"{path.stem}.png")
-        write_png_atomic(low, out / "low" / f"{path.stem}.png")
+        try:
+            write_png_atomic(high, targets[0], overwrite=overwrite)
+            write_png_atomic(low, targets[1], overwrite=overwrite)
+        except ImageError as err:
+            problems.append(str(err))
+            continue
         written.append(path.stem)
     return SynthResult(written, problems)

@@ -182,3 +182,25 @@ def test_heldout_psnr_is_computed_on_quantised_outputs():
     # 105.9 levels truncate to 105: 5 levels off, not 4.1
     off = evaluate_heldout(lambda x: np.full_like(x, 105.9 / 255), [pair])
     assert abs(off.psnr_enhanced[0] - 20 * np.log10(255 / 5)) < 1e-9, off.psnr_enhanced
+
+
+def test_synth_keeps_existing_pairs_unless_overwrite(tmp_path, capsys):
+    from PIL import Image
+
+    from dln.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray((rng.random((20, 30, 3)) * 255).astype(np.uint8)).save(src / f"{name}.png")
+    out = tmp_path / "pairs"
+    assert main(["synth", "--source", str(src), "--out", str(out)]) == 0
+    (out / "low" / "a.png").write_bytes(b"mine")
+    capsys.readouterr()
+    assert main(["synth", "--source", str(src), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "a.png" in err and "--overwrite" in err and "Traceback" not in err
+    assert (out / "low" / "a.png").read_bytes() == b"mine"  # kept
+    assert main(["synth", "--source", str(src), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "low" / "a.png").read_bytes()[:4] == b"\x89PNG"

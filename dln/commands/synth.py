@@ -15,6 +15,7 @@ def register(sub) -> None:
     p.add_argument("--source", required=True, help="folder of images (png, jpg, jpeg, bmp)")
     p.add_argument("--out", required=True, help="output folder (gets low/ and high/)")
     p.add_argument("--seed", type=int, default=0, help="darkening seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output pairs")
     p.set_defaults(run=run)
 
 
@@ -27,7 +28,7 @@ def run(args) -> int:
 
     if not Path(args.source).is_dir():
         raise UserError(f"{args.source}: not a folder")
-    result = synthesize_folder(args.source, args.out, args.seed)
+    result = synthesize_folder(args.source, args.out, args.seed, overwrite=args.overwrite)
     for line in result.problems:
         print(f"dln synth: {line}", file=sys.stderr)
     print(f"wrote {len(result.written)} pair(s) to {args.out}"

@@ -32,7 +32,6 @@ def report_dict(run) -> dict:
                                                    "summary": run.defect_summary},
         "blocks_compared": len(layers.rows),
         "blocks_failing": len(layers.failures),
-        "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
         "notes": run.notes,
         "blocks": [row.as_dict() for row in layers.rows],
     }
@@ -59,9 +58,9 @@ def report_markdown(run) -> str:
     if run.defect:
         lines.append(f"- injected defect (JAX side only): `{run.defect}`: {run.defect_summary}")
     lines += [f"- note: {note}" for note in run.notes]
-    lines += [f"- time: torch {run.seconds.get('torch', 0):.1f} s, "
-              f"JAX {run.seconds.get('jax', 0):.1f} s (incl. compilation)",
-              "", f"![per-block error]({PLOT_NAME})", "",
+    # run times are printed by `dln parity`, not written here: the same run gives
+    # byte-identical report files
+    lines += ["", f"![per-block error]({PLOT_NAME})", "",
               "| # | block (torch name) | shape | max abs error | scale | relative to scale | status |",
               "| ---: | --- | --- | ---: | ---: | ---: | --- |"]
     for i, r in enumerate(layers.rows, 1):

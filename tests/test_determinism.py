@@ -70,3 +70,15 @@ def test_synth_twice_gives_identical_pairs(tmp_path):
         for name in ("a.png", "b.png"):
             one = (tmp_path / "1" / part / name).read_bytes()
             assert one == (tmp_path / "2" / part / name).read_bytes(), f"{part}/{name}"
+
+
+def test_parity_report_files_are_byte_identical_across_runs(tmp_path):
+    from dln.cli import main
+
+    for name in ("one", "two"):
+        assert main(["parity", "--variant", "dim=16", "--size", "9x11", "--batch", "2",
+                     "--report", str(tmp_path / name)]) == 0
+    files = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert "report.json" in files and "report.md" in files
+    for name in files:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

@@ -28,7 +28,8 @@ def register(sub) -> None:
                    help="extra environment variable for every worker (repeatable), e.g. "
                         "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432")
     p.add_argument("--jax-plain", action="store_true",
-                   help="time port.inference.make_apply as is (1x1 convolutions as convolutions)")
+                   help="time the port without the 1x1-as-matrix-product rewrite "
+                        "(make_apply(pointwise_as_dot=False))")
     p.add_argument("--profile", action="store_true",
                    help="after timing, trace the JAX forward: time per layer and per kind of op")
     p.add_argument("--json", action="store_true", help="print the result as JSON only")

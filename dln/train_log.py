@@ -13,10 +13,10 @@ import dataclasses
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
+from dln.report_files import save_figure_atomic, write_text_atomic
 
 CSV_FIELDS = ("step", "epoch", "lr", "loss", "elapsed_s")
 CSV_FILE, JSON_FILE, PLOT_FILE = "log.csv", "log.json", "loss.png"
@@ -59,17 +59,11 @@ class TrainLog:
         for row in self.rows:
             writer.writerow({k: (f"{row[k]:.8g}" if isinstance(row[k], float) else row[k])
                              for k in CSV_FIELDS})
-        _write_text(out / CSV_FILE, buffer.getvalue())
-        _write_text(out / JSON_FILE, json.dumps({**header, "rows": self.rows, "evals": self.evals},
+        write_text_atomic(out / CSV_FILE, buffer.getvalue())
+        write_text_atomic(out / JSON_FILE, json.dumps({**header, "rows": self.rows, "evals": self.evals},
                                                 indent=1, allow_nan=True))
         if plot:
             plot_loss(self, out / PLOT_FILE, title=header.get("title", "training"))
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def running_mean(values: list[float], window: int) -> np.ndarray:
@@ -126,7 +120,4 @@ def plot_loss(log: TrainLog, dst: Path, title: str = "training",
         ev.set_title("held-out")
         ev.legend(fontsize=8)
     fig.tight_layout()
-    tmp = dst.with_name(f".{dst.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, dst)
+    save_figure_atomic(fig, dst)

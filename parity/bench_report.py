@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+from dln.report_files import save_figure_atomic, write_text_atomic
 
 
 def _ratio_lines(result: dict) -> list[str]:
@@ -119,9 +119,7 @@ def plot_latency(result: dict, dst: Path) -> None:
                      "latency per backend", fontsize=9)
         ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
-        tmp = dst.with_name(f".{dst.name}.tmp.png")
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, dst)
+        save_figure_atomic(fig, dst)
     finally:
         plt.close(fig)
 
@@ -133,8 +131,6 @@ def write_report(result: dict, folder) -> dict[str, Path]:
              "plot": folder / "bench_latency.png"}
     for key, text in (("json", json.dumps(result, indent=2) + "\n"),
                       ("markdown", "# dln bench\n\n" + summary_text(result))):
-        tmp = paths[key].with_name(f".{paths[key].name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, paths[key])
+        write_text_atomic(paths[key], text)
     plot_latency(result, paths["plot"])
     return paths

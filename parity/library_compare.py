@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from parity import metrics as ref
+from dln.report_files import save_figure_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +160,5 @@ def write_report(rows: list[Row], out_dir) -> list[Path]:
     ax.set_title("SSIM gap: settings, not implementations", fontsize=10)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22))
     fig.tight_layout()
-    fig.savefig(written[2], dpi=110)
-    plt.close(fig)
+    save_figure_atomic(fig, written[2])
     return written

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from parity.layers import FAIL, PASS, format_shape, verdict_line
+from dln.report_files import save_figure_atomic, write_text_atomic
 
 PLOT_NAME = "per_layer_error.png"
 PLOT_FLOOR = 1e-12  # exact agreement (0 error) is drawn here: a log axis has no zero
@@ -114,17 +115,9 @@ def plot_errors(run, dst: Path) -> None:
         ax.set_title(title, fontsize=9)
         ax.legend(loc="upper left", fontsize=8)
         fig.tight_layout()
-        tmp = dst.with_name(f".{dst.name}.tmp.png")
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, dst)
+        save_figure_atomic(fig, dst)
     finally:
         plt.close(fig)
-
-
-def _write_text(dst: Path, text: str) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, dst)
 
 
 def write_report(run, folder: str | os.PathLike) -> dict[str, Path]:
@@ -133,8 +126,8 @@ def write_report(run, folder: str | os.PathLike) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "report.json", "markdown": folder / "report.md",
              "plot": folder / PLOT_NAME}
-    _write_text(paths["json"], json.dumps(report_dict(run), indent=2) + "\n")
-    _write_text(paths["markdown"], report_markdown(run))
+    write_text_atomic(paths["json"], json.dumps(report_dict(run), indent=2) + "\n")
+    write_text_atomic(paths["markdown"], report_markdown(run))
     plot_errors(run, paths["plot"])
     return paths
 
@@ -199,9 +192,7 @@ def plot_gradient_errors(report, dst: Path) -> None:
         ax.set_title(f"gradient parity, {report.loss_name}", fontsize=9)
         ax.legend(loc="upper left", fontsize=7)
         fig.tight_layout()
-        tmp = dst.with_name(f".{dst.name}.tmp.png")
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, dst)
+        save_figure_atomic(fig, dst)
     finally:
         plt.close(fig)
 
@@ -212,7 +203,7 @@ def write_gradient_report(report, folder: str | os.PathLike) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "gradients.json", "markdown": folder / "gradients.md",
              "plot": folder / GRADIENT_PLOT_NAME}
-    _write_text(paths["json"], json.dumps(gradient_report_dict(report), indent=2) + "\n")
+    write_text_atomic(paths["json"], json.dumps(gradient_report_dict(report), indent=2) + "\n")
     lines = ["# DLN gradient parity: PyTorch vs Flax", ""]
     lines += [f"- {line}" for line in report.summary_lines()]
     lines += ["", f"![per-tensor error]({GRADIENT_PLOT_NAME})", "",
@@ -222,6 +213,6 @@ def write_gradient_report(report, folder: str | os.PathLike) -> dict[str, Path]:
     for g, g32, a in zip(report.gradients, f32, report.adam_same_gradients):
         lines.append(f"| `{g.torch_name}` | {g.kind} | {g.rel_l2:.2e} | "
                      f"{'-' if g32 is None else f'{g32.rel_l2:.2e}'} | {a.rel_l2:.2e} |")
-    _write_text(paths["markdown"], "\n".join(lines) + "\n")
+    write_text_atomic(paths["markdown"], "\n".join(lines) + "\n")
     plot_gradient_errors(report, paths["plot"])
     return paths

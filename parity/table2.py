@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from parity.flops import network_flops
+from dln.report_files import save_figure_atomic, write_text_atomic
 
 # dln_facts.md section 6: Table 2 of the report, verbatim. (time in ms; None = "-").
 PUBLISHED_ROWS = (
@@ -274,17 +275,9 @@ def plot_grid(result: Table2Result, dst: Path) -> None:
                     m = result.rows[j - 1].per_image[i]
                     ax.set_xlabel(f"{m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}", fontsize=7)
         fig.tight_layout()
-        tmp = dst.with_name(f".{dst.name}.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        tmp.replace(dst)
+        save_figure_atomic(fig, dst, dpi=100)
     finally:
         plt.close(fig)
-
-
-def _write_text(dst: Path, text: str) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(dst)
 
 
 def write_report(result: Table2Result, folder) -> dict[str, Path]:
@@ -299,7 +292,7 @@ def write_report(result: Table2Result, folder) -> dict[str, Path]:
             + "\n## Per image\n\n" + per_image_markdown(result))
     if result.problems:
         text += "\n## Problems\n\n" + "".join(f"- {p}\n" for p in result.problems)
-    _write_text(paths["markdown"], text)
-    _write_text(paths["json"], json.dumps(result.as_dict(), indent=2) + "\n")
+    write_text_atomic(paths["markdown"], text)
+    write_text_atomic(paths["json"], json.dumps(result.as_dict(), indent=2) + "\n")
     plot_grid(result, paths["grid"])
     return paths

@@ -31,6 +31,7 @@ import numpy as np
 from dln.config import DLNConfig
 from parity.tolerance import (DATA_PARALLEL_LOSS_RTOL, TRAIN_LOSS_RTOL, TRAIN_WEIGHTS_RTOL,
                               relative_l2)
+from dln.report_files import save_figure_atomic
 
 LOSS_STEPS = 20
 DATA_PARALLEL_STEPS = 3
@@ -142,8 +143,7 @@ class TrainingParityResult:
         b.set_ylabel("|JAX - torch| / |torch|")
         b.legend()
         fig.tight_layout()
-        fig.savefig(paths[2], dpi=110)
-        plt.close(fig)
+        save_figure_atomic(fig, paths[2])
         return paths
 
 

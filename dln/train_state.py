@@ -54,18 +54,6 @@ def torch_to_flax_state(state: dict[str, np.ndarray], config: DLNConfig) -> dict
             for s in tensor_specs(config)}
 
 
-def flat_to_tree(flat: dict[str, np.ndarray]) -> dict:
-    """`a.b.c` keys -> nested dicts (the Flax params tree)."""
-    tree: dict = {}
-    for name, value in flat.items():
-        node = tree
-        *parents, leaf = name.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
-
 def tree_to_flat(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
     flat: dict[str, np.ndarray] = {}
     for key, value in tree.items():

@@ -198,7 +198,7 @@ def jax_gradients(flax_params: dict[str, np.ndarray], config: DLNConfig, x: np.n
     import jax.numpy as jnp
 
     import port.inference  # noqa: F401  (float32 "highest" precision)
-    from parity.harness import nest
+    from weights.spec import nest_dotted
     from port.model import DLN
 
     model = DLN(config)
@@ -206,7 +206,7 @@ def jax_gradients(flax_params: dict[str, np.ndarray], config: DLNConfig, x: np.n
     def loss_of(params):
         return loss_fn(model.apply({"params": params}, jnp.asarray(x)), jnp.asarray(target))
 
-    params = jax.tree_util.tree_map(jnp.asarray, nest(flax_params))
+    params = jax.tree_util.tree_map(jnp.asarray, nest_dotted(flax_params))
     loss, grads = jax.jit(jax.value_and_grad(loss_of))(params)
     return float(loss), flatten(jax.device_get(grads))
 
@@ -230,11 +230,11 @@ def optax_adam_step(flax_params: dict[str, np.ndarray], grads: dict[str, np.ndar
     """One optax.adam step in float32 (lr: ADAM_LR unless given)."""
     import jax
 
-    from parity.harness import nest
+    from weights.spec import nest_dotted
 
     as32 = (lambda tree: {k: np.asarray(v, np.float32) for k, v in tree.items()})
     step = _optax_adam_step_fn(ADAM_LR if lr is None else lr)
-    return flatten(jax.device_get(step(nest(as32(flax_params)), nest(as32(grads)))))
+    return flatten(jax.device_get(step(nest_dotted(as32(flax_params)), nest_dotted(as32(grads)))))
 
 
 def start_float64_worker(flax_params: dict[str, np.ndarray], config: DLNConfig, x: np.ndarray,

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dln.config import DLNConfig
+from weights.spec import nest_dotted
 from parity.layers import LayerReport, compare_blocks
 from parity.tolerance import FORWARD_ATOL
 
@@ -128,17 +129,6 @@ def check_memory(shape_nhwc: tuple[int, ...], config: DLNConfig) -> int:
 
 
 # ---- the run -------------------------------------------------------------------------------
-def nest(dotted: dict[str, np.ndarray]) -> dict:
-    """{'a.b.kernel': v} -> {'a': {'b': {'kernel': v}}} (Flax's parameter tree)."""
-    tree: dict = {}
-    for name, value in dotted.items():
-        node = tree
-        *parents, leaf = name.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
 
 @dataclasses.dataclass
 class JaxSide:
@@ -156,7 +146,7 @@ def run_jax_side(ckpt, x: np.ndarray, block_names, defect: str | None = None) ->
     side = zoo.inject(defect, ckpt.config, ckpt.flax_params) if defect else None
     config = side.config if side else ckpt.config
     params = side.params if side else ckpt.flax_params
-    outputs = capture_flax(config, nest(params), x, interceptor=side.interceptor if side else None,
+    outputs = capture_flax(config, nest_dotted(params), x, interceptor=side.interceptor if side else None,
                            wanted={flax_path(name) for name in block_names})
     return JaxSide(config, outputs, side.notes if side else [],
                    side.defect.summary if side else None)

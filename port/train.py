@@ -26,7 +26,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import port.inference  # noqa: F401  (sets float32 "highest" matmul/conv precision)
 from dln.config import DLNConfig
-from dln.train_state import TrainState, flat_to_tree, tree_to_flat
+from dln.train_state import TrainState, tree_to_flat
+from weights.spec import nest_dotted
 from port.losses import dln_loss
 from port.model import DLN
 
@@ -89,15 +90,15 @@ class JaxTrainer:
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         self.tx = adam(beta1, beta2, eps)
-        params = flat_to_tree({k: np.asarray(v, np.float32) for k, v in state.params.items()})
+        params = nest_dotted({k: np.asarray(v, np.float32) for k, v in state.params.items()})
         params = jax.device_put(params, self.replicated)
         if state.mu is None or state.nu is None:
             opt_state = self.tx.init(params)
         else:
             opt_state = optax.ScaleByAdamState(
                 count=jnp.asarray(state.count, jnp.int32),
-                mu=flat_to_tree({k: np.asarray(v, np.float32) for k, v in state.mu.items()}),
-                nu=flat_to_tree({k: np.asarray(v, np.float32) for k, v in state.nu.items()}))
+                mu=nest_dotted({k: np.asarray(v, np.float32) for k, v in state.mu.items()}),
+                nu=nest_dotted({k: np.asarray(v, np.float32) for k, v in state.nu.items()}))
         self.params = params
         self.opt_state = jax.device_put(opt_state, self.replicated)
         self.count = int(state.count)

@@ -128,7 +128,8 @@ def test_zero_last_conv_makes_the_untrained_network_the_identity():
 
     from dln.config import DLNConfig
     from dln.initial_weights import authors_initial_state
-    from dln.train_state import flat_to_tree, torch_to_flax_state
+    from dln.train_state import torch_to_flax_state
+    from weights.spec import nest_dotted
     from port.model import DLN as FlaxDLN
     from reference_torch.inference import model_from_state
 
@@ -136,7 +137,7 @@ def test_zero_last_conv_makes_the_untrained_network_the_identity():
     state = authors_initial_state(config, seed=1, zero_last_conv=True)
     x = np.random.default_rng(0).random((1, 20, 28, 3), dtype=np.float32)
     apply = jax.jit(FlaxDLN(config).apply)
-    flax_out = apply({"params": flat_to_tree(torch_to_flax_state(state, config))}, jnp.asarray(x))
+    flax_out = apply({"params": nest_dotted(torch_to_flax_state(state, config))}, jnp.asarray(x))
     assert np.array_equal(np.asarray(flax_out), x), "JAX: untrained network is not the identity"
     with torch.no_grad():
         torch_out = model_from_state(state, config)(torch.from_numpy(x.transpose(0, 3, 1, 2)))

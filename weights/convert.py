@@ -18,7 +18,8 @@ from dln.config import ConfigError, DLNConfig
 from weights.errors import CheckpointError
 from weights.files import (is_safetensors_path, load_pth, load_safetensors, save_pth,
                            save_safetensors, sha256_of)
-from weights.spec import flax_to_torch_array, parameter_count, tensor_specs, torch_to_flax_array
+from weights.spec import (flax_to_torch_array, nest_dotted, parameter_count, tensor_specs,
+                          torch_to_flax_array)
 from weights.state_dict import check_against_spec, infer_config
 
 FORMAT_NAME = "dln-flax-params"
@@ -40,14 +41,7 @@ class Checkpoint:
 
     def flax_tree(self) -> dict:
         """Nested dict for `model.apply({'params': tree}, x)`."""
-        tree: dict = {}
-        for name, value in self.flax_params.items():
-            node = tree
-            *parents, leaf = name.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
-        return tree
+        return nest_dotted(self.flax_params)
 
 
 def _spelled(value) -> str:

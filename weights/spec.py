@@ -107,3 +107,15 @@ def flax_to_torch_array(kind: str, value: np.ndarray) -> np.ndarray:
     if kind == "prelu":
         return value.reshape((1,))
     return value
+
+
+def nest_dotted(flat: dict) -> dict:
+    """{'a.b.kernel': v} -> {'a': {'b': {'kernel': v}}}: dotted Flax names as the params tree."""
+    tree: dict = {}
+    for name, value in flat.items():
+        node = tree
+        *parents, leaf = name.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree

@@ -229,6 +229,18 @@ def _pil_to_float(im) -> np.ndarray:
     return rgb.astype(np.float32) / np.float32(255)
 
 
+def parse_image_size(text: str) -> tuple[int, int]:
+    """'400x600' -> (400, 600): height x width; ValueError for anything else."""
+    parts = text.lower().replace(" ", "").replace("*", "x").split("x")
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"size must be HxW (height x width), e.g. 400x600; got {text!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be positive, got {text!r}")
+    return h, w
+
+
 def quantize(image: np.ndarray) -> np.ndarray:
     """The authors' float -> uint8: x 255, clip to [0, 255], truncate (numpy astype)."""
     scaled = np.asarray(image, dtype=np.float32) * np.float32(255.0)

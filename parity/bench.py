@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dln.images import parse_image_size
 from parity.bench_worker import REPLY_PREFIX
 from parity.flops import network_flops
 from parity.runners import BACKENDS
@@ -60,16 +61,7 @@ class BenchOptions:
     show_progress: bool = True
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'400x600' -> (400, 600): height x width."""
-    parts = text.lower().replace("*", "x").split("x")
-    try:
-        h, w = (int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"size must look like 400x600 (height x width), got {text!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"size must be positive, got {text!r}")
-    return h, w
+parse_size = parse_image_size  # '400x600' -> (400, 600), ValueError otherwise
 
 
 def parse_backends(text: str) -> tuple[str, ...]:

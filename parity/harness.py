@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dln.config import DLNConfig
+from dln.images import parse_image_size
 from weights.spec import nest_dotted
 from parity.layers import LayerReport, compare_blocks
 from parity.tolerance import FORWARD_ATOL
@@ -60,15 +61,11 @@ class ParityRun:
 
 # ---- inputs --------------------------------------------------------------------------------
 def parse_size(text: str) -> tuple[int, int]:
-    """'96x128' -> (96, 128): height x width."""
-    parts = text.lower().replace(" ", "").split("x")
+    """'96x128' -> (96, 128): height x width; ParityInputError otherwise."""
     try:
-        h, w = (int(p) for p in parts)
-    except ValueError:
-        raise ParityInputError(f"size must be HxW, e.g. 96x128; got {text!r}") from None
-    if h < 1 or w < 1:
-        raise ParityInputError(f"size must be positive, got {text!r}")
-    return h, w
+        return parse_image_size(text)
+    except ValueError as err:
+        raise ParityInputError(str(err)) from None
 
 
 def random_inputs(size: tuple[int, int] = DEFAULT_SIZE, batch: int = DEFAULT_BATCH,

@@ -2,7 +2,8 @@
 
 Every subcommand lives in dln/commands/<name>.py with `register(subparsers)` and an
 `ORDER` for the help listing; its handler returns the exit code. Errors a user can cause (bad files, bad options)
-end in one line on stderr and exit code 2, never a traceback.
+derive from core.errors.UserError: they end in one line on stderr and exit code 2, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib
 import pkgutil
 import sys
 
+from core.errors import UserError
 from dln import __version__, commands
 
 
@@ -20,18 +22,6 @@ def command_modules() -> list:
     mods = [importlib.import_module(f"dln.commands.{info.name}")
             for info in pkgutil.iter_modules(commands.__path__) if not info.name.startswith("_")]
     return sorted(mods, key=lambda m: (getattr(m, "ORDER", 100), m.__name__))
-
-
-class UserError(Exception):
-    """A problem with the user's input, reported as one line with exit code 2."""
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    from dln.config import ConfigError
-    from dln.images import ImageError
-    from weights.errors import CheckpointError
-
-    return (UserError, ConfigError, ImageError, CheckpointError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except user_error_types() as err:
+    except UserError as err:
         print(f"dln {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dln.images import load_image, quantize
+from core.images import load_image, quantize
 
 
 @dataclasses.dataclass
@@ -43,7 +43,7 @@ def save_grid(rows: list[list[np.ndarray]], dst: Path, height: int = 192) -> Non
     """Rows of uint8 RGB images, each scaled to `height`, tiled with a white gutter."""
     from PIL import Image
 
-    from dln.images import write_png_atomic
+    from core.images import write_png_atomic
 
     tiles = []
     for row in rows:

@@ -5,7 +5,7 @@ Per image, in this order, each failure one line in `failures` while the others g
    not the input itself, and not an existing file unless overwrite=True;
 2. the header's pixel count must be within the limit (--max-pixels, or by default
    what fits in 80 % of the memory available), refused before decoding;
-3. it must decode (dln.images.load_image);
+3. it must decode (core.images.load_image);
 4. the network's output must be finite;
 5. the PNG is written atomically (never half-written, never clobbering a file
    that appeared meanwhile unless overwrite=True).
@@ -20,10 +20,10 @@ from typing import Callable
 
 import numpy as np
 
-from dln.config import DLNConfig
-from dln.images import (DEFAULT_MAX_PIXELS, ImageError, ImageTooLargeError, OutputExistsError,
+from core.config import DLNConfig
+from core.images import (DEFAULT_MAX_PIXELS, ImageError, ImageTooLargeError, OutputExistsError,
                         list_images, load_image, quantize, write_png_atomic)
-from dln.progress import progress
+from core.progress import progress
 
 BACKENDS = ("jax", "torch")
 # Peak resident memory of one forward pass, measured with ru_maxrss on this project's

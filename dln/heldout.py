@@ -2,7 +2,7 @@
 
 Framework-neutral: it takes any function from an RGB float32 HWC image in [0, 1] to
 the network's float32 output, so the JAX and PyTorch trainers report the same numbers.
-PSNR (parity.metrics.psnr) has data range 255 on uint8 images, per image, then averaged
+PSNR (core.evaluation.psnr) has data range 255 on uint8 images, per image, then averaged
 (as the authors).
 """
 
@@ -13,14 +13,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from dln.data import HeldoutPair, to_float
-from dln.images import quantize
+from core.data import HeldoutPair, to_float
+from core.images import quantize
 
 
 def psnr_uint8(estimate: np.ndarray, reference: np.ndarray) -> float:
-    """PSNR in dB with data range 255: the project's reference metric (parity.metrics,
+    """PSNR in dB with data range 255: the project's reference metric (core.evaluation,
     numpy / scikit-image only, no framework)."""
-    from parity.metrics import AUTHORS_DATA_RANGE, psnr
+    from core.evaluation import AUTHORS_DATA_RANGE, psnr
 
     if np.array_equal(estimate, reference):
         return float("inf")
@@ -74,7 +74,7 @@ def evaluate_checkpoint(path, pairs: Sequence[HeldoutPair] | None = None,
                         backend: str = "jax") -> HeldoutResult:
     """Held-out PSNR of a .pth / .safetensors checkpoint (default: the built-in held-out
     pairs chelsea, coffee, rocket, as darkened in samples/), on JAX or PyTorch."""
-    from dln.data import builtin_heldout
+    from core.data import builtin_heldout
     from weights.convert import load_checkpoint
 
     ckpt = load_checkpoint(path)

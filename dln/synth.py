@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from dln.images import ImageError, list_images, load_image, write_png_atomic
-from dln.lowlight import make_pair
+from core.images import ImageError, list_images, load_image, write_png_atomic
+from core.lowlight import make_pair
 
 
 @dataclasses.dataclass
@@ -23,8 +23,8 @@ def synthesize_folder(source: str | Path, out: str | Path, seed: int = 0,
     overwrite) a pair whose outputs already exist is one problem line; the others
     are still written. A pair is never left half-replaced by an existing file.
     """
-    from dln.data import to_uint8
-    from dln.progress import progress
+    from core.data import to_uint8
+    from core.progress import progress
 
     paths, problems = list_images([source])
     out = Path(out)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dln.config import DLNConfig
+from core.config import DLNConfig
 from port.model import DLN
 from port.pointwise import pointwise_conv_as_dot
 

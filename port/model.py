@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dln.config import FA_REDUCTION, DLNConfig
+from core.config import FA_REDUCTION, DLNConfig
 
 PRELU_INIT = 0.25  # torch.nn.PReLU's default; Flax's own default (0.01) would differ
 

@@ -10,7 +10,7 @@ only how XLA is asked to compute the 1 x 1 convolutions changes:
   XLA's matmul (~3x faster). The 1 x 1 convolutions are 7% of DLN's FLOPs but took
   23% of its time (see `dln bench` in the README for the profile).
 - Nothing else is altered: the result differs from the convolution only by float32
-  summation order (same tolerance as torch vs JAX, parity.tolerance.FORWARD_ATOL).
+  summation order (same tolerance as torch vs JAX, parity.engine.tolerance.FORWARD_ATOL).
 
 The rewrite is a Flax method interceptor around `nn.Conv.__call__`, so port/model.py
 stays the single definition of the network and parameter paths are unchanged.

@@ -3,7 +3,7 @@
 Public surface (big_vision style): `DLNConfig`, `DLN`, `load`.
 """
 
-from dln.config import DLNConfig
+from core.config import DLNConfig
 from reference_torch.model import DLN
 
 

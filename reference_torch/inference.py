@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dln.config import DLNConfig
+from core.config import DLNConfig
 from reference_torch.model import DLN
 
 

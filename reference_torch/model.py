@@ -2,7 +2,7 @@
 
 Module names are the authors' (`feat_out_2.conv1_1.conv_Encoder.conv`), so their
 state dicts load with strict=True once DataParallel's `module.` prefix is dropped.
-The switches of dln.config.DLNConfig select the paper's variants.
+The switches of core.config.DLNConfig select the paper's variants.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from dln.config import FA_REDUCTION, DLNConfig
+from core.config import FA_REDUCTION, DLNConfig
 
 
 class ConvBlock(nn.Module):

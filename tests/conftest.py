@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("DLN_NO_PROGRESS", "1")
 
-from dln.config import DLNConfig  # noqa: E402
+from core.config import DLNConfig  # noqa: E402
 from weights.synthetic import random_torch_state  # noqa: E402
 
 

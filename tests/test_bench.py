@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from dln.cli import main
-from dln.config import DLNConfig
-from parity.bench import (FLOOR_JAX_OVER_TORCH, evaluate_floors, latency_summary, parse_backends,
+from core.config import DLNConfig
+from parity.bench.benchmark import (FLOOR_JAX_OVER_TORCH, evaluate_floors, latency_summary, parse_backends,
                           parse_size, peak_from_runs, throughput_figures)
-from parity.flops import flops_by_kernel, network_flops
+from parity.bench.flops import flops_by_kernel, network_flops
 
 
 def _hand_count_per_pixel(dim: int, input_channels: int) -> int:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dln.config import DLNConfig
-from parity.tolerance import assert_close
+from core.config import DLNConfig
+from parity.engine.tolerance import assert_close
 from weights.convert import checkpoint_from_torch_state
 from weights.synthetic import random_torch_state
 
@@ -69,7 +69,7 @@ def test_pointwise_rewrite_leaves_3x3_and_strided_convs_alone():
 
 
 def test_jax_and_torch_runners_give_the_same_image(ckpt16):
-    from parity.runners import make_runner
+    from parity.bench.backends import make_runner
 
     image = _x(1, 11, 17, seed=3)[0]
     outputs = {}
@@ -83,7 +83,7 @@ def test_jax_and_torch_runners_give_the_same_image(ckpt16):
 
 
 def test_torch_channels_last_runner_gives_the_same_image(ckpt16):
-    from parity.runners import make_runner
+    from parity.bench.backends import make_runner
 
     image = _x(1, 11, 17, seed=4)[0]
     nchw = make_runner("torch", ckpt16).infer(image)
@@ -95,7 +95,7 @@ def test_torch_channels_last_runner_gives_the_same_image(ckpt16):
 def test_a_failing_torch_compile_is_reported_unavailable_with_its_reason(ckpt16, monkeypatch):
     import torch
 
-    from parity.runners import BackendUnavailable, make_runner
+    from parity.bench.backends import BackendUnavailable, make_runner
 
     def broken_compile(model, **kwargs):
         def run(x):
@@ -109,16 +109,16 @@ def test_a_failing_torch_compile_is_reported_unavailable_with_its_reason(ckpt16,
 
 
 def test_unknown_backend_is_refused(ckpt16):
-    from parity.runners import make_runner
+    from parity.bench.backends import make_runner
 
     with pytest.raises(ValueError, match="unknown backend"):
         make_runner("tensorflow", ckpt16)
 
 
 def test_jax_profile_attributes_op_time_to_the_authors_layer_names(ckpt16):
-    from parity.flops import layer_flops
-    from parity.jax_profile import kind_of, layer_of
-    from parity.runners import make_runner
+    from parity.bench.flops import layer_flops
+    from parity.bench.jax_profile import kind_of, layer_of
+    from parity.bench.backends import make_runner
 
     assert layer_of("jit(forward)/DLN/DLN.residual/feat_out_2/fusion/outlayer/conv/"
                     "dot_general") == "feat_out_2.fusion.outlayer.conv"

@@ -1,6 +1,6 @@
 import pytest
 
-from dln.config import ConfigError, DLNConfig, parse_variant
+from core.config import ConfigError, DLNConfig, parse_variant
 
 
 def test_defaults_are_the_authors_code():

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dln.data import (BatchStream, DataError, FolderPairs, SyntheticPairs, augment,
+from core.data import (BatchStream, DataError, FolderPairs, SyntheticPairs, augment,
                       builtin_heldout, open_training_data, pair_folders, to_float)
-from dln.images import load_image
-from dln.lowlight import DarkeningDraw, contrast_mean, darken
+from core.images import load_image
+from core.lowlight import DarkeningDraw, contrast_mean, darken
 
 
 def _textured(h: int, w: int, seed: int) -> np.ndarray:
@@ -161,7 +161,7 @@ def test_dln_synth_writes_lol_layout_and_one_line_per_bad_file(tmp_path, capsys)
 
 
 def test_builtin_heldout_pairs_are_the_bundled_samples():
-    from dln.paths import SAMPLE_IMAGES
+    from core.paths import SAMPLE_IMAGES
 
     for pair in builtin_heldout():
         for kind, array in (("low", pair.low), ("high", pair.high)):
@@ -170,7 +170,7 @@ def test_builtin_heldout_pairs_are_the_bundled_samples():
 
 
 def test_heldout_psnr_is_computed_on_quantised_outputs():
-    from dln.data import HeldoutPair
+    from core.data import HeldoutPair
     from dln.heldout import evaluate_heldout
 
     low = np.full((12, 12, 3), 100, np.uint8)

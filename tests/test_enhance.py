@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from dln.cli import main
-from dln.images import load_image, quantize
-from parity.tolerance import assert_pngs_match
+from core.images import load_image, quantize
+from parity.engine.tolerance import assert_pngs_match
 
 
 @pytest.fixture

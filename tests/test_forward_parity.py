@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from dln.config import DLNConfig
-from parity.tolerance import FORWARD_ATOL, assert_close
+from core.config import DLNConfig
+from parity.engine.tolerance import FORWARD_ATOL, assert_close
 from weights.convert import checkpoint_from_torch_state
 from weights.synthetic import random_torch_state
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dln.config import DLNConfig
+from core.config import DLNConfig
 from tests.conftest import write_authors_pth
 from weights.convert import load_checkpoint
 from weights.errors import CheckpointError

@@ -1,7 +1,7 @@
 """Fuzzing load_image with mutated real images of every decoder route.
 
 Allowed outcomes: an RGB float32 array in [0, 1], or ImageError with one line.
-The 16-bit PNG route is this project's own decoder (dln/png16.py), so it gets
+The 16-bit PNG route is this project's own decoder (core/png16.py), so it gets
 mutations both of the raw file and behind valid CRCs.
 """
 
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from dln.images import ImageError, load_image
+from core.images import ImageError, load_image
 from tests.test_fuzz_checkpoints import EDITS, mutate
 from tests.test_images_robust import write_png16
 

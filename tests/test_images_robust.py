@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from dln.images import (DEFAULT_MAX_PIXELS, ImageError, ImageTooLargeError, list_images,
+from core.images import (DEFAULT_MAX_PIXELS, ImageError, ImageTooLargeError, list_images,
                         load_image, orient)
 
 ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),

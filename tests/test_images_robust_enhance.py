@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from dln.cli import main
-from dln.config import DLNConfig
+from core.config import DLNConfig
 from dln.enhance import BYTES_PER_PIXEL_PER_DIM, estimated_bytes, pixel_limit
-from dln.images import quantize
-from parity.tolerance import assert_pngs_match
+from core.images import quantize
+from parity.engine.tolerance import assert_pngs_match
 from tests.test_images_robust import png_header_only, write_png16
 
 RNG = np.random.default_rng(8)

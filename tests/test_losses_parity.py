@@ -17,7 +17,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from parity.tolerance import (LOSS_F64_RTOL, LOSS_GRAD_RTOL, LOSS_RTOL, SMOOTH_LOSS_GRAD_RTOL,
+from parity.engine.tolerance import (LOSS_F64_RTOL, LOSS_GRAD_RTOL, LOSS_RTOL, SMOOTH_LOSS_GRAD_RTOL,
                               assert_close, assert_relative_l2, relative_l2)
 
 # name -> (N, H, W), value range of the images, the L the range rule must pick

@@ -1,4 +1,4 @@
-"""parity.metrics (numpy / scikit-image reference) on values known in closed form and
+"""core.evaluation (numpy / scikit-image reference) on values known in closed form and
 on the data-range pitfalls. No JAX here."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from parity import metrics
+from core import evaluation as metrics
 
 
 def _pair_uint8(seed=0, shape=(40, 56, 3)):

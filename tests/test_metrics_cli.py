@@ -1,4 +1,4 @@
-"""`dln metrics` and the honest library Table 1 (parity.library_compare)."""
+"""`dln metrics` and the honest library Table 1 (parity.evaluation.library_compare)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from dln.cli import main
-from dln.images import write_png_atomic
+from core.images import write_png_atomic
 
 SHAPE = (48, 72, 3)  # non-square on purpose
 
@@ -90,7 +90,7 @@ def test_dln_metrics_user_errors_are_one_line_and_exit_2(tmp_path, capsys, case)
 
 
 def test_compare_libraries_separates_settings_gap_from_implementation_gap(tmp_path):
-    from parity.library_compare import compare_folders, swapped_count_tv, write_report
+    from parity.evaluation.library_compare import compare_folders, swapped_count_tv, write_report
 
     _write_folders(tmp_path, names=("a",))
     rows = compare_folders(tmp_path / "pred", tmp_path / "gt")
@@ -112,10 +112,10 @@ def test_compare_libraries_separates_settings_gap_from_implementation_gap(tmp_pa
 
 def test_compare_libraries_cli_defaults_to_the_bundled_samples_and_checks_options(
         capsys, tmp_path, monkeypatch):
-    import dln.paths
-    from dln.image_pairs import match_by_name
+    import core.paths
+    from core.image_pairs import match_by_name
 
-    bundled = match_by_name(dln.paths.SAMPLE_IMAGES / "low", dln.paths.SAMPLE_IMAGES / "high")
+    bundled = match_by_name(core.paths.SAMPLE_IMAGES / "low", core.paths.SAMPLE_IMAGES / "high")
     assert len(bundled.pairs) >= 1 and not bundled.only_pred and not bundled.only_gt
     assert main(["metrics", "--compare-libraries", "--pred", str(tmp_path)]) == 2
     assert "both --pred and --gt" in capsys.readouterr().err
@@ -123,7 +123,7 @@ def test_compare_libraries_cli_defaults_to_the_bundled_samples_and_checks_option
     _write_folders(tmp_path, names=("a",))
     (tmp_path / "pred").rename(tmp_path / "low")
     (tmp_path / "gt").rename(tmp_path / "high")
-    monkeypatch.setattr(dln.paths, "SAMPLE_IMAGES", tmp_path)
+    monkeypatch.setattr(core.paths, "SAMPLE_IMAGES", tmp_path)
     assert main(["metrics", "--compare-libraries"]) == 0
     out = capsys.readouterr().out
     assert "| a | SSIM | each library's defaults" in out

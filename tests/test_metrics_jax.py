@@ -1,4 +1,4 @@
-"""port.metrics (JAX / dm-pix, float32) against parity.metrics (scikit-image, float64)
+"""port.metrics_dmpix (JAX / dm-pix, float32) against core.evaluation (scikit-image, float64)
 on scikit-image's bundled photos, clean and darkened the authors' way."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from parity import metrics as ref
-from parity.tolerance import (METRIC_F64_ATOL, METRIC_PSNR_ATOL_DB, METRIC_SSIM_ATOL,
+from core import evaluation as ref
+from parity.engine.tolerance import (METRIC_F64_ATOL, METRIC_PSNR_ATOL_DB, METRIC_SSIM_ATOL,
                               METRIC_THETA_ATOL_DEG)
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera")  # camera: grey
@@ -26,8 +26,8 @@ def _crop(image, top=40, left=60):
 @pytest.fixture(scope="module")
 def photo_pairs():
     """(name, prediction uint8, ground truth uint8): for every photo the darkened input
-    (dln.lowlight, the authors' recipe) and a close estimate (dimmed 5%, noise +-6)."""
-    from dln.lowlight import builtin_image, make_pair
+    (core.lowlight, the authors' recipe) and a close estimate (dimmed 5%, noise +-6)."""
+    from core.lowlight import builtin_image, make_pair
 
     rng = np.random.default_rng(0)
     pairs = []
@@ -62,7 +62,7 @@ def _assert_within(values, reference, key, tol, names):
                          ids=["floats_0_255", "floats_0_1"])
 def test_jax_metrics_match_scikit_image_on_photos(photo_pairs, reference_values, scale,
                                                   data_range):
-    from port import metrics as jm
+    from port import metrics_dmpix as jm
 
     names = [n for n, _, _ in photo_pairs]
     pred, gt = _batched(photo_pairs, scale)
@@ -76,7 +76,7 @@ def test_jax_metrics_match_scikit_image_on_photos(photo_pairs, reference_values,
 
 
 def test_jax_metrics_take_uint8_as_0_255_values(photo_pairs, reference_values):
-    from port import metrics as jm
+    from port import metrics_dmpix as jm
 
     name, pred, gt = photo_pairs[1]
     r = reference_values[name]
@@ -85,7 +85,7 @@ def test_jax_metrics_take_uint8_as_0_255_values(photo_pairs, reference_values):
 
 
 def test_jax_metrics_on_floats_in_minus_one_one_match_the_reference_at_range_2(photo_pairs):
-    from port import metrics as jm
+    from port import metrics_dmpix as jm
 
     pairs = photo_pairs[:2]
     pred, gt = _batched(pairs, 1 / 127.5, -1.0)
@@ -113,7 +113,7 @@ _F64_SCRIPT = textwrap.dedent("""
     import jax
     jax.config.update("jax_enable_x64", True)
     import dm_pix
-    from port import metrics as jm
+    from port import metrics_dmpix as jm
     data = np.load(sys.argv[1])
     p, g = data["pred"].astype(np.float64), data["gt"].astype(np.float64)
     print(json.dumps(dict(

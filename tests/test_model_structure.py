@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from dln.config import DLNConfig
+from core.config import DLNConfig
 from weights.spec import parameter_count, tensor_specs
 
 

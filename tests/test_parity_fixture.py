@@ -1,16 +1,16 @@
 """CI regression fixture: the Flax port against stored PyTorch block outputs.
 
 tests/fixtures/ holds weights and the reference outputs of every block made by
-reference_torch (regenerate with `python -m parity.fixture --out tests/fixtures`).
+reference_torch (regenerate with `python -m parity.engine.fixture --out tests/fixtures`).
 These tests need no PyTorch run: a change to the port that moves any block shows here.
 """
 
 import json
 
-from parity import fixture
-from parity.harness import run_jax_side
-from parity.layers import compare_blocks
-from parity.tolerance import FORWARD_ATOL
+from parity.engine import fixture
+from parity.engine.harness import run_jax_side
+from parity.engine.block_compare import compare_blocks
+from parity.engine.tolerance import FORWARD_ATOL
 from weights.convert import load_checkpoint
 
 
@@ -35,7 +35,7 @@ def test_flax_port_matches_the_stored_torch_outputs_block_by_block():
 def test_fixture_holds_every_block_of_the_reference_model():
     from reference_torch.model import DLN
 
-    from parity.capture import PREDICTION, torch_block_names
+    from parity.engine.capture import PREDICTION, torch_block_names
 
     x, reference, _, _ = _load()
     assert x.shape == fixture.SHAPE

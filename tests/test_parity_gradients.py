@@ -2,7 +2,7 @@
 
 Gradients are held to 1e-4 per tensor in float64 (JAX in a subprocess); float32
 gradients differ by PReLU/ReLU branch flips at rounding level and are only reported
-(see parity/gradients.py). The Adam step is compared in float32, with identical
+(see parity/grads/gradients.py). The Adam step is compared in float32, with identical
 gradients and with each framework's own (float64-computed) gradients.
 """
 
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from dln.cli import main
-from dln.config import DLNConfig
-from parity import gradients
-from parity.capture import torch_threads
-from parity.tolerance import ADAM_STEP_RTOL, GRAD_RTOL
+from core.config import DLNConfig
+from parity.grads import gradients
+from parity.engine.capture import torch_threads
+from parity.engine.tolerance import ADAM_STEP_RTOL, GRAD_RTOL
 from weights.convert import checkpoint_from_torch_state
 from weights.spec import tensor_specs
 from weights.synthetic import random_torch_state

@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 
 from dln.cli import main
-from dln.config import DLNConfig
-from parity.capture import (PREDICTION, capture_flax, capture_torch, flax_path,
+from core.config import DLNConfig
+from parity.engine.capture import (PREDICTION, capture_flax, capture_torch, flax_path,
                             torch_block_names, torch_threads)
-from parity.harness import image_inputs, random_inputs, run_parity
+from parity.engine.harness import image_inputs, random_inputs, run_parity
 from weights.spec import nest_dotted
-from parity.layers import compare_blocks
+from parity.engine.block_compare import compare_blocks
 from weights.convert import checkpoint_from_torch_state
 from weights.synthetic import random_torch_state
 

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from dln.cli import main
-from dln.config import DLNConfig
-from dln.paths import SAMPLE_IMAGES
-from parity.capture import torch_threads
-from parity.harness import random_inputs, run_parity
+from core.config import DLNConfig
+from core.paths import SAMPLE_IMAGES
+from parity.engine.capture import torch_threads
+from parity.engine.harness import random_inputs, run_parity
 from tests.conftest import write_authors_pth
 from weights.convert import checkpoint_from_torch_state, load_checkpoint
 from weights.files import read_safetensors_metadata

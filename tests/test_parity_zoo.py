@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from dln.cli import main
-from dln.config import DLNConfig
-from parity.harness import random_inputs, run_parity
-from parity.zoo import DEFECTS, flax_prelu_default, inject
+from core.config import DLNConfig
+from parity.engine.harness import random_inputs, run_parity
+from parity.zoo.defects import DEFECTS, flax_prelu_default, inject
 from weights.convert import checkpoint_from_torch_state, load_checkpoint
 from weights.synthetic import random_torch_state
 
@@ -135,7 +135,7 @@ def test_unknown_defect_is_bad_input_listing_the_zoo(capsys):
 def test_sample_checkpoint_is_loadable_for_the_zoo():
     # the bundled checkpoint is at the authors' initialisation: zero biases, so the
     # zoo warns that fa-no-bias cannot show on it
-    from dln.paths import SAMPLE_CHECKPOINT
+    from core.paths import SAMPLE_CHECKPOINT
 
     ckpt = load_checkpoint(SAMPLE_CHECKPOINT)
     side = inject("fa-no-bias", ckpt.config, ckpt.flax_params)

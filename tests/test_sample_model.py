@@ -2,7 +2,7 @@
 
 import pytest
 
-from dln.paths import SAMPLE_CHECKPOINT
+from core.paths import SAMPLE_CHECKPOINT
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])

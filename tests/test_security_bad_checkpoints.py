@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dln.cli import main
-from dln.config import DLNConfig
+from core.config import DLNConfig
 from tests.conftest import write_authors_pth
 from weights.convert import load_checkpoint
 from weights.errors import CheckpointError

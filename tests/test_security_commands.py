@@ -1,7 +1,7 @@
 """Hostile checkpoints and bad images through the other commands (parity, synth, table2).
 
 They read weights through weights.convert.load_checkpoint and images through
-dln.images.load_image; these tests hold each command to the same contract as
+core.images.load_image; these tests hold each command to the same contract as
 convert and enhance: one line, the right exit code, no code run, no traceback.
 """
 
@@ -44,7 +44,7 @@ def test_parity_refuses_code_carrying_checkpoints_and_runs_nothing(tmp_path, cap
 
 def test_parity_refuses_broken_checkpoints_with_one_line(tmp_path, capsys, authors_pth_16):
     from weights.synthetic import random_torch_state
-    from dln.config import DLNConfig
+    from core.config import DLNConfig
 
     variants = broken_pth_variants(authors_pth_16.read_bytes(),
                                    random_torch_state(DLNConfig(dim=16), 1))

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from dln.cli import main
-from dln.config import DLNConfig
-from dln.images import load_image, quantize, write_png_atomic
-from parity.metrics import evaluate_pair
-from parity.table2 import Pair, common_resolution
+from core.config import DLNConfig
+from core.images import load_image, quantize, write_png_atomic
+from core.evaluation import evaluate_pair
+from parity.evaluation.table2 import Pair, common_resolution
 
 SIZES = {"a": (24, 36), "b": (24, 36), "c": (20, 30)}  # (h, w); 24x36 is the most common
 
@@ -113,8 +113,8 @@ def test_published_rows_are_the_reports_figures_marked_as_published(
 
 
 def test_builtin_data_are_the_bundled_samples(tmp_path):
-    from dln.paths import SAMPLE_IMAGES
-    from parity.table2 import load_pairs
+    from core.paths import SAMPLE_IMAGES
+    from parity.evaluation.table2 import load_pairs
 
     pairs, _, problems = load_pairs("builtin")
     assert not problems

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from dln.cli import main
-from dln.train_state import load_state
+from weights.training_checkpoint import load_state
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--variant", "dim=16", "--batch", "2", "--patch", "24", "--lr", "1e-4",
@@ -126,9 +126,9 @@ def test_zero_last_conv_makes_the_untrained_network_the_identity():
     import jax.numpy as jnp
     import torch
 
-    from dln.config import DLNConfig
-    from dln.initial_weights import authors_initial_state
-    from dln.train_state import torch_to_flax_state
+    from core.config import DLNConfig
+    from weights.initial import authors_initial_state
+    from weights.training_checkpoint import torch_to_flax_state
     from weights.spec import nest_dotted
     from port.model import DLN as FlaxDLN
     from reference_torch.inference import model_from_state

@@ -1,6 +1,6 @@
 """Training parity (JAX vs torch, same weights and batches) and data parallel = one device.
 
-One run of parity.training.training_parity serves all tests: torch trains in one
+One run of parity.grads.training_parity.training_parity serves all tests: torch trains in one
 subprocess, JAX in another that has two forced host devices and reruns its first
 steps data-parallel over both (neither framework's gradients share a process).
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from dln.config import DLNConfig
-from parity.tolerance import DATA_PARALLEL_LOSS_RTOL, TRAIN_LOSS_RTOL, TRAIN_WEIGHTS_RTOL
-from parity.training import DATA_PARALLEL_STEPS, training_parity
+from core.config import DLNConfig
+from parity.engine.tolerance import DATA_PARALLEL_LOSS_RTOL, TRAIN_LOSS_RTOL, TRAIN_WEIGHTS_RTOL
+from parity.grads.training_parity import DATA_PARALLEL_STEPS, training_parity
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_training_parity_report_files(parity_dim16, tmp_path):
 
 def test_dln_parity_training_flag_runs_training_parity_and_writes_the_report(
         parity_dim16, tmp_path, monkeypatch, capsys):
-    import parity.training
+    import parity.grads.training_parity
     from dln.cli import main
 
     calls = []
@@ -63,7 +63,7 @@ def test_dln_parity_training_flag_runs_training_parity_and_writes_the_report(
         calls.append((config, kwargs))
         return parity_dim16
 
-    monkeypatch.setattr(parity.training, "training_parity", recorded)
+    monkeypatch.setattr(parity.grads.training_parity, "training_parity", recorded)
     code = main(["parity", "--training", "--steps", "20", "--variant", "dim=16",
                  "--report", str(tmp_path)])
     assert code == 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dln.config import DLNConfig
-from dln.initial_weights import authors_initial_state
-from dln.training import (TrainError, TrainSettings, authors_decay_epochs, check_resumable,
+from core.config import DLNConfig
+from weights.initial import authors_initial_state
+from dln.training_loop import (TrainError, TrainSettings, authors_decay_epochs, check_resumable,
                           make_schedule)
 
 

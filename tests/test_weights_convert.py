@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dln.cli import main
-from dln.config import DLNConfig
+from core.config import DLNConfig
 from tests.conftest import write_authors_pth
 from weights.convert import load_checkpoint
 from weights.files import read_safetensors_metadata, sha256_of

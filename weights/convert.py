@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dln.config import ConfigError, DLNConfig
+from core.config import ConfigError, DLNConfig
 from weights.errors import CheckpointError
 from weights.files import (is_safetensors_path, load_pth, load_safetensors, save_pth,
                            save_safetensors, sha256_of)

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from dln.config import FA_REDUCTION, DLNConfig
+from core.config import FA_REDUCTION, DLNConfig
 
 LBP_OPS = ("conv1_1", "conv2", "conv3")  # lightening L1, darkening D, lightening L2
 

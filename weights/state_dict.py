@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dln.config import ConfigError, DLNConfig
+from core.config import ConfigError, DLNConfig
 from weights.errors import CheckpointError
 from weights.spec import tensor_specs
 

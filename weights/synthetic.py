@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dln.config import DLNConfig
+from core.config import DLNConfig
 from weights.spec import tensor_specs
 
 

@@ -92,7 +92,7 @@ class FloatConversions:
 
 def check_config_json(text, where) -> str:
     """The stored DLN config text, if it parses into a valid DLNConfig."""
-    from dln.config import DLNConfig
+    from core.config import DLNConfig
 
     if not isinstance(text, str):
         raise CheckpointError(f"{where}: stored network config is not text")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from core.errors import UserError
+
 ORDER = 65
 
 
@@ -44,15 +46,11 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    from dln.cli import UserError
-    from parity.bench import BenchError, BenchOptions, parse_backends, parse_size, run_bench
-    from parity.bench_report import summary_text, write_report
+    from parity.bench.benchmark import BenchOptions, parse_backends, parse_size, run_bench
+    from parity.bench.report import summary_text, write_report
 
-    try:
-        size = parse_size(args.size)
-        backends = parse_backends(args.backends)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    size = parse_size(args.size)
+    backends = parse_backends(args.backends)
     env = {}
     for item in args.env:
         key, sep, value = item.partition("=")
@@ -63,7 +61,7 @@ def run(args) -> int:
                                ("--peak-size", args.peak_size, 16)):
         if value < least:
             raise UserError(f"{flag} must be >= {least}, got {value}")
-    from dln.paths import SAMPLE_CHECKPOINT
+    from core.paths import SAMPLE_CHECKPOINT
 
     weights = args.weights or str(SAMPLE_CHECKPOINT)
     if not Path(weights).is_file():
@@ -72,10 +70,7 @@ def run(args) -> int:
                         repeats=args.repeats, peak_n=args.peak_size,
                         torch_channels_last=not args.torch_nchw, env=env,
                         jax_fast=not args.jax_plain, profile=args.profile)
-    try:
-        result = run_bench(opts)
-    except BenchError as err:
-        raise UserError(str(err)) from None
+    result = run_bench(opts)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

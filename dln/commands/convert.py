@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dln.config import parse_variant
+from core.config import parse_variant
 
 ORDER = 10
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dln.paths import SAMPLE_CHECKPOINT, SAMPLE_IMAGES
+from core.paths import SAMPLE_CHECKPOINT, SAMPLE_IMAGES
 
 ORDER = 90
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from dln.config import parse_variant
-from dln.images import DEFAULT_MAX_PIXELS
+from core.config import parse_variant
+from core.images import DEFAULT_MAX_PIXELS
 
 ORDER = 20
 

@@ -1,7 +1,9 @@
 """`dln metrics`: PSNR, SSIM and theta of enhanced images against ground truth, with the
-authors' protocol (parity/metrics.py); `--compare-libraries` prints the honest Table 1."""
+authors' protocol (core/evaluation.py); `--compare-libraries` prints the honest Table 1."""
 
 from __future__ import annotations
+
+from core.errors import UserError
 
 import dataclasses
 import json
@@ -42,10 +44,9 @@ class FolderEvaluation:
 
 def evaluate_folders(pred_dir, gt_dir) -> FolderEvaluation:
     """The authors' evaluation of every pair of images with one name in both folders."""
-    from dln.cli import UserError
-    from dln.image_pairs import load_uint8, match_by_name
-    from dln.progress import progress
-    from parity.metrics import evaluate_pair
+    from core.image_pairs import load_uint8, match_by_name
+    from core.progress import progress
+    from core.evaluation import evaluate_pair
 
     matched = match_by_name(pred_dir, gt_dir)
     images = []
@@ -81,19 +82,15 @@ def register(sub) -> None:
 
 
 def _run_compare(args) -> int:
-    from dln.cli import UserError
-    from dln.paths import SAMPLE_IMAGES
-    from parity import library_compare
+    from core.paths import SAMPLE_IMAGES
+    from parity.evaluation import library_compare
 
     if (args.pred is None) != (args.gt is None):
         raise UserError("--compare-libraries takes both --pred and --gt, or neither "
                         "(then the bundled samples/low vs samples/high)")
     pred_dir = args.pred if args.pred is not None else SAMPLE_IMAGES / "low"
     gt_dir = args.gt if args.gt is not None else SAMPLE_IMAGES / "high"
-    try:
-        rows = library_compare.compare_folders(pred_dir, gt_dir)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    rows = library_compare.compare_folders(pred_dir, gt_dir)
     print(library_compare.to_json(rows) if args.json else library_compare.to_markdown(rows))
     if args.out:
         for path in library_compare.write_report(rows, args.out):
@@ -102,7 +99,6 @@ def _run_compare(args) -> int:
 
 
 def run(args) -> int:
-    from dln.cli import UserError
 
     if args.compare_libraries:
         return _run_compare(args)

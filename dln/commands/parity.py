@@ -1,24 +1,26 @@
 """`dln parity`: PyTorch reference vs Flax port, block by block; optional bug-zoo defect.
 
 Exit 0 when every block agrees within --tol, 1 when something diverges, 2 on bad input.
-The command is a thin layer over parity.harness / parity.report: it builds the weights
+The command is a thin layer over parity.engine.harness / parity.engine.report: it builds the weights
 and inputs, runs, prints, writes. New modes (e.g. a training comparison) add their
 flags in `register` and a branch at the top of `run`, reusing `load_weights`.
 """
 
 from __future__ import annotations
 
+from core.errors import UserError
+
 import argparse
 
-from dln.config import parse_variant
+from core.config import parse_variant
 
 ORDER = 30
 
 
 def register(sub) -> None:
-    from parity.harness import DEFAULT_BATCH, DEFAULT_SEED, DEFAULT_SIZE
-    from parity.tolerance import FORWARD_ATOL
-    from parity.zoo import defect_names
+    from parity.engine.harness import DEFAULT_BATCH, DEFAULT_SEED, DEFAULT_SIZE
+    from parity.engine.tolerance import FORWARD_ATOL
+    from parity.zoo.defects import defect_names
 
     p = sub.add_parser(
         "parity", help="compare the Flax port with the PyTorch reference, block by block",
@@ -73,7 +75,7 @@ def register(sub) -> None:
 
 def load_weights(args):
     """(Checkpoint, label) from --weights/--variant, or seeded random weights."""
-    from dln.config import DLNConfig
+    from core.config import DLNConfig
     from weights.convert import checkpoint_from_torch_state, load_checkpoint
     from weights.synthetic import random_torch_state
 
@@ -87,7 +89,7 @@ def load_weights(args):
 
 
 def _inputs(args, config):
-    from parity.harness import (DEFAULT_BATCH, DEFAULT_SIZE, check_memory, image_inputs,
+    from parity.engine.harness import (DEFAULT_BATCH, DEFAULT_SIZE, check_memory, image_inputs,
                                 parse_size, random_inputs)
 
     if args.images:
@@ -99,7 +101,7 @@ def _inputs(args, config):
 
 
 def _list_defects() -> int:
-    from parity.zoo import DEFECTS
+    from parity.zoo.defects import DEFECTS
 
     width = max(map(len, DEFECTS))
     for name, defect in DEFECTS.items():
@@ -110,9 +112,7 @@ def _list_defects() -> int:
 def run(args) -> int:
     from pathlib import Path
 
-    from dln.cli import UserError
-    from parity.harness import ParityInputError
-    from parity.zoo import DEFECTS, DefectNotApplicable
+    from parity.zoo.defects import DEFECTS
 
     if args.list_defects:
         return _list_defects()
@@ -127,16 +127,13 @@ def run(args) -> int:
         return _run_training(args, ckpt, label)
     if args.gradients:
         return _run_gradients(args, ckpt, label)
-    try:
-        return _run_forward(args, ckpt, label)
-    except (ParityInputError, DefectNotApplicable) as err:
-        raise UserError(str(err)) from None
+    return _run_forward(args, ckpt, label)
 
 
 def _run_forward(args, ckpt, label) -> int:
-    from parity.harness import run_parity
-    from parity.layers import format_table, verdict_line
-    from parity.report import write_report
+    from parity.engine.harness import run_parity
+    from parity.engine.block_compare import format_table, verdict_line
+    from parity.engine.report import write_report
 
     inputs = _inputs(args, ckpt.config)
     run_result = run_parity(ckpt, inputs, tol=args.tol, defect=args.inject, weights_label=label)
@@ -150,7 +147,6 @@ def _run_forward(args, ckpt, label) -> int:
     print(verdict_line(run_result.layers))
     print(f"time: torch {run_result.seconds['torch']:.1f} s, JAX {run_result.seconds['jax']:.1f} s")
     if args.report:
-        from dln.cli import UserError
 
         try:
             paths = write_report(run_result, args.report)
@@ -162,8 +158,7 @@ def _run_forward(args, ckpt, label) -> int:
 
 
 def _run_training(args, ckpt, label) -> int:
-    from dln.cli import UserError
-    from parity.training import training_parity
+    from parity.grads.training_parity import training_parity
 
     if args.steps < 1 or (args.batch is not None and args.batch < 1):
         raise UserError("--steps and --batch must be at least 1")
@@ -178,18 +173,14 @@ def _run_training(args, ckpt, label) -> int:
 
 
 def _run_gradients(args, ckpt, label) -> int:
-    from dln.cli import UserError
-    from parity.gradients import gradient_batch, gradient_parity
-    from parity.harness import ParityInputError, parse_size
-    from parity.report import write_gradient_report
+    from parity.grads.gradients import gradient_batch, gradient_parity
+    from parity.engine.harness import parse_size
+    from parity.engine.report import write_gradient_report
 
     if args.inject or args.images:
         raise UserError("--gradients takes --weights/--variant/--size/--batch, not "
                         "--inject or --images")
-    try:
-        size = parse_size(args.size) if args.size else (24, 36)
-    except ParityInputError as err:
-        raise UserError(str(err)) from None
+    size = parse_size(args.size) if args.size else (24, 36)
     batch = 2 if args.batch is None else args.batch
     if min(size) < 11 or batch < 1:
         raise UserError("--gradients needs at least 11x11 pixels (the authors' SSIM window) "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from core.errors import UserError
+
 ORDER = 35
 
 
@@ -23,7 +25,6 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from dln.cli import UserError
     from dln.synth import synthesize_folder
 
     if not Path(args.source).is_dir():

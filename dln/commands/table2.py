@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from core.errors import UserError
+
 ORDER = 60
 
 
@@ -35,20 +37,16 @@ def run(args) -> int:
 
     if "torch" not in sys.modules:
         # PyTorch's OpenMP threads wait passively at barriers: libgomp's default busy
-        # wait collapses when other programs share the cores (see parity.bench.worker_env).
+        # wait collapses when other programs share the cores (see parity.bench.benchmark.worker_env).
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from dln.cli import UserError
-    from parity.table2 import Table2Error, parse_model, run_table2, table_markdown, write_report
+    from parity.evaluation.table2 import parse_model, run_table2, table_markdown, write_report
 
     backends = tuple(dict.fromkeys(b.strip() for b in args.backend.split(",") if b.strip()))
     bad = [b for b in backends if b not in ("jax", "torch")]
     if bad or not backends:
         raise UserError(f"--backend must be jax, torch or jax,torch; got {args.backend!r}")
-    try:
-        models = [parse_model(m) for m in args.model]
-        result = run_table2(models, args.data, backends, args.repeats, args.column)
-    except Table2Error as err:
-        raise UserError(str(err)) from None
+    models = [parse_model(m) for m in args.model]
+    result = run_table2(models, args.data, backends, args.repeats, args.column)
     print(table_markdown(result), end="")
     if args.report:
         paths = write_report(result, args.report)

@@ -6,7 +6,7 @@ ORDER = 40
 
 
 def register(sub) -> None:
-    from dln.training import AUTHORS_EPOCHS, LR_DECAYS, PRECISIONS
+    from dln.training_loop import AUTHORS_EPOCHS, LR_DECAYS, PRECISIONS
 
     p = sub.add_parser(
         "train", help="train DLN (JAX or PyTorch), resumable, with logs and a loss plot",
@@ -59,7 +59,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from dln.training import TrainSettings, train
+    from dln.training_loop import TrainSettings, train
 
     settings = TrainSettings(
         out=args.out, framework=args.framework, data=args.data, init=args.init,

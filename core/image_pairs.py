@@ -1,0 +1,53 @@
+"""Two folders of images matched by name (LOL layout: low/ and high/ share file names),
+read as uint8 RGB for evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from core.images import ImageError, list_images, load_image
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchedFolders:
+    pairs: list[tuple[str, Path, Path]]   # (name, prediction path, ground-truth path)
+    only_pred: list[str]
+    only_gt: list[str]
+
+
+def _by_stem(folder: Path, role: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise ImageError(f"{folder}: the {role} folder does not exist")
+    paths, _ = list_images([folder])
+    found: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in found:
+            raise ImageError(f"{folder}: two images are named {path.stem!r} "
+                             f"({found[path.stem].name}, {path.name}); cannot match by name")
+        found[path.stem] = path
+    return found
+
+
+def match_by_name(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> MatchedFolders:
+    """Pairs of images with the same file name (without suffix) in both folders."""
+    pred = _by_stem(Path(pred_dir), "prediction")
+    gt = _by_stem(Path(gt_dir), "ground-truth")
+    common = sorted(set(pred) & set(gt))
+    if not common:
+        raise ImageError(f"no image names in common between {pred_dir} ({len(pred)} images) "
+                         f"and {gt_dir} ({len(gt)} images)")
+    return MatchedFolders(pairs=[(n, pred[n], gt[n]) for n in common],
+                          only_pred=sorted(set(pred) - set(gt)),
+                          only_gt=sorted(set(gt) - set(pred)))
+
+
+def load_uint8(path: str | os.PathLike) -> np.ndarray:
+    """An image as uint8 RGB (H, W, 3): 8-bit files exactly as stored (the project's
+    loader divides by 255 in float32, which rounding undoes exactly); 16-bit files
+    rounded to 8 bits."""
+    unit = load_image(path)
+    return np.round(unit.astype(np.float64) * 255.0).astype(np.uint8)

@@ -1,0 +1,119 @@
+"""Synthetic low-light pairs with the authors' pre-training recipe (dln_facts.md section 4).
+
+Framework-neutral (numpy and Pillow). The target is the image resized so that its
+shorter side is 384; the input is that image with colour saturation and contrast
+dimmed by factors in U(0.7, 1.0), then `beta * (alpha * v) ** gamma` with
+beta ~ U(0.5, 1), alpha ~ U(0.9, 1), gamma ~ U(1.5, 5), on v = pixel / 255.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import numpy as np
+
+SHORT_SIDE = 384
+# scikit-image's bundled photographs (no download needed), split once and for all.
+BUILTIN_TRAIN = ("astronaut", "hubble_deep_field", "immunohistochemistry", "retina",
+                 "colorwheel", "camera", "coins", "moon", "brick", "grass", "gravel",
+                 "clock", "cell", "page", "text")
+BUILTIN_HELDOUT = ("chelsea", "coffee", "rocket")
+
+
+@dataclasses.dataclass(frozen=True)
+class DarkeningDraw:
+    saturation: float
+    contrast: float
+    beta: float
+    alpha: float
+    gamma: float
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> "DarkeningDraw":
+        return cls(saturation=float(rng.uniform(0.7, 1.0)), contrast=float(rng.uniform(0.7, 1.0)),
+                   beta=float(rng.uniform(0.5, 1.0)), alpha=float(rng.uniform(0.9, 1.0)),
+                   gamma=float(rng.uniform(1.5, 5.0)))
+
+
+def builtin_image(name: str) -> np.ndarray:
+    """One of scikit-image's bundled images as uint8 RGB."""
+    import skimage.data
+
+    if name not in BUILTIN_TRAIN + BUILTIN_HELDOUT:
+        raise KeyError(f"{name!r} is not a built-in image")
+    image = np.asarray(getattr(skimage.data, name)())
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3]).astype(np.uint8)
+
+
+def resize_short_side(image: np.ndarray, short_side: int = SHORT_SIDE) -> np.ndarray:
+    """Resize (antialiased bicubic) so that the shorter side is `short_side`."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    scale = short_side / min(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):
+        return image.copy()
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC,
+                                                    reducing_gap=None))
+
+
+def contrast_mean(image: np.ndarray, saturation: float) -> int:
+    """The grey level PIL's Contrast step blends towards: the rounded mean luma of the
+    colour-dimmed image. A crop of `image` darkened with this mean equals the same
+    crop of the darkened full image (every other step works pixel by pixel)."""
+    from PIL import Image, ImageEnhance, ImageStat
+
+    dimmed = ImageEnhance.Color(Image.fromarray(image)).enhance(saturation)
+    return int(ImageStat.Stat(dimmed.convert("L")).mean[0] + 0.5)
+
+
+def darken(image: np.ndarray, draw: DarkeningDraw, mean: int | None = None) -> np.ndarray:
+    """The low-light input for a uint8 RGB target.
+
+    `mean` (from `contrast_mean` of the full image) lets a crop be darkened exactly as
+    the full image would be; without it the contrast step uses this image's own mean.
+    """
+    from PIL import Image, ImageEnhance
+
+    pil = Image.fromarray(image)
+    pil = ImageEnhance.Color(pil).enhance(draw.saturation)
+    if mean is None:
+        pil = ImageEnhance.Contrast(pil).enhance(draw.contrast)
+    else:
+        grey = Image.new("L", pil.size, int(mean)).convert(pil.mode)
+        pil = Image.blend(grey, pil, draw.contrast)
+    v = np.asarray(pil, dtype=np.float64) / 255.0
+    low = draw.beta * (draw.alpha * v) ** draw.gamma
+    return np.clip(low * 255.0, 0, 255).astype(np.uint8)
+
+
+def name_seed(seed: int, name: str) -> int:
+    """A per-image seed that does not depend on the order images are processed in."""
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**32)
+
+
+def make_pair(image: np.ndarray, name: str, seed: int) -> tuple[np.ndarray, np.ndarray, DarkeningDraw]:
+    """(low, high, draw) for one source image, reproducible from (seed, name)."""
+    high = resize_short_side(image)
+    draw = DarkeningDraw.sample(np.random.default_rng(name_seed(seed, name)))
+    return darken(high, draw), high, draw
+
+
+def write_builtin_pairs(out_dir, names=BUILTIN_HELDOUT, seed: int = 0) -> list[str]:
+    """Write LOL-layout pairs (out_dir/low/<name>.png, out_dir/high/<name>.png)."""
+    from pathlib import Path
+
+    from core.images import write_png_atomic
+
+    out = Path(out_dir)
+    (out / "low").mkdir(parents=True, exist_ok=True)
+    (out / "high").mkdir(parents=True, exist_ok=True)
+    for name in names:
+        low, high, _ = make_pair(builtin_image(name), name, seed)
+        write_png_atomic(low, out / "low" / f"{name}.png")
+        write_png_atomic(high, out / "high" / f"{name}.png")
+    return list(names)

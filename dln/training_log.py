@@ -1,0 +1,123 @@
+"""The record of a training run: per-step losses (CSV and JSON), held-out checks, a PNG.
+
+log.csv      step,epoch,lr,loss,elapsed_s (one row per step; step counts steps done)
+log.json     the settings, every row, every held-out evaluation, the final summary
+loss.png     the loss per step with a running mean, the learning rate, and the held-out
+             PSNR gain at each evaluation
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from core.atomic_files import save_figure_atomic, write_text_atomic
+
+CSV_FIELDS = ("step", "epoch", "lr", "loss", "elapsed_s")
+CSV_FILE, JSON_FILE, PLOT_FILE = "log.csv", "log.json", "loss.png"
+
+
+@dataclasses.dataclass
+class TrainLog:
+    rows: list[dict] = dataclasses.field(default_factory=list)
+    evals: list[dict] = dataclasses.field(default_factory=list)
+
+    def add_step(self, step: int, epoch: int, lr: float, loss: float, elapsed_s: float) -> None:
+        self.rows.append({"step": int(step), "epoch": int(epoch), "lr": float(lr),
+                          "loss": float(loss), "elapsed_s": round(float(elapsed_s), 4)})
+
+    def add_eval(self, step: int, result) -> None:
+        self.evals.append({"step": int(step), **result.as_dict()})
+
+    @property
+    def losses(self) -> list[float]:
+        return [r["loss"] for r in self.rows]
+
+    @classmethod
+    def read(cls, out_dir: str | Path, upto_step: int) -> "TrainLog":
+        """The log of an earlier run in out_dir, cut at `upto_step` (for --resume)."""
+        path = Path(out_dir) / JSON_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return cls()
+        return cls([r for r in data.get("rows", []) if r["step"] <= upto_step],
+                   [e for e in data.get("evals", []) if e["step"] <= upto_step])
+
+    def write(self, out_dir: str | Path, header: dict, plot: bool = True) -> None:
+        out = Path(out_dir)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: (f"{row[k]:.8g}" if isinstance(row[k], float) else row[k])
+                             for k in CSV_FIELDS})
+        write_text_atomic(out / CSV_FILE, buffer.getvalue())
+        write_text_atomic(out / JSON_FILE, json.dumps({**header, "rows": self.rows, "evals": self.evals},
+                                                indent=1, allow_nan=True))
+        if plot:
+            plot_loss(self, out / PLOT_FILE, title=header.get("title", "training"))
+
+
+def running_mean(values: list[float], window: int) -> np.ndarray:
+    v = np.asarray(values, np.float64)
+    if v.size == 0:
+        return v
+    window = max(1, min(window, v.size))
+    cumulative = np.cumsum(np.insert(v, 0, 0.0))
+    out = np.empty_like(v)
+    for i in range(v.size):
+        lo = max(0, i + 1 - window)
+        out[i] = (cumulative[i + 1] - cumulative[lo]) / (i + 1 - lo)
+    return out
+
+
+def plot_loss(log: TrainLog, dst: Path, title: str = "training",
+              others: dict[str, list[float]] | None = None) -> None:
+    """Loss (and running mean) per step, lr on a second axis, held-out gain if any.
+    `others` adds more loss curves by label (e.g. the other framework's)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has_evals = bool(log.evals)
+    fig, axes = plt.subplots(1, 2 if has_evals else 1, figsize=(11 if has_evals else 7, 4),
+                             squeeze=False)
+    ax = axes[0][0]
+    steps = [r["step"] for r in log.rows]
+    if steps:
+        ax.plot(steps, log.losses, color="tab:blue", alpha=0.35, lw=0.8, label="loss")
+        window = max(1, len(steps) // 50)
+        ax.plot(steps, running_mean(log.losses, window), color="tab:blue", lw=1.6,
+                label=f"running mean ({window})")
+        for label, values in (others or {}).items():
+            ax.plot(steps[:len(values)], values, lw=1.0, ls="--", label=label)
+        lr_ax = ax.twinx()
+        lr_ax.plot(steps, [r["lr"] for r in log.rows], color="tab:gray", lw=0.8, ls=":")
+        lr_ax.set_ylabel("learning rate (dotted)")
+        lr_ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("1 - SSIM + 0.001 TV")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    if has_evals:
+        ev = axes[0][1]
+        ev.plot([e["step"] for e in log.evals], [e["mean_psnr_enhanced_db"] for e in log.evals],
+                "o-", label="enhanced")
+        low = [e["mean_psnr_low_db"] for e in log.evals]
+        if low and all(math.isfinite(x) for x in low):
+            ev.axhline(low[0], color="tab:red", ls="--", label="low-light input")
+        ev.set_xlabel("step")
+        ev.set_ylabel("mean held-out PSNR (dB)")
+        ev.set_title("held-out")
+        ev.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure_atomic(fig, dst)

@@ -1,0 +1,1 @@
+"""Timing: the benchmark, its workers and backends, FLOP counts, profiles."""

@@ -1,0 +1,158 @@
+"""A benchmark worker: one fresh process per backend, driven over stdin/stdout.
+
+Run as `python -m parity.bench.worker`. Each request is one JSON line on stdin;
+each reply is one JSON line on stdout starting with REPLY_PREFIX (anything else a
+library prints is ignored by the driver). Requests:
+
+  {"op": "setup", "backend": ..., "weights": path, "batch": B, "height": H,
+   "width": W, "channels_last": bool, "seed": S}
+      load the weights, build the runner, run one warm-up forward (for JAX and
+      torch.compile: the compilation), and report the process's peak resident set
+      (getrusage ru_maxrss) after it: a fresh process holding the model and doing
+      one inference, so the figure includes everything the backend allocates
+      natively (oneDNN / XLA buffers), not only Python objects.
+  {"op": "time", "repeats": n}            seconds of n forward passes
+  {"op": "matmul", "library": "numpy" | "torch" | "jax", "n": N, "repeats": r}
+      seconds of r (N x N) @ (N x N) float32 products, after one warm-up
+  {"op": "profile"}   (jax only) per-op times of the forward, parity.bench.jax_profile
+  {"op": "quit"}
+
+Separate processes keep the backends' thread pools and allocators apart, while
+the driver interleaves their timed runs so that load from other programs falls
+on all backends alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+
+import numpy as np
+
+REPLY_PREFIX = "@@bench "
+
+
+def rss_mib() -> float:
+    """Current resident set of this process, MiB (from /proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mib() -> float:
+    """High-water resident set of this process, MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Worker:
+    def __init__(self):
+        self.runner = None
+        self._matmul_cache: dict = {}
+
+    def setup(self, req: dict) -> dict:
+        from parity.bench.backends import BackendUnavailable, make_runner
+        from weights.convert import load_checkpoint
+
+        ckpt = load_checkpoint(req["weights"])
+        x = np.random.default_rng(req.get("seed", 0)).random(
+            (req["batch"], req["height"], req["width"], 3), dtype=np.float32)
+        before = rss_mib()
+        try:
+            runner = make_runner(req["backend"], ckpt, jax_fast=req.get("jax_fast", True),
+                                 channels_last=req.get("channels_last", False))
+            start = time.perf_counter()
+            runner.prepare(x)
+            warmup = time.perf_counter() - start
+        except BackendUnavailable as err:
+            return {"ok": False, "unavailable": str(err)}
+        self.runner = runner
+        reply = {"ok": True, "settings": runner.settings, "warmup_s": warmup,
+                 "rss_before_mib": before, "peak_rss_mib": peak_rss_mib()}
+        if hasattr(runner, "compiled_stats"):
+            reply["xla"] = runner.compiled_stats()
+        return reply
+
+    def time(self, req: dict) -> dict:
+        from parity.bench.backends import time_steps
+
+        if self.runner is None:
+            return {"ok": False, "error": "time before setup"}
+        return {"ok": True, "seconds": time_steps(self.runner.step, int(req["repeats"]))}
+
+    def profile(self, req: dict) -> dict:
+        if not hasattr(self.runner, "profile"):
+            return {"ok": False, "error": "profile needs the jax backend, set up first"}
+        return {"ok": True, "profile": self.runner.profile(int(req.get("runs", 2)))}
+
+    def _matmul_step(self, library: str, n: int):
+        key = (library, n)
+        if key in self._matmul_cache:
+            return self._matmul_cache[key]
+        a = np.random.default_rng(1).random((n, n), dtype=np.float32)
+        b = np.random.default_rng(2).random((n, n), dtype=np.float32)
+        if library == "numpy":
+            def step():
+                np.matmul(a, b)
+        elif library == "torch":
+            import torch
+
+            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+
+            def step():
+                with torch.inference_mode():
+                    torch.matmul(ta, tb)
+        elif library == "jax":
+            import jax
+            import jax.numpy as jnp
+
+            ja, jb = jax.device_put(a), jax.device_put(b)
+            product = jax.jit(lambda p, q: jnp.matmul(p, q, precision="highest"))
+
+            def step():
+                product(ja, jb).block_until_ready()
+        else:
+            raise ValueError(f"unknown matmul library {library!r}")
+        step()  # warm-up (and compile)
+        self._matmul_cache[key] = step
+        return step
+
+    def matmul(self, req: dict) -> dict:
+        from parity.bench.backends import time_steps
+
+        step = self._matmul_step(req["library"], int(req["n"]))
+        return {"ok": True, "seconds": time_steps(step, int(req["repeats"]))}
+
+
+def reply(obj: dict) -> None:
+    sys.stdout.write(REPLY_PREFIX + json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def main() -> int:
+    worker = Worker()
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            req = json.loads(line)
+            op = req.get("op")
+            if op == "quit":
+                reply({"ok": True})
+                return 0
+            if op not in ("setup", "time", "matmul", "profile"):
+                reply({"ok": False, "error": f"unknown op {op!r}"})
+                continue
+            reply(getattr(worker, op)(req))
+        except Exception as err:  # noqa: BLE001 - reported to the driver, which decides
+            last = traceback.format_exc().strip().splitlines()[-1]
+            reply({"ok": False, "error": f"{type(err).__name__}: {err}"[:500], "where": last})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Table 2 of the report, measured honestly for any set of models.
+
+For every model (a .pth or .safetensors of any variant) and backend:
+- parameters, counted from the tensors in the file;
+- time per image: median of N synchronised forward passes after a warm-up (JAX:
+  block_until_ready; PyTorch CPU is synchronous), at the dataset's resolution (the
+  most common image size), with the GFLOP/s it implies (parity.bench.flops);
+- PSNR, SSIM and theta with the authors' protocol (dln_facts.md section 5): output
+  quantised x255 / clip / truncate, then core.evaluation.evaluate_pair per image;
+  means over images.
+The published rows (dln_facts.md section 6) are carried as constants and printed
+beside the measured ones, marked as published; nothing here re-derives them.
+"""
+
+from __future__ import annotations
+
+from core.errors import UserError
+import collections
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from parity.bench.flops import network_flops
+from core.atomic_files import save_figure_atomic, write_text_atomic
+
+# dln_facts.md section 6: Table 2 of the report, verbatim. (time in ms; None = "-").
+PUBLISHED_ROWS = (
+    {"row": "Paper", "params": "700k", "time_ms": 6.53,
+     "voc": (23.82, 0.91, None), "lol": (21.94, 0.80, None)},
+    {"row": "Original weights", "params": "700k", "time_ms": 3.67,
+     "voc": (25.19, 0.89, 2.52), "lol": (21.94, 0.84, 3.67)},
+    {"row": "Re-trained (PyTorch)", "params": "700k", "time_ms": 3.59,
+     "voc": (21.27, 0.84, 3.38), "lol": (19.53, 0.79, 4.75)},
+    {"row": "JAX port", "params": "421k", "time_ms": 2.75,
+     "voc": (27.77, 0.90, 3.23), "lol": (20.45, 0.80, 4.90)},
+)
+PUBLISHED_GFLOP = 332.0   # dln_facts.md section 1: one 600 x 400 image
+PUBLISHED_NOTE = ("published figures, copied from the report (not measured here); their times "
+                  "were taken without waiting for the GPU, and the JAX port's 421k parameters "
+                  "come from its 1-D convolutions (dln_facts.md section 7)")
+COLUMN_GROUPS = ("voc", "lol")
+DEFAULT_REPEATS = 5
+GRID_IMAGES = 3
+
+
+class Table2Error(UserError, ValueError):
+    """A bad --model / --data argument; one line for the user."""
+
+
+@dataclasses.dataclass
+class Pair:
+    name: str
+    low: np.ndarray   # uint8 HWC
+    high: np.ndarray  # uint8 HWC
+
+
+@dataclasses.dataclass
+class ModelRow:
+    name: str
+    backend: str
+    source: str
+    variant: str
+    parameters: int
+    resolution: tuple[int, int]
+    time_ms: float
+    time_runs_ms: list[float]
+    gflops_per_s: float
+    per_image: list[dict]
+    outputs: dict[str, np.ndarray]  # a few quantised outputs, for the grid
+
+    def mean(self, key: str) -> float:
+        return float(np.mean([m[key] for m in self.per_image]))
+
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "outputs"}
+        out["resolution"] = {"height": self.resolution[0], "width": self.resolution[1]}
+        out.update({f"mean_{k}": self.mean(k) for k in ("psnr", "ssim", "theta")})
+        return out
+
+
+@dataclasses.dataclass
+class Table2Result:
+    data: str
+    column: str
+    rows: list[ModelRow]
+    pairs: list[Pair]
+    repeats: int
+    problems: list[str]
+
+    def as_dict(self) -> dict:
+        published = [{**r, "implied_gflops_per_s": PUBLISHED_GFLOP / (r["time_ms"] * 1e-3)}
+                     for r in PUBLISHED_ROWS]
+        return {"data": self.data, "images": [p.name for p in self.pairs],
+                "column_group": self.column, "timing_repeats": self.repeats,
+                "metrics_protocol": "uint8 truncation; PSNR range 255; scikit-image default "
+                                    "SSIM averaged over channels; theta in degrees (XYZ)",
+                "measured": [r.as_dict() for r in self.rows],
+                "published": {"note": PUBLISHED_NOTE, "rows": published},
+                "problems": self.problems}
+
+
+# ---- arguments -------------------------------------------------------------------------------
+def parse_model(text: str) -> tuple[str, str]:
+    """'NAME=FILE' -> (name, file); a bare FILE is named after its stem."""
+    name, sep, path = text.partition("=")
+    if not sep:
+        name, path = Path(text).stem, text
+    name, path = name.strip(), path.strip()
+    if not name or not path:
+        raise Table2Error(f"--model must look like NAME=FILE, got {text!r}")
+    if not Path(path).is_file():
+        raise Table2Error(f"--model {name}: {path}: no such file")
+    return name, path
+
+
+def load_pairs(data: str) -> tuple[list[Pair], str, list[str]]:
+    """('builtin' | a LOL-layout folder) -> (pairs, description, problems)."""
+    from core.data import HELDOUT_SPLITS, builtin_heldout, folder_heldout, pair_folders
+
+    if data == "builtin":
+        pairs = [Pair(p.name, p.low, p.high) for p in builtin_heldout()]
+        return pairs, "built-in held-out synthetic pairs (seed 0)", []
+    root = Path(data)
+    if not root.is_dir():
+        raise Table2Error(f"--data {data}: not a folder (give a LOL-layout folder or 'builtin')")
+    found = pair_folders(root, HELDOUT_SPLITS)
+    if found is None:
+        raise Table2Error(f"--data {data}: no low/ and high/ folders (nor eval15/low, eval15/high)")
+    held, problems = folder_heldout(*found)
+    if not held:
+        raise Table2Error(f"--data {data}: no usable image pairs"
+                          + (f" ({problems[0]})" if problems else ""))
+    return [Pair(p.name, p.low, p.high) for p in held], f"{found[0].parent}", problems
+
+
+def common_resolution(pairs: list[Pair]) -> tuple[int, int]:
+    """The most common (height, width) of the inputs; ties go to the first seen."""
+    counts = collections.Counter(p.low.shape[:2] for p in pairs)
+    return max(counts, key=lambda s: (counts[s], -list(counts).index(s)))
+
+
+# ---- measuring one model ---------------------------------------------------------------------
+def evaluate_model(name: str, path: str, backend: str, pairs: list[Pair], repeats: int,
+                   keep_outputs: int = GRID_IMAGES, tick=None) -> ModelRow:
+    from core.data import to_float
+    from core.images import quantize
+    from core.evaluation import evaluate_pair
+    from parity.bench.backends import make_runner, time_steps
+    from weights.convert import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    runner = make_runner(backend, ckpt, channels_last=True)  # torch's faster format here
+    per_image, outputs = [], {}
+    for i, pair in enumerate(pairs):
+        pred = quantize(runner.infer(to_float(pair.low)))
+        per_image.append({"image": pair.name, **evaluate_pair(pred, pair.high)})
+        if i < keep_outputs:
+            outputs[pair.name] = pred
+        if tick:
+            tick()
+    height, width = common_resolution(pairs)
+    first = next(p for p in pairs if p.low.shape[:2] == (height, width))
+    runner.prepare(to_float(first.low)[None])  # places the input; warm-up run included
+    runs = [s * 1e3 for s in time_steps(runner.step, repeats)]
+    median_ms = float(np.median(runs))
+    flop = network_flops(ckpt.config, height, width)
+    return ModelRow(name, backend, str(path), ckpt.config.variant_string(), ckpt.parameter_count,
+                    (height, width), median_ms, runs, flop / (median_ms * 1e-3) / 1e9,
+                    per_image, outputs)
+
+
+def run_table2(models: list[tuple[str, str]], data: str, backends: tuple[str, ...] = ("jax",),
+               repeats: int = DEFAULT_REPEATS, column: str | None = None,
+               show_progress: bool = True) -> Table2Result:
+    from core.progress import progress
+
+    if not models:
+        raise Table2Error("give at least one --model NAME=FILE")
+    if repeats < 1:
+        raise Table2Error(f"--repeats must be >= 1, got {repeats}")
+    pairs, description, problems = load_pairs(data)
+    column = column or ("voc" if data == "builtin" else "lol")
+    rows = []
+    bar = progress(None, desc="table2", unit="img", disable=not show_progress,
+                   total=len(models) * len(backends) * len(pairs))
+    try:
+        for name, path in models:
+            for backend in backends:
+                label = name if len(backends) == 1 else f"{name} ({backend})"
+                bar.set_postfix_str(label)
+                rows.append(evaluate_model(label, path, backend, pairs, repeats,
+                                           tick=lambda: bar.update(1)))
+    finally:
+        bar.close()
+    return Table2Result(description, column, rows, pairs, repeats, problems)
+
+
+# ---- the table --------------------------------------------------------------------------------
+def _num(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _metric_cells(values) -> list[str]:
+    psnr, ssim, theta = values
+    return [_num(psnr, 2), _num(ssim, 2), _num(theta, 2)]
+
+
+def table_markdown(result: Table2Result) -> str:
+    """The report's layout; measured rows fill the column group of the data they ran on."""
+    head = ("| row | source | params | time per image | GFLOP/s | VOC PSNR | VOC SSIM | VOC θ "
+            "| LOL PSNR | LOL SSIM | LOL θ |")
+    lines = [head, "|" + " --- |" * 11]
+    blank = ["·", "·", "·"]
+    for r in PUBLISHED_ROWS:
+        implied = PUBLISHED_GFLOP / (r["time_ms"] * 1e-3)
+        lines.append(f"| {r['row']} | published | {r['params']} | {r['time_ms']:.2f} ms | "
+                     f"{implied:,.0f} (implied) | " + " | ".join(
+                         _metric_cells(r["voc"]) + _metric_cells(r["lol"])) + " |")
+    for row in result.rows:
+        cells = _metric_cells((row.mean("psnr"), row.mean("ssim"), row.mean("theta")))
+        groups = cells + blank if result.column == "voc" else blank + cells
+        h, w = row.resolution
+        lines.append(f"| {row.name} | measured ({row.backend}) | {row.parameters:,} | "
+                     f"{row.time_ms:,.1f} ms ({w}x{h}) | {row.gflops_per_s:,.1f} | "
+                     + " | ".join(groups) + " |")
+    notes = [
+        "",
+        f"Published rows: {PUBLISHED_NOTE}. Their GFLOP/s is implied by {PUBLISHED_GFLOP:.0f} "
+        "GFLOP per 600x400 image divided by the published time.",
+        f"Measured rows: data = {result.data} ({len(result.pairs)} images), metrics in the "
+        f"{result.column.upper()} columns; time = median of {result.repeats} synchronised runs "
+        "after a warm-up at the dataset's most common resolution (W x H), on this machine's "
+        "CPU; metrics: uint8 truncation, PSNR (range 255), scikit-image default SSIM, "
+        "theta in degrees, means over images.",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+def per_image_markdown(result: Table2Result) -> str:
+    lines = ["| model | image | PSNR | SSIM | θ |", "| --- | --- | --- | --- | --- |"]
+    for row in result.rows:
+        for m in row.per_image:
+            lines.append(f"| {row.name} | {m['image']} | {m['psnr']:.2f} | {m['ssim']:.4f} | "
+                         f"{m['theta']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---- files -------------------------------------------------------------------------------------
+def plot_grid(result: Table2Result, dst: Path) -> None:
+    """One row per image (the first few): low | each model's output | ground truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [p.name for p in result.pairs[:GRID_IMAGES]]
+    by_name = {p.name: p for p in result.pairs}
+    columns = ["low (input)"] + [r.name for r in result.rows] + ["ground truth"]
+    fig, axes = plt.subplots(len(names), len(columns), squeeze=False,
+                             figsize=(2.6 * len(columns), 2.0 * len(names) + 0.4))
+    try:
+        for i, name in enumerate(names):
+            images = ([by_name[name].low] + [r.outputs[name] for r in result.rows]
+                      + [by_name[name].high])
+            for j, (title, image) in enumerate(zip(columns, images)):
+                ax = axes[i][j]
+                ax.imshow(image)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i == 0:
+                    ax.set_title(title, fontsize=8)
+                if j == 0:
+                    ax.set_ylabel(name, fontsize=8)
+                if 0 < j < len(columns) - 1:
+                    m = result.rows[j - 1].per_image[i]
+                    ax.set_xlabel(f"{m['psnr']:.2f} dB, SSIM {m['ssim']:.3f}", fontsize=7)
+        fig.tight_layout()
+        save_figure_atomic(fig, dst, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def write_report(result: Table2Result, folder) -> dict[str, Path]:
+    """table2.md, table2.json and table2_grid.png in `folder` (created)."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": folder / "table2.md", "json": folder / "table2.json",
+             "grid": folder / "table2_grid.png"}
+    text = ("# Table 2, measured\n\n" + table_markdown(result)
+            + "\n## Per image\n\n" + per_image_markdown(result))
+    if result.problems:
+        text += "\n## Problems\n\n" + "".join(f"- {p}\n" for p in result.problems)
+    write_text_atomic(paths["markdown"], text)
+    write_text_atomic(paths["json"], json.dumps(result.as_dict(), indent=2) + "\n")
+    plot_grid(result, paths["grid"])
+    return paths

@@ -1,0 +1,1 @@
+"""Gradient, optimiser-step and training parity between the frameworks."""

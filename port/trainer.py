@@ -1,0 +1,155 @@
+"""Training the Flax DLN: optax Adam and one jit-compiled, data-parallel train step.
+
+Data parallel with `jax.sharding`: a 1-D mesh over the local devices (axis "data"),
+every batch split along its first axis across the mesh, parameters and Adam state
+replicated. The step is written for the whole global batch (loss = the authors' mean
+over all of it); XLA's partitioner inserts the cross-device sums, so one device and
+N devices compute the same loss up to the order of float32 reductions, and the same
+command scales from a CPU to a multi-GPU machine. The global batch must divide
+evenly by the number of devices.
+
+Adam is `optax.scale_by_adam(b1, b2, eps)` (bias-corrected moments, eps outside the
+square root: torch.optim.Adam's update) followed by `-lr * update`, with lr an
+argument of the step, so the authors' decays never recompile.
+"""
+
+from __future__ import annotations
+
+from core.errors import UserError
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import port.inference  # noqa: F401  (sets float32 "highest" matmul/conv precision)
+from core.config import DLNConfig
+from weights.training_checkpoint import TrainState, tree_to_flat
+from weights.spec import nest_dotted
+from port.losses import dln_loss
+from port.model import DLN
+
+DATA_AXIS = "data"
+
+
+def data_mesh(devices: int | list | None = None) -> Mesh:
+    """A 1-D mesh over the first `devices` local devices (all when None)."""
+    available = jax.local_devices()
+    if isinstance(devices, int):
+        if devices > len(available):
+
+            raise UserError(f"{devices} devices asked for, {len(available)} available")
+        chosen = available[:devices]
+    else:
+        chosen = list(devices) if devices else available
+    return Mesh(np.asarray(chosen), (DATA_AXIS,))
+
+
+def adam(beta1: float, beta2: float, eps: float) -> optax.GradientTransformation:
+    """Adam's scaling (bias-corrected, eps outside the root); the step applies -lr."""
+    return optax.scale_by_adam(b1=beta1, b2=beta2, eps=eps)
+
+
+@functools.lru_cache(maxsize=16)
+def make_train_step(config: DLNConfig, beta1: float, beta2: float, eps: float, tv_weight: float,
+                    mesh: Mesh) -> Callable:
+    """jit(params, opt_state, low, high, lr) -> (params, opt_state, loss), sharded over mesh.
+    Cached, so trainers of one process with the same settings share one compilation."""
+    model = DLN(config)
+    tx = adam(beta1, beta2, eps)
+
+    def loss_fn(params, low, high):
+        return dln_loss(model.apply({"params": params}, low), high, tv_weight)
+
+    def step(params, opt_state, low, high, lr):
+        loss, grads = jax.value_and_grad(loss_fn)(params, low, high)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, updates)
+        return params, opt_state, loss
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    on_cpu = mesh.devices.flat[0].platform == "cpu"
+    return jax.jit(step, in_shardings=(replicated, replicated, batch, batch, replicated),
+                   out_shardings=(replicated, replicated, replicated),
+                   donate_argnums=() if on_cpu else (0, 1))
+
+
+class JaxTrainer:
+    """The JAX side of dln.training_loop's loop (see there for the interface)."""
+
+    def __init__(self, config: DLNConfig, state: TrainState, beta1: float = 0.9,
+                 beta2: float = 0.999, eps: float = 1e-8, tv_weight: float = 0.001,
+                 precision: str = "highest", devices: int | list | None = None):
+        self.config = config
+        self.precision = precision
+        self.mesh = data_mesh(devices)
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+        self.tx = adam(beta1, beta2, eps)
+        params = nest_dotted({k: np.asarray(v, np.float32) for k, v in state.params.items()})
+        params = jax.device_put(params, self.replicated)
+        if state.mu is None or state.nu is None:
+            opt_state = self.tx.init(params)
+        else:
+            opt_state = optax.ScaleByAdamState(
+                count=jnp.asarray(state.count, jnp.int32),
+                mu=nest_dotted({k: np.asarray(v, np.float32) for k, v in state.mu.items()}),
+                nu=nest_dotted({k: np.asarray(v, np.float32) for k, v in state.nu.items()}))
+        self.params = params
+        self.opt_state = jax.device_put(opt_state, self.replicated)
+        self.count = int(state.count)
+        self._step = make_train_step(config, float(beta1), float(beta2), float(eps),
+                                     float(tv_weight), self.mesh)
+        self._apply = None
+
+    @property
+    def device_count(self) -> int:
+        return int(self.mesh.devices.size)
+
+    def describe(self) -> str:
+        kinds = sorted({d.device_kind for d in self.mesh.devices.flat})
+        return (f"jax {jax.__version__}: data parallel over {self.device_count} device(s) "
+                f"({', '.join(kinds)}), precision {self.precision}")
+
+    def step(self, low: np.ndarray, high: np.ndarray, lr: float):
+        if low.shape[0] % self.device_count:
+
+            raise UserError(f"batch {low.shape[0]} does not split over {self.device_count} "
+                            "devices; choose a multiple")
+        low = jax.device_put(low, self.batch_sharding)
+        high = jax.device_put(high, self.batch_sharding)
+        with jax.default_matmul_precision(self.precision):
+            self.params, self.opt_state, loss = self._step(
+                self.params, self.opt_state, low, high, jnp.float32(lr))
+        self.count += 1
+        return loss
+
+    @staticmethod
+    def loss_value(loss) -> float:
+        return float(jax.device_get(loss))
+
+    def export(self) -> TrainState:
+        params, opt = jax.device_get((self.params, self.opt_state))
+        return TrainState(tree_to_flat(params), tree_to_flat(opt.mu), tree_to_flat(opt.nu),
+                          int(opt.count))
+
+    def enhancer(self) -> Callable[[np.ndarray], np.ndarray]:
+        """HWC float32 image -> network output, with the current weights, on one device."""
+        if self._apply is None:
+            model = DLN(self.config)
+            self._apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
+        device = self.mesh.devices.flat[0]
+        params = jax.device_put(jax.device_get(self.params), device)
+        apply = self._apply
+
+        def enhance(image: np.ndarray) -> np.ndarray:
+            x = jax.device_put(np.asarray(image, np.float32)[None], device)
+            with jax.default_matmul_precision(self.precision):
+                return np.asarray(jax.device_get(apply(params, x)))[0]
+
+        return enhance

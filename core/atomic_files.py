@@ -1,39 +1,167 @@
-"""Writing report files (text, JSON, Markdown, PNG plots) so none is ever half-written.
+"""The one way this project writes a file or a folder so that it is never half-written.
 
-Each file is written beside its destination under a temporary name and renamed
-over it, the same rule `core/images.py` and `weights/files.py` follow for images
-and checkpoints.
+`atomic_path(dst)` yields a temporary path in dst's own folder (so the final rename
+stays on one file system); when the block succeeds the temporary file is fsynced,
+given the usual mode of a new file (0666 less the umask: mkstemp's 0600 would
+otherwise survive the rename) and renamed onto dst. With `overwrite=False` the
+last step is a hard link, which fails rather than replace a file that appeared in
+the meantime. On any exception, KeyboardInterrupt and the exception `dln` raises
+for SIGTERM / SIGHUP included, the temporary file is removed and dst is untouched.
+
+`atomic_directory(dst)` does the same for a folder that must appear complete or
+not at all (a training checkpoint: weights and optimizer state together).
+
+OS failures are raised as OSError (FileExistsError for a refused clobber); each
+caller words them as its own one-line error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Iterator
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux), else by setting it back."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def usual_file_mode() -> int:
+    """The mode open() gives a new file: 0666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # some file systems cannot open a folder; the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _publish_file(tmp: Path, dst: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, dst)
+        return
+    try:
+        os.link(tmp, dst)  # atomic, and fails if dst exists
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: check, then rename
+        if dst.exists() or dst.is_symlink():
+            raise FileExistsError(errno.EEXIST, "exists", str(dst)) from None
+        os.replace(tmp, dst)
+
+
+def refuse_existing(dst: str | os.PathLike) -> None:
+    """FileExistsError if dst (or a link by that name) is already there."""
+    dst = Path(dst)
+    if dst.exists() or dst.is_symlink():
+        raise FileExistsError(errno.EEXIST, "exists", str(dst))
+
+
+@contextlib.contextmanager
+def atomic_path(dst: str | os.PathLike, overwrite: bool = True, fsync: bool = True
+                ) -> Iterator[Path]:
+    """Yield a temporary file path beside dst; publish it as dst only if the block succeeds."""
+    dst = Path(dst)
+    if not overwrite:
+        refuse_existing(dst)
+    folder = dst.parent if str(dst.parent) else Path(".")
+    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=folder)
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, usual_file_mode())
+        os.close(fd)
+        fd = -1
+        yield tmp
+        if fsync:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        _publish_file(tmp, dst, overwrite)
+        if fsync:
+            _fsync_folder(folder)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            if tmp.exists() or tmp.is_symlink():
+                tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(dst: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside dst; rename it to dst (which must not exist) only
+    if the block succeeds, after fsyncing every file in it. Removed on any failure."""
+    dst = Path(dst)
+    refuse_existing(dst)
+    folder = dst.parent if str(dst.parent) else Path(".")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=folder))
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())
+        yield tmp
+        for path in tmp.iterdir():
+            if path.is_file():
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())
+        _fsync_folder(tmp)
+        os.rename(tmp, dst)  # one rename publishes the whole folder
+        _fsync_folder(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def link_or_copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Make dst a hard link to (or, where links are impossible, a copy of) src, atomically."""
+    dst = Path(dst)
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    return dst
+
+
+def write_bytes_atomic(dst: str | os.PathLike, data: bytes, overwrite: bool = True) -> Path:
+    with atomic_path(dst, overwrite=overwrite) as tmp:
+        tmp.write_bytes(data)
+    return Path(dst)
 
 
 def write_text_atomic(dst: str | os.PathLike, text: str) -> Path:
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    try:
+    with atomic_path(dst) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return dst
+    return Path(dst)
 
 
 def save_figure_atomic(fig, dst: str | os.PathLike, dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG via a temporary file, then close it."""
     import matplotlib.pyplot as plt
 
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, dst)
+        with atomic_path(dst) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
-    return dst
+    return Path(dst)

@@ -3,14 +3,18 @@
 Every subcommand lives in dln/commands/<name>.py with `register(subparsers)` and an
 `ORDER` for the help listing; its handler returns the exit code. Errors a user can cause (bad files, bad options)
 derive from core.errors.UserError: they end in one line on stderr and exit code 2, never a
-traceback.
+traceback. Ctrl-C, SIGTERM and SIGHUP end in one line too (exit 130, 143, 129), after
+every temporary file has been removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import pkgutil
+import signal
 import sys
 
 from core.errors import UserError
@@ -24,8 +28,19 @@ def command_modules() -> list:
     return sorted(mods, key=lambda m: (getattr(m, "ORDER", 100), m.__name__))
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (`dln CMD: error: ...`, exit 2) like every
+    other user error, instead of the usage block; `--help` still shows the usage."""
+
+    def error(self, message: str):
+        if message.startswith("argument --") and message.endswith(": expected one argument"):
+            option = message[len("argument "):].split(":")[0].split("/")[0]
+            message += f" (a value that starts with '-' is written {option}=VALUE)"
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dln",
         description="Port DLN (Deep Lightening Network) from PyTorch to JAX and prove the port "
                     "right: convert weights, enhance images, compare the frameworks.")
@@ -36,6 +51,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class TerminatedBySignal(BaseException):
+    """SIGTERM or SIGHUP arrived: raised where the program is, so that every `finally`
+    (the atomic writers' clean-up of their temporary files) runs on the way out, as
+    for Ctrl-C. A BaseException, so `except Exception` blocks do not swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+CAUGHT_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+@contextlib.contextmanager
+def signals_as_exceptions():
+    """While the block runs, SIGTERM / SIGHUP raise TerminatedBySignal in this process.
+
+    Processes forked meanwhile (batch workers) inherit the handler; there it restores
+    the default action and re-sends the signal, so a worker simply ends.
+    """
+    owner = os.getpid()
+
+    def handler(signum, _frame):
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise TerminatedBySignal(signum)
+
+    previous = {}
+    try:
+        for name in CAUGHT_SIGNALS:
+            number = getattr(signal, name, None)
+            if number is not None:
+                previous[number] = signal.signal(number, handler)
+    except ValueError:  # not the main thread: signals cannot be caught here
+        pass
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -43,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args) or 0)
+        with signals_as_exceptions():
+            return int(args.run(args) or 0)
+    except TerminatedBySignal as stop:
+        print(f"dln {args.command}: stopped by {stop.name}", file=sys.stderr)
+        return 128 + stop.signum
     except UserError as err:
         print(f"dln {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -52,8 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # output piped into e.g. `head`, which closed early: not an error of ours
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 

@@ -106,27 +106,50 @@ def load_checkpoint(path: str | os.PathLike, overrides: dict | None = None) -> C
         raise CheckpointError(f"{source}: {err}") from None
 
 
+def _check_safetensors_metadata(metadata: dict, source: Path) -> None:
+    missing = [k for k in REQUIRED_METADATA if k not in metadata]
+    if missing:
+        raise CheckpointError(
+            f"{source}: safetensors metadata lacks {', '.join(missing)} (not written by "
+            "`dln convert`; convert the original .pth instead)")
+    if metadata["format"] != FORMAT_NAME or metadata["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{source}: format {metadata['format']!r} version {metadata['format_version']!r}"
+            f" is not {FORMAT_NAME} version {FORMAT_VERSION}")
+
+
+def _stored_config(metadata: dict, source: Path) -> DLNConfig:
+    try:
+        return DLNConfig.from_json(metadata["config"])
+    except ConfigError as err:
+        raise CheckpointError(f"{source}: stored network config is invalid: {err}") from None
+
+
 def _load_checkpoint(source: Path, overrides: dict | None) -> Checkpoint:
+    """Names, shapes and dtypes are compared with the tensor table while the tensors
+    are only declared (the loaders' `check`), so nothing the table does not expect,
+    and nothing larger than it, is ever materialised."""
     overrides = dict(overrides or {})
     notes: list[str] = []
     if is_safetensors_path(source):
-        params, metadata = load_safetensors(source, notes)
-        missing = [k for k in REQUIRED_METADATA if k not in metadata]
-        if missing:
-            raise CheckpointError(
-                f"{source}: safetensors metadata lacks {', '.join(missing)} (not written by "
-                "`dln convert`; convert the original .pth instead)")
-        if metadata["format"] != FORMAT_NAME or metadata["format_version"] != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{source}: format {metadata['format']!r} version {metadata['format_version']!r}"
-                f" is not {FORMAT_NAME} version {FORMAT_VERSION}")
+        def check_declared_flax(declared: dict, metadata: dict) -> None:
+            if any(k not in metadata for k in REQUIRED_METADATA):
+                return  # refused below; its tensors hold their own bytes, none repeated
+            _check_safetensors_metadata(metadata, source)
+            _merge_stored(metadata["config"], overrides, source)
+            check_against_spec(declared, _stored_config(metadata, source), "flax")
+
+        params, metadata = load_safetensors(source, notes, check_declared_flax)
+        _check_safetensors_metadata(metadata, source)
         merged = _merge_stored(metadata["config"], overrides, source)
-        try:
-            stored = DLNConfig.from_json(metadata["config"])
-        except ConfigError as err:
-            raise CheckpointError(f"{source}: stored network config is invalid: {err}") from None
-        return _from_flax_params(params, merged, source, _dedupe(notes), stored)
-    state, stored_json = load_pth(source, notes)
+        return _from_flax_params(params, merged, source, _dedupe(notes),
+                                 _stored_config(metadata, source))
+
+    def check_declared_torch(declared: dict, stored_json: str | None) -> None:
+        cfg = infer_config(declared, _merge_stored(stored_json, overrides, source))
+        check_against_spec(declared, cfg, "torch")
+
+    state, stored_json = load_pth(source, notes, check_declared_torch)
     merged = _merge_stored(stored_json, overrides, source)
     return _from_torch_state(state, merged, source, _dedupe(notes))
 
@@ -157,12 +180,15 @@ def safetensors_metadata(ckpt: Checkpoint) -> dict[str, str]:
     return meta
 
 
-def save_checkpoint(ckpt: Checkpoint, dst: str | os.PathLike, dataparallel: bool = False) -> None:
-    """Write ckpt as .safetensors (Flax names) or .pth (torch names), by dst's suffix."""
+def save_checkpoint(ckpt: Checkpoint, dst: str | os.PathLike, dataparallel: bool = False,
+                    overwrite: bool = True) -> None:
+    """Write ckpt as .safetensors (Flax names) or .pth (torch names), by dst's suffix.
+    overwrite=False refuses an existing dst (also one that appears while writing)."""
     if is_safetensors_path(dst):
-        save_safetensors(ckpt.flax_params, dst, safetensors_metadata(ckpt))
+        save_safetensors(ckpt.flax_params, dst, safetensors_metadata(ckpt), overwrite)
     elif str(dst).lower().endswith((".pth", ".pt")):
-        save_pth(ckpt.torch_state, dst, ckpt.config.to_json(), dataparallel=dataparallel)
+        save_pth(ckpt.torch_state, dst, ckpt.config.to_json(), dataparallel=dataparallel,
+                 overwrite=overwrite)
     else:
         raise CheckpointError(f"{dst}: destination must end in .safetensors, .pth or .pt")
 
@@ -183,14 +209,18 @@ class ConversionReport:
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, overrides: dict | None = None,
-            dataparallel: bool = False) -> ConversionReport:
-    """Convert between .pth and .safetensors; the destination is verified bit for bit."""
+            dataparallel: bool = False, overwrite: bool = True) -> ConversionReport:
+    """Convert between .pth and .safetensors; the destination is verified bit for bit.
+    overwrite=False (what `dln convert` does without --overwrite) refuses an existing
+    destination."""
     if is_safetensors_path(src) == is_safetensors_path(dst):
         raise CheckpointError(
             f"convert goes between .pth and .safetensors; got {Path(src).name} -> {Path(dst).name}")
     if Path(src).resolve() == Path(dst).resolve():
         raise CheckpointError("source and destination are the same file")
+    if not overwrite and (Path(dst).exists() or Path(dst).is_symlink()):
+        raise CheckpointError(f"{dst}: exists (use --overwrite to replace it)")
     ckpt = load_checkpoint(src, overrides)
-    save_checkpoint(ckpt, dst, dataparallel=dataparallel)
+    save_checkpoint(ckpt, dst, dataparallel=dataparallel, overwrite=overwrite)
     return ConversionReport(str(src), str(dst), ckpt.config, ckpt.parameter_count,
                             len(ckpt.torch_state), ckpt.notes)

@@ -6,9 +6,13 @@ Reading (see SECURITY.md):
 - .pth files are pickles, which can run code. Two independent gates stand before
   any object is built: weights.pickle_guard walks the opcodes without running them
   and refuses any import outside a short allowlist (tensors, storages, OrderedDict),
-  then `torch.load(weights_only=True)` unpickles with torch's restricted unpickler.
-- .safetensors files hold no code; the header is parsed as JSON and the tensors by
-  the safetensors library, which checks every offset.
+  then torch's weights-only unpickler (the one `torch.load(weights_only=True)` uses)
+  unpickles exactly the scanned bytes, with meta storages (weights.torch_reader):
+  names, shapes and dtypes are checked before any tensor is materialised.
+- .safetensors files hold no code; the header is parsed as JSON and checked here:
+  every offset must hold its shape, and the tensors must tile the data exactly.
+  Callers see the declared shapes before any tensor is materialised (the `check`
+  argument of both loaders).
 - Every tensor must be floating point and finite. float16 and bfloat16 widen to
   float32 exactly; float64 is rounded to nearest float32 (a relative change of at
   most 2**-24, the rounding float32 arithmetic itself makes, so a note says so and
@@ -16,9 +20,11 @@ Reading (see SECURITY.md):
 - Whatever goes wrong, the loaders raise CheckpointError with one line: any other
   exception a parser raises on hostile bytes is caught at this boundary.
 
-Writing: every file goes to a temporary file in the destination folder, is
-flushed to disk, re-read and compared bit for bit, and only then renamed over the
-destination, so a failed or interrupted write leaves nothing behind. Output bytes
+Writing: every file goes to a temporary file in the destination folder
+(core.atomic_files, the project's one atomic writer), is flushed to disk, re-read
+and compared bit for bit, and only then renamed over the destination (or, without
+overwrite, hard-linked, which fails rather than replace a file), so a failed or
+interrupted write leaves nothing behind. Output bytes
 depend only on the content (no time stamps, no temporary names, sorted headers).
 """
 
@@ -27,24 +33,25 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import os
-import tempfile
-import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
+from core.atomic_files import atomic_path
 from weights.errors import CheckpointError
-from weights.pickle_guard import UnsafePickleError, check_torch_file
+from weights.pickle_guard import UnsafePickleError
 from weights.tensor_checks import FLOAT_DTYPES_CONVERTED  # noqa: F401 (re-exported)
 from weights.tensor_checks import (FloatConversions, check_config_json, one_line,
                                    read_checkpoint_bytes)
+from weights.safetensors_format import (  # noqa: F401 (safetensors_bytes re-exported)
+    is_safetensors_bytes, parse_safetensors, safetensors_bytes, safetensors_header)
 from weights.state_dict import WRAPPER_KEYS, require_dln_keys, strip_dataparallel
 
-MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors library's own header limit
-SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "bfloat16"}
+# 2**28 float32 values are 1 GiB: a DLN of width ~1200, far past any trained one (a
+# dim-64 DLN has 700,586 values); nothing larger is materialised from a checkpoint.
+MAX_TENSOR_ELEMENTS = 1 << 28
 
 
 def sha256_of(path: Path) -> str:
@@ -78,20 +85,26 @@ def _tensor_to_float32(name: str, value, conversions: FloatConversions) -> np.nd
     return conversions.to_float32(name, array, dtype)
 
 
-def load_pth(path: str | os.PathLike, notes: list[str] | None = None
-             ) -> tuple[dict[str, np.ndarray], str | None]:
+def load_pth(path: str | os.PathLike, notes: list[str] | None = None,
+             check: Callable[[dict, str | None], None] | None = None,
+             expect_dln: bool = True) -> tuple[dict[str, np.ndarray], str | None]:
     """A .pth state dict as torch-named float32 numpy arrays, plus the DLN config JSON
     that `dln convert` stores in the dict's `_metadata`, when present.
 
     Accepts the authors' DataParallel files (`module.` prefix), plain state dicts,
     and state dicts wrapped under `state_dict` / `model` (and similar) keys; both
     the zip format of torch.save and the legacy one.
+
+    check(declared, config_json), when given, sees the state dict (prefix stripped)
+    as meta tensors, shapes and dtypes only, before any tensor is materialised, and
+    raises CheckpointError to refuse it (`weights.convert` compares it with the
+    network's tensor table there).
     """
     path = Path(path)
     notes = [] if notes is None else notes
     data = read_checkpoint_bytes(path)
     try:
-        return _parse_pth(data, path, notes)
+        return _parse_pth(data, path, notes, check, expect_dln)
     except UnsafePickleError as err:
         raise CheckpointError(
             f"{path}: refused: its pickle asks for {err.what}, which is neither a tensor nor "
@@ -101,18 +114,18 @@ def load_pth(path: str | os.PathLike, notes: list[str] | None = None
         raise CheckpointError(f"{path}: {err}" if str(path) not in str(err) else str(err)) \
             from None
     except Exception as err:  # noqa: BLE001 - every parser failure is the file's fault
-        hint = " (it is a safetensors file: name it .safetensors)" if _is_safetensors(data) \
+        hint = " (it is a safetensors file: name it .safetensors)" if is_safetensors_bytes(data) \
             else f" ({one_line(err)})"
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint{hint}") from None
 
 
-def _parse_pth(data: bytes, path: Path, notes: list[str]):
+def _parse_pth(data: bytes, path: Path, notes: list[str], check, expect_dln: bool = True):
     import torch
 
-    check_torch_file(data)  # static gate: raises before anything is unpickled
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    from weights.torch_reader import declare
+
+    declared = declare(data)  # both gates; meta tensors only, nothing materialised yet
+    obj = declared.obj
     if isinstance(obj, dict):
         for key in WRAPPER_KEYS:
             if key in obj and isinstance(obj[key], dict):
@@ -131,21 +144,60 @@ def _parse_pth(data: bytes, path: Path, notes: list[str]):
         if isinstance(root, dict) and "dln_config" in root:
             config_json = check_config_json(root["dln_config"], path)
     state = strip_dataparallel(obj)
-    require_dln_keys(state)
+    if expect_dln:  # False: any model's state dict (`dln check --weights`)
+        require_dln_keys(state)
+    else:  # BatchNorm's integer training counters: no weights, never converted
+        state = {k: v for k, v in state.items() if not k.endswith(".num_batches_tracked")}
+    for name, value in state.items():
+        _check_declared_tensor(name, value, torch)
+    if check is not None:
+        check(state, config_json)
+    _check_materialised_size(state, declared)
     conversions = FloatConversions()
-    arrays = {k: _tensor_to_float32(k, v, conversions) for k, v in state.items()}
+    arrays = {k: _tensor_to_float32(k, declared.materialise(k, v), conversions)
+              for k, v in state.items()}
     notes.extend(conversions.notes())
     return arrays, config_json
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
+def _check_declared_tensor(name: str, value, torch) -> None:
+    """Type, layout and dtype of one declared (meta) tensor, before it is materialised."""
+    if not isinstance(value, torch.Tensor):
+        raise CheckpointError(f"entry {name!r} holds a value of type {type(value).__name__}, "
+                              "not a tensor")
+    if value.layout != torch.strided or value.is_quantized:
+        raise CheckpointError(f"tensor {name!r} is not a plain dense tensor")
+    dtype = str(value.dtype).replace("torch.", "")
+    if dtype not in ("float32",) + FLOAT_DTYPES_CONVERTED:
+        raise CheckpointError(f"tensor {name!r} has dtype {dtype}; DLN weights are "
+                              "floating point")
+
+
+def _check_materialised_size(state: dict, declared) -> None:
+    """Refuse, before any memory is spent, tensors that hold more values than the file
+    stores for them: each view must lie inside its storage, and all tensors together
+    may not have more elements than their distinct storages (a stride-0 expand of one
+    stored value to a huge shape is the trick this stops), nor more than
+    MAX_TENSOR_ELEMENTS."""
+    total, stored = 0, {}
+    for name, value in state.items():
+        storage = declared.check_view(name, value)
+        stored[storage.key] = storage.numel
+        total += value.numel()
+    if total > sum(stored.values()):
+        raise CheckpointError(
+            f"refused: its tensors declare {total:,} values but the file stores only "
+            f"{sum(stored.values()):,} for them (strides that repeat stored values)")
+    if total > MAX_TENSOR_ELEMENTS:
+        raise CheckpointError(f"refused: {total:,} values is more than the "
+                              f"{MAX_TENSOR_ELEMENTS:,} a DLN checkpoint may hold here")
 
 
 @contextlib.contextmanager
-def atomic_destination(dst: Path) -> Iterator[Path]:
-    """Yield a temporary path beside dst; rename it onto dst only if the block succeeds."""
+def atomic_destination(dst: Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside dst; publish it as dst only if the block succeeds
+    (core.atomic_files.atomic_path: fsync, usual file mode, clean-up on any failure).
+    overwrite=False refuses an existing dst, also one that appears meanwhile."""
     dst = Path(dst)
     if dst.is_dir():
         raise CheckpointError(f"{dst}: is a folder, not a file name")
@@ -153,25 +205,16 @@ def atomic_destination(dst: Path) -> Iterator[Path]:
     if not parent.is_dir():
         raise CheckpointError(f"{dst}: folder {parent} does not exist")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent)
-    except OSError as err:
-        raise CheckpointError(f"{dst}: cannot write in {parent} ({err.strerror or err})") \
-            from None
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        _fsync_file(tmp)
-        os.replace(tmp, dst)
+        with atomic_path(dst, overwrite=overwrite) as tmp:
+            yield tmp
+    except FileExistsError:
+        raise CheckpointError(f"{dst}: exists (use --overwrite to replace it)") from None
     except OSError as err:
         raise CheckpointError(f"{dst}: cannot be written ({err.strerror or err})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_pth(state: dict[str, np.ndarray], dst: str | os.PathLike, config_json: str,
-             dataparallel: bool = False) -> None:
+             dataparallel: bool = False, overwrite: bool = True) -> None:
     """Write a torch state dict (optionally `module.`-prefixed), verified after writing.
 
     torch.save goes to memory first: written to a named file it would take the
@@ -188,7 +231,7 @@ def save_pth(state: dict[str, np.ndarray], dst: str | os.PathLike, config_json: 
     out._metadata = OrderedDict([("", {"version": 1, "dln_config": config_json})])  # type: ignore[attr-defined]
     buffer = io.BytesIO()
     torch.save(out, buffer)
-    with atomic_destination(Path(dst)) as tmp:
+    with atomic_destination(Path(dst), overwrite) as tmp:
         tmp.write_bytes(buffer.getvalue())
         back, back_config = load_pth(tmp)
         expected = {k: v.numpy() for k, v in strip_dataparallel(out).items()}
@@ -207,34 +250,15 @@ def _verify_equal(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], w
             raise CheckpointError(f"{where}: re-read tensor {key!r} differs from what was written")
 
 
-def safetensors_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
-    """A float32 safetensors file as bytes, the same bytes for the same content.
-
-    Written here rather than by the safetensors library, whose header lists the
-    metadata in an order that changes from process to process.
-    """
-    header: dict = {"__metadata__": {str(k): str(v) for k, v in sorted(metadata.items())}}
-    blobs, offset = [], 0
-    for name in sorted(arrays):
-        blob = np.ascontiguousarray(arrays[name], dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": [int(n) for n in np.shape(arrays[name])],
-                        "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("ascii")
-    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
-    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
-
-
 def save_safetensors(arrays: dict[str, np.ndarray], dst: str | os.PathLike,
-                     metadata: dict[str, str]) -> None:
+                     metadata: dict[str, str], overwrite: bool = True) -> None:
     """Write a safetensors file atomically; the safetensors library re-reads it and
     every tensor and the metadata must come back bit for bit."""
     from safetensors import safe_open
     from safetensors.numpy import load_file
 
     arrays = {k: np.asarray(v, dtype=np.float32, order="C") for k, v in sorted(arrays.items())}
-    with atomic_destination(Path(dst)) as tmp:
+    with atomic_destination(Path(dst), overwrite) as tmp:
         tmp.write_bytes(safetensors_bytes(arrays, metadata))
         _verify_equal(arrays, load_file(str(tmp)), tmp)
         with safe_open(str(tmp), framework="numpy") as fh:
@@ -247,7 +271,7 @@ def read_safetensors_metadata(path: Path) -> dict[str, str]:
     """The header metadata of a safetensors file (CheckpointError if it has no valid header)."""
     path = Path(path)
     try:
-        return _safetensors_header(read_checkpoint_bytes(path))[1]
+        return safetensors_header(read_checkpoint_bytes(path))[1]
     except CheckpointError as err:
         raise CheckpointError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
     except Exception as err:  # noqa: BLE001
@@ -255,35 +279,19 @@ def read_safetensors_metadata(path: Path) -> dict[str, str]:
             from None
 
 
-def _safetensors_header(data: bytes) -> tuple[dict, dict[str, str]]:
-    if len(data) < 8:
-        raise CheckpointError("not a safetensors file: shorter than its 8-byte header size")
-    size = int.from_bytes(data[:8], "little")
-    if size > min(len(data) - 8, MAX_SAFETENSORS_HEADER):
-        raise CheckpointError(f"not a safetensors file: header size {size:,} does not fit "
-                              f"in {len(data):,} bytes")
-    try:
-        header = json.loads(data[8:8 + size].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise CheckpointError(f"not a safetensors file: corrupt header ({one_line(err)})") \
-            from None
-    if not isinstance(header, dict):
-        raise CheckpointError("not a safetensors file: its header is not a JSON object")
-    metadata = header.get("__metadata__") or {}
-    if not isinstance(metadata, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise CheckpointError("safetensors metadata is not a map of text to text")
-    return header, metadata
-
-
-def load_safetensors(path: str | os.PathLike, notes: list[str] | None = None
+def load_safetensors(path: str | os.PathLike, notes: list[str] | None = None,
+                     check: Callable[[dict, dict], None] | None = None
                      ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Tensors (float32, finite) and the header metadata of a safetensors file."""
+    """Tensors (float32, finite) and the header metadata of a safetensors file.
+
+    check(declared, metadata), when given, sees every tensor's declared shape (as
+    DeclaredArray) before any is materialised, and raises CheckpointError to refuse.
+    """
     path = Path(path)
     notes = [] if notes is None else notes
     data = read_checkpoint_bytes(path)
     try:
-        return _parse_safetensors(data, path, notes)
+        return parse_safetensors(data, path, notes, check)
     except CheckpointError as err:
         if data.startswith((b"PK\x03\x04", b"\x80\x02")):
             raise CheckpointError(f"{path}: not a safetensors file: it looks like a PyTorch "
@@ -292,39 +300,6 @@ def load_safetensors(path: str | os.PathLike, notes: list[str] | None = None
     except Exception as err:  # noqa: BLE001 - every parser failure is the file's fault
         raise CheckpointError(f"{path}: not a readable safetensors file ({one_line(err)})") \
             from None
-
-
-def _is_safetensors(data: bytes) -> bool:
-    try:
-        _safetensors_header(data)
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _parse_safetensors(data: bytes, path: Path, notes: list[str]):
-    from safetensors import deserialize
-
-    _header, metadata = _safetensors_header(data)
-    if "config" in metadata:
-        check_config_json(metadata["config"], path)
-    conversions = FloatConversions()
-    arrays = {}
-    for name, view in deserialize(data):  # the library validates offsets and sizes
-        code = view["dtype"]
-        if code not in SAFETENSORS_DTYPES:
-            raise CheckpointError(f"tensor {name!r} has dtype {code}; DLN weights are "
-                                  "floating point")
-        shape = tuple(int(n) for n in view["shape"])
-        if code == "BF16":  # bfloat16 is the top half of a float32: widen bit-exactly
-            bits = np.frombuffer(view["data"], dtype="<u2").astype(np.uint32) << 16
-            array, dtype = bits.view(np.float32).reshape(shape), "bfloat16"
-        else:
-            array = np.frombuffer(view["data"], dtype=SAFETENSORS_DTYPES[code]).reshape(shape)
-            dtype = array.dtype.name
-        arrays[name] = conversions.to_float32(name, array, dtype)
-    notes.extend(conversions.notes())
-    return arrays, metadata
 
 
 def is_safetensors_path(path: str | os.PathLike) -> bool:

@@ -12,12 +12,22 @@ unpickler, which the loader always uses as well; either one alone refuses a file
 that calls os.system, eval, exec or subprocess. This one also holds if something
 in the process has widened torch's allowlist (torch.serialization.add_safe_globals),
 and it names what was asked for in one line.
+
+A zip checkpoint is also held to one structure rule (`check_zip_structure`): the
+file must be read the same way by every zip reader, because Python's zipfile
+(used to list the entries) corrects offsets by bytes found before the archive
+while torch's reader takes the declared offsets as they are. So: no bytes before
+the first local header and none after the end record (no comment), the central
+directory exactly where the end record says and ending where the end record
+begins, every entry's local header naming what the central directory names, no
+two entries with one name, no entries that overlap, and exactly one `data.pkl`.
 """
 
 from __future__ import annotations
 
 import io
 import pickletools
+import struct
 import tarfile
 import warnings
 import zipfile
@@ -26,7 +36,10 @@ from weights.errors import CheckpointError
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.load takes the zip path exactly when a file starts so
 LEGACY_PICKLES = 5         # magic number, protocol, sys info, the object, storage keys
-MAX_PICKLE_BYTES = 64 << 20  # a DLN data.pkl is ~20 KB; larger is refused unread
+# A DLN's data.pkl is ~20 KB whatever its width (the tensor count sets it). Unpickling
+# can build an object per byte or two (an empty dict is one opcode), ~100 bytes of
+# memory each, so this limit keeps the unpickler's memory far below the 1 GiB bound.
+MAX_PICKLE_BYTES = 4 << 20
 MAX_UNPACKED_BYTES = 2 << 30  # all entries of a zip checkpoint together, unpacked
 MAX_UNPACK_RATIO = 8          # torch.save stores entries uncompressed; floats barely compress
 
@@ -69,9 +82,14 @@ def globals_in_pickle(stream: io.BufferedIOBase) -> list[tuple[str, str]]:
     lookups of strings) raises UnsafePickleError: ordinary picklers never do that.
     """
     found: list[tuple[str, str]] = []
-    memo: dict[int, str | None] = {}
+    memo: dict[int, str] = {}  # only memo slots known to hold strings
+    memoized = 0
+    start = stream.tell()
     top: list[str | None] = [None, None]  # the two topmost stack items, when known strings
-    for opcode, arg, _pos in pickletools.genops(stream):
+    for opcode, arg, pos in pickletools.genops(stream):
+        if pos is not None and pos - start > MAX_PICKLE_BYTES:
+            raise CheckpointError(f"a pickle longer than {MAX_PICKLE_BYTES:,} bytes (a DLN's "
+                                  "is ~20 KB)")
         name = opcode.name
         if name in ("GLOBAL", "INST"):
             module, _, attr = str(arg).partition(" ")
@@ -89,9 +107,14 @@ def globals_in_pickle(stream: io.BufferedIOBase) -> list[tuple[str, str]]:
         elif name in _MEMO_GETS:
             top = [top[1], memo.get(int(arg))]
         elif name == "MEMOIZE":
-            memo[len(memo)] = top[1]
+            if top[1] is not None:
+                memo[memoized] = top[1]
+            memoized += 1
         elif name in _MEMO_PUTS:
-            memo[int(arg)] = top[1]
+            if top[1] is not None:
+                memo[int(arg)] = top[1]
+            else:
+                memo.pop(int(arg), None)
         elif name not in ("FRAME", "PROTO"):
             top = [None, None]
     return found
@@ -103,11 +126,100 @@ def _check_allowed(found: list[tuple[str, str]]) -> None:
             raise UnsafePickleError(f"{module}.{attr}")
 
 
+def _u16(data: bytes, at: int) -> int:
+    return struct.unpack_from("<H", data, at)[0]
+
+
+def _u32(data: bytes, at: int) -> int:
+    return struct.unpack_from("<I", data, at)[0]
+
+
+def _u64(data: bytes, at: int) -> int:
+    return struct.unpack_from("<Q", data, at)[0]
+
+
+def _central_directory_span(data: bytes) -> tuple[int, int]:
+    """(offset, end) of the central directory as the end record declares it, after
+    checking that the end record closes the file and that the directory ends where
+    the end record (or its zip64 form) begins: bytes put before the archive shift
+    that position, so zipfile and torch's reader would read different entries."""
+    end = len(data) - 22
+    if end < 0 or data[end:end + 4] != b"PK\x05\x06":
+        raise CheckpointError("not a readable PyTorch checkpoint: its zip end record is not "
+                              "the last 22 bytes (a comment or bytes after the archive)")
+    size, offset = _u32(data, end + 12), _u32(data, end + 16)
+    directory_end = end
+    if end >= 20 and data[end - 20:end - 16] == b"PK\x06\x07":  # zip64 locator
+        record = _u64(data, end - 20 + 8)
+        if record + 56 > end - 20 or data[record:record + 4] != b"PK\x06\x06":
+            raise CheckpointError("refused: its zip64 end record is not where its locator "
+                                  "says (an ambiguous archive)")
+        size, offset = _u64(data, record + 40), _u64(data, record + 48)
+        directory_end = record
+    if offset + size != directory_end:
+        raise CheckpointError(
+            f"refused: its zip central directory is declared at {offset:,} + {size:,} bytes "
+            f"but ends at {directory_end:,} (bytes before the archive, or a second "
+            "directory: zip readers would disagree on its contents)")
+    return offset, directory_end
+
+
+def check_zip_structure(archive: zipfile.ZipFile, data: bytes) -> None:
+    """Refuse a zip whose contents two zip readers could see differently (module doc)."""
+    directory_start, _ = _central_directory_span(data)
+    infos = archive.infolist()
+    names = [info.filename for info in infos]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise CheckpointError(f"refused: its zip holds two entries named {twice[0]!r} "
+                              "(an ambiguous archive)")
+    pickles = [n for n in names if n.endswith("data.pkl")]
+    if len(pickles) > 1:
+        raise CheckpointError(f"refused: its zip holds {len(pickles)} data.pkl entries "
+                              f"({', '.join(sorted(pickles)[:3])}): an ambiguous archive")
+    spans = []
+    for info in infos:
+        start = info.header_offset
+        if start + 30 > directory_start or data[start:start + 4] != b"PK\x03\x04":
+            raise CheckpointError(f"refused: zip entry {info.filename!r} has no local header "
+                                  "where the central directory says")
+        name_length, extra_length = _u16(data, start + 26), _u16(data, start + 28)
+        local_name = data[start + 30:start + 30 + name_length]
+        if local_name != info.orig_filename.encode("utf-8") and \
+                local_name != info.orig_filename.encode("cp437", "replace"):
+            raise CheckpointError(f"refused: zip entry {info.filename!r} is named "
+                                  f"{local_name[:60]!r} in its local header")
+        spans.append((start, start + 30 + name_length + extra_length + info.compress_size,
+                      info.filename))
+    spans.sort()
+    if spans and spans[0][0] != 0:
+        raise CheckpointError(f"refused: {spans[0][0]:,} bytes before the first zip entry "
+                              "(an ambiguous archive)")
+    for (_, end, name), (start, _, other) in zip(spans, spans[1:]):
+        if end > start:
+            raise CheckpointError(f"refused: zip entries {name!r} and {other!r} overlap "
+                                  "(an ambiguous archive)")
+    if spans and spans[-1][1] > directory_start:
+        raise CheckpointError(f"refused: zip entry {spans[-1][2]!r} runs into the central "
+                              "directory (an ambiguous archive)")
+
+
+def scan_pickle_at(data: bytes, start: int) -> int:
+    """Check the one pickle that begins at data[start]; return where it ends (after STOP)."""
+    stream = io.BytesIO(data)
+    stream.seek(start)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _check_allowed(globals_in_pickle(stream))
+    return stream.tell()
+
+
 def _zip_pickles(data: bytes) -> list[bytes]:
     """The .pkl entries of a zip checkpoint, after refusing a zip bomb: torch would
     allocate each entry's unpacked size, so the sizes the directory declares must
     be plausible for the file's size before anything is unpacked."""
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        check_zip_structure(archive, data)
         unpacked = sum(info.file_size for info in archive.infolist())
         if unpacked > min(MAX_UNPACKED_BYTES, MAX_UNPACK_RATIO * len(data) + (1 << 20)):
             raise CheckpointError(

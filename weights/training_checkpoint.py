@@ -6,18 +6,27 @@ safetensors files `dln convert` writes; the PyTorch trainer converts with the
 layout rules of weights/spec.py. So one checkpoint format serves both trainers.
 
 Files in the output folder:
-- weights.safetensors: the weights, in the `dln-flax-params` format every `dln`
-  command reads (`dln enhance --weights`), plus the training step in its metadata;
-- optimizer.safetensors: Adam's first and second moments (`mu/<name>`, `nu/<name>`),
-  the step, the network config and the run's settings.
-The optimizer file is written first and the weights last, each atomically; resuming
-checks that both hold the same step.
+- checkpoints/step-NNNNNNNN/: one complete training checkpoint, published by ONE
+  rename of a folder written in full beforehand (core.atomic_files.atomic_directory):
+  weights.safetensors (the weights, in the `dln-flax-params` format every `dln`
+  command reads, plus the training step in its metadata) and optimizer.safetensors
+  (Adam's first and second moments `mu/<name>`, `nu/<name>`, the step, the network
+  config and the run's settings). The previous step folder is removed only after
+  the new one is published, so a kill, power loss or full disk at any moment leaves
+  at least one complete checkpoint; `--resume` takes the latest complete one.
+- weights.safetensors and optimizer.safetensors beside it: the latest step's files
+  again (hard links, each published atomically after its step folder), so that
+  `dln enhance --weights OUT/weights.safetensors` always reads a whole file.
+A folder without checkpoints/ (runs made before this layout) resumes from the two
+files beside it when both hold the same step.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +37,13 @@ from weights.spec import flax_to_torch_array, tensor_specs, torch_to_flax_array
 
 WEIGHTS_FILE = "weights.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
+CHECKPOINTS_DIR = "checkpoints"
 OPTIMIZER_FORMAT = "dln-adam-state"
 OPTIMIZER_FORMAT_VERSION = "1"
 
 
 @dataclasses.dataclass
-class TrainState:
+class TrainingCheckpoint:
     """Weights and Adam moments (flat Flax names and layouts) after `count` steps."""
 
     params: dict[str, np.ndarray]
@@ -54,45 +64,107 @@ def torch_to_flax_state(state: dict[str, np.ndarray], config: DLNConfig) -> dict
             for s in tensor_specs(config)}
 
 
-def tree_to_flat(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    flat: dict[str, np.ndarray] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(tree_to_flat(value, name + "."))
-        else:
-            flat[name] = np.asarray(value, np.float32)
-    return flat
+def step_folder_name(count: int, generation: int = 0) -> str:
+    return f"step-{count:08d}" + (f"-{generation}" if generation else "")
 
 
-def save_state(out_dir: str | Path, config: DLNConfig, state: TrainState, settings_json: str
-               ) -> Path:
-    """Write optimizer.safetensors, then weights.safetensors; returns the weights path."""
+def _step_key(path: Path) -> tuple[int, int] | None:
+    """(step, generation) of a published step folder's name, None for anything else."""
+    match = re.fullmatch(r"step-(\d{8,})(?:-(\d+))?", path.name)
+    if match is None or not path.is_dir():
+        return None
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def step_folders(out_dir: str | Path) -> list[Path]:
+    """Published step folders of a run, newest first."""
+    root = Path(out_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    keyed = [(key, path) for path in root.iterdir() if (key := _step_key(path)) is not None]
+    return [path for _, path in sorted(keyed, reverse=True)]
+
+
+def holds_a_run(out_dir: str | Path) -> bool:
+    out = Path(out_dir)
+    return any((out / name).exists() for name in (WEIGHTS_FILE, OPTIMIZER_FILE, CHECKPOINTS_DIR))
+
+
+def _write_pair(folder: Path, config: DLNConfig, state: TrainingCheckpoint,
+                settings_json: str) -> None:
     from weights.convert import checkpoint_from_torch_state, safetensors_metadata
     from weights.files import save_safetensors
 
-    out = Path(out_dir)
     if state.mu is not None and state.nu is not None:
         arrays = {f"mu/{k}": v for k, v in state.mu.items()}
         arrays.update({f"nu/{k}": v for k, v in state.nu.items()})
-        save_safetensors(arrays, out / OPTIMIZER_FILE, {
+        save_safetensors(arrays, folder / OPTIMIZER_FILE, {
             "format": OPTIMIZER_FORMAT, "format_version": OPTIMIZER_FORMAT_VERSION,
             "step": str(state.count), "config": config.to_json(), "settings": settings_json,
             "layout": "Adam moments under the Flax names and layouts of weights.safetensors"})
     ckpt = checkpoint_from_torch_state(flax_to_torch_state(state.params, config), config)
     metadata = safetensors_metadata(ckpt)
     metadata.update({"train_step": str(state.count), "train_settings": settings_json})
-    save_safetensors(ckpt.flax_params, out / WEIGHTS_FILE, metadata)
+    save_safetensors(ckpt.flax_params, folder / WEIGHTS_FILE, metadata)
+
+
+def save_state(out_dir: str | Path, config: DLNConfig, state: TrainingCheckpoint,
+               settings_json: str) -> Path:
+    """Publish one complete checkpoint folder, then the latest files beside it; returns
+    the path of the run's weights (OUT/weights.safetensors)."""
+    from core.atomic_files import atomic_directory, link_or_copy_atomic
+
+    out = Path(out_dir)
+    root = out / CHECKPOINTS_DIR
+    older = step_folders(out)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        stale = [*root.glob(".step-*.tmp"), *out.glob(f".{WEIGHTS_FILE}.*.tmp"),
+                 *out.glob(f".{OPTIMIZER_FILE}.*.tmp")]
+        for path in stale:  # temporaries of a save killed before its rename
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        generation = 0
+        while (root / step_folder_name(state.count, generation)).exists():
+            generation += 1  # the same step saved again: a new name, never a clobber
+        step = root / step_folder_name(state.count, generation)
+        with atomic_directory(step) as folder:
+            _write_pair(folder, config, state, settings_json)
+        for name in (WEIGHTS_FILE, OPTIMIZER_FILE):
+            if (step / name).is_file():
+                link_or_copy_atomic(step / name, out / name)
+        for previous in older:  # only now that a newer complete checkpoint exists
+            shutil.rmtree(previous, ignore_errors=True)
+    except OSError as err:
+        raise CheckpointError(f"{out}: cannot write the training checkpoint "
+                              f"({err.strerror or err})") from None
     return out / WEIGHTS_FILE
 
 
-def load_state(out_dir: str | Path) -> tuple[DLNConfig, TrainState, dict]:
-    """(config, state, stored settings) of the run saved in out_dir, for --resume."""
+def load_state(out_dir: str | Path) -> tuple[DLNConfig, TrainingCheckpoint, dict]:
+    """(config, state, stored settings) of the latest complete checkpoint in out_dir,
+    for --resume: the newest step folder that reads back whole (an older one if a
+    newer one is damaged), or the two files of a run made before step folders."""
+    out = Path(out_dir)
+    folders = step_folders(out)
+    if not folders:
+        return _load_pair(out, out)
+    first_error = None
+    for folder in folders:
+        try:
+            return _load_pair(folder, out)
+        except CheckpointError as err:
+            first_error = first_error or err
+    raise first_error
+
+
+def _load_pair(folder: Path, out: Path) -> tuple[DLNConfig, TrainingCheckpoint, dict]:
     from weights.convert import load_checkpoint
     from weights.files import load_safetensors, read_safetensors_metadata
 
-    out = Path(out_dir)
-    weights_path, optimizer_path = out / WEIGHTS_FILE, out / OPTIMIZER_FILE
+    weights_path, optimizer_path = folder / WEIGHTS_FILE, folder / OPTIMIZER_FILE
     for path in (weights_path, optimizer_path):
         if not path.is_file():
             raise CheckpointError(f"{path}: missing; nothing to resume in {out}")
@@ -104,7 +176,7 @@ def load_state(out_dir: str | Path) -> tuple[DLNConfig, TrainState, dict]:
         raise CheckpointError(f"{optimizer_path}: not a {OPTIMIZER_FORMAT} file")
     if weights_meta.get("train_step") != meta.get("step"):
         raise CheckpointError(
-            f"{out}: weights are from step {weights_meta.get('train_step')} but the optimizer "
+            f"{folder}: weights are from step {weights_meta.get('train_step')} but the optimizer "
             f"state from step {meta.get('step')} (an interrupted save?)")
     names = set(ckpt.flax_params)
     mu = {k[3:]: v for k, v in arrays.items() if k.startswith("mu/")}
@@ -118,4 +190,5 @@ def load_state(out_dir: str | Path) -> tuple[DLNConfig, TrainState, dict]:
         settings = json.loads(meta["settings"])
     except (KeyError, json.JSONDecodeError):
         raise CheckpointError(f"{optimizer_path}: stored settings are unreadable") from None
-    return ckpt.config, TrainState(dict(ckpt.flax_params), mu, nu, int(meta["step"])), settings
+    state = TrainingCheckpoint(dict(ckpt.flax_params), mu, nu, int(meta["step"]))
+    return ckpt.config, state, settings

@@ -20,6 +20,8 @@ def register(sub) -> None:
                         "(brightness and dim are read from the shapes)")
     p.add_argument("--dataparallel", action="store_true",
                    help="when writing .pth, prefix keys with `module.` like the authors' files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing destination (refused otherwise)")
     p.add_argument("--json", action="store_true", help="print the conversion report as JSON")
     p.set_defaults(run=run)
 
@@ -29,7 +31,8 @@ def run(args) -> int:
 
     from weights.convert import convert
 
-    report = convert(args.src, args.dst, parse_variant(args.variant), args.dataparallel)
+    report = convert(args.src, args.dst, parse_variant(args.variant), args.dataparallel,
+                     overwrite=args.overwrite)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
         return 0

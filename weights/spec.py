@@ -1,8 +1,12 @@
 """Every tensor of a DLN, by name and shape, in both frameworks' layouts.
 
 The module tree is walked once here (no framework imported); the converter, the
-random initialiser and the tests all read this one table. A tensor's Flax name is
-its torch name with two rename rules, and its layout follows from its kind:
+random initialiser and the tests all read this one table. It is what the converter's
+rules per torch module kind (weights/rules.py: Conv2d, Linear, PReLU) give for DLN,
+written out so that no framework is needed to read it (a test runs the rules over
+the reference model and compares); the layouts are the rules' own functions. A
+tensor's Flax name is its torch name with two rename rules, and its layout follows
+from its kind:
 
     kind        torch name / shape              Flax name / shape
     conv        B.conv.weight (O, I, kh, kw)    B.conv.kernel (kh, kw, I, O)
@@ -19,6 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from core.config import FA_REDUCTION, DLNConfig
+from weights.rules import to_flax, to_torch
 
 LBP_OPS = ("conv1_1", "conv2", "conv3")  # lightening L1, darkening D, lightening L2
 
@@ -36,15 +41,7 @@ class TensorSpec:
 
 
 def flax_shape_of(kind: str, torch_shape: tuple[int, ...]) -> tuple[int, ...]:
-    if kind == "conv":
-        o, i, kh, kw = torch_shape
-        return (kh, kw, i, o)
-    if kind == "dense":
-        o, i = torch_shape
-        return (i, o)
-    if kind == "prelu":
-        return ()
-    return tuple(torch_shape)
+    return tuple(np.shape(to_flax(kind, np.zeros(torch_shape, np.float32))))
 
 
 def _conv(name: str, cin: int, cout: int, k: int, act: bool = True) -> Iterator[TensorSpec]:
@@ -88,34 +85,18 @@ def parameter_count(cfg: DLNConfig) -> int:
 
 
 def torch_to_flax_array(kind: str, value: np.ndarray) -> np.ndarray:
-    """Apply one tensor kind's layout rule, torch -> Flax. Exact: only moves values."""
-    if kind == "conv":
-        return np.ascontiguousarray(value.transpose(2, 3, 1, 0))
-    if kind == "dense":
-        return np.ascontiguousarray(value.T)
-    if kind == "prelu":
-        return value.reshape(())
-    return value
+    """Apply one tensor kind's layout rule, torch -> Flax (weights.rules). Exact."""
+    return to_flax(kind, value)
 
 
 def flax_to_torch_array(kind: str, value: np.ndarray) -> np.ndarray:
     """Inverse of torch_to_flax_array."""
-    if kind == "conv":
-        return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
-    if kind == "dense":
-        return np.ascontiguousarray(value.T)
-    if kind == "prelu":
-        return value.reshape((1,))
-    return value
+    return to_torch(kind, value)
 
 
 def nest_dotted(flat: dict) -> dict:
-    """{'a.b.kernel': v} -> {'a': {'b': {'kernel': v}}}: dotted Flax names as the params tree."""
-    tree: dict = {}
-    for name, value in flat.items():
-        node = tree
-        *parents, leaf = name.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
+    """{'a.b.kernel': v} -> {'a': {'b': {'kernel': v}}}: dotted Flax names as the params tree
+    (flax.traverse_util, imported only here: every caller goes on to run the Flax model)."""
+    from flax.traverse_util import unflatten_dict
+
+    return unflatten_dict(flat, sep=".")

@@ -62,7 +62,7 @@ def register(sub) -> None:
     p.add_argument("--list-defects", action="store_true", help="list the bug zoo and exit")
     p.add_argument("--gradients", action="store_true",
                    help="gradient parity instead: d(training loss)/d(every parameter) per tensor "
-                        "(float64, limit 1e-4; float32 reported) and one Adam step (limit 1e-6) "
+                        "(float64, limit 1e-6; float32 reported) and one Adam step (limit 1e-6) "
                         "on a random dark batch (--size, default 24x36, >= 11 a side; --batch)")
     p.add_argument("--training", action="store_true",
                    help="training parity instead: train both frameworks --steps steps (Adam, "
@@ -70,6 +70,12 @@ def register(sub) -> None:
                         "from the same weights and batches; losses must agree to 1e-4 relative "
                         "(first 20 steps) and final weights to 1e-3")
     p.add_argument("--steps", type=int, default=20, help="with --training: steps (default 20)")
+    p.add_argument("--json", action="store_true",
+                   help="print the report JSON to stdout (the table goes to stderr)")
+    p.add_argument("--fixture", nargs="?", const="", default=None, metavar="DIR",
+                   help="check the Flax port against the committed regression fixture (stored "
+                        "PyTorch outputs of every block; default tests/fixtures) without "
+                        "running PyTorch")
     p.set_defaults(run=run)
 
 
@@ -89,12 +95,13 @@ def load_weights(args):
 
 
 def _inputs(args, config):
+    from core.images import parse_image_size
     from parity.engine.harness import (DEFAULT_BATCH, DEFAULT_SIZE, check_memory, image_inputs,
-                                parse_size, random_inputs)
+                                       random_inputs)
 
     if args.images:
         return image_inputs(args.images, args.batch)
-    size = parse_size(args.size) if args.size else DEFAULT_SIZE
+    size = parse_image_size(args.size) if args.size else DEFAULT_SIZE
     batch = DEFAULT_BATCH if args.batch is None else args.batch
     check_memory((batch, *size), config)  # before allocating the inputs
     return random_inputs(size, batch, args.seed)
@@ -122,6 +129,8 @@ def run(args) -> int:
         raise UserError(f"unknown defect {args.inject!r} (known: {', '.join(DEFECTS)})")
     if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
         raise UserError(f"--report {args.report}: exists and is not a folder")
+    if args.fixture is not None:
+        return _run_fixture(args)
     ckpt, label = load_weights(args)
     if args.training:
         return _run_training(args, ckpt, label)
@@ -132,29 +141,57 @@ def run(args) -> int:
 
 def _run_forward(args, ckpt, label) -> int:
     from parity.engine.harness import run_parity
-    from parity.engine.block_compare import format_table, verdict_line
-    from parity.engine.report import write_report
 
     inputs = _inputs(args, ckpt.config)
     run_result = run_parity(ckpt, inputs, tol=args.tol, defect=args.inject, weights_label=label)
-    print(f"weights: {label}; {ckpt.config.variant_string()}, dim {ckpt.config.dim}")
-    print(f"inputs: {inputs.description}")
-    if args.inject:
-        print(f"injected into JAX only: {args.inject}: {run_result.defect_summary}")
-    for note in run_result.notes:
-        print(f"note: {note}")
-    print("\n".join(format_table(run_result.layers)))
-    print(verdict_line(run_result.layers))
-    print(f"time: torch {run_result.seconds['torch']:.1f} s, JAX {run_result.seconds['jax']:.1f} s")
-    if args.report:
+    return _print_and_write(args, run_result, ckpt, label, inputs.description)
 
+
+def _print_and_write(args, run_result, ckpt, label, description) -> int:
+    import json
+    import sys
+
+    from parity.engine.block_compare import escape_text, format_table, verdict_line
+    from parity.engine.report import report_dict, write_report
+
+    out = sys.stderr if args.json else sys.stdout
+    print(f"weights: {escape_text(label)}; {ckpt.config.variant_string()}, dim {ckpt.config.dim}",
+          file=out)
+    print(f"inputs: {escape_text(description)}", file=out)
+    if args.inject:
+        print(f"injected into JAX only: {args.inject}: {run_result.defect_summary}", file=out)
+    for note in run_result.notes:
+        print(f"note: {escape_text(note)}", file=out)
+    print("\n".join(format_table(run_result.layers)), file=out)
+    print(verdict_line(run_result.layers), file=out)
+    if run_result.seconds.get("total"):
+        print(f"time: torch {run_result.seconds['torch']:.1f} s, "
+              f"JAX {run_result.seconds['jax']:.1f} s", file=out)
+    if args.report:
         try:
             paths = write_report(run_result, args.report)
         except OSError as err:
             raise UserError(f"--report {args.report}: cannot write ({err.strerror or err})") \
                 from None
-        print(f"report: {paths['json']}, {paths['markdown']}, {paths['plot']}")
+        print("report: " + ", ".join(str(p) for p in paths), file=out)
+    if args.json:
+        print(json.dumps(report_dict(run_result), indent=2))
     return 0 if run_result.passed else 1
+
+
+def _run_fixture(args) -> int:
+    """The port against the stored reference outputs (no PyTorch run)."""
+    from pathlib import Path
+
+    from parity.engine.fixture import DEFAULT_DIR, run_fixture_check
+
+    if args.weights or args.images or args.size or args.gradients or args.training:
+        raise UserError("--fixture takes its weights and inputs from the fixture; drop "
+                        "--weights/--images/--size/--gradients/--training")
+    folder = Path(args.fixture) if args.fixture else DEFAULT_DIR
+    run_result, ckpt = run_fixture_check(folder, tol=args.tol, defect=args.inject)
+    return _print_and_write(args, run_result, ckpt, run_result.weights,
+                            run_result.inputs.description)
 
 
 def _run_training(args, ckpt, label) -> int:
@@ -174,13 +211,13 @@ def _run_training(args, ckpt, label) -> int:
 
 def _run_gradients(args, ckpt, label) -> int:
     from parity.grads.gradients import gradient_batch, gradient_parity
-    from parity.engine.harness import parse_size
+    from core.images import parse_image_size
     from parity.engine.report import write_gradient_report
 
     if args.inject or args.images:
         raise UserError("--gradients takes --weights/--variant/--size/--batch, not "
                         "--inject or --images")
-    size = parse_size(args.size) if args.size else (24, 36)
+    size = parse_image_size(args.size) if args.size else (24, 36)
     batch = 2 if args.batch is None else args.batch
     if min(size) < 11 or batch < 1:
         raise UserError("--gradients needs at least 11x11 pixels (the authors' SSIM window) "
@@ -191,10 +228,6 @@ def _run_gradients(args, ckpt, label) -> int:
     report = gradient_parity(ckpt, x, target)
     print("\n".join(report.summary_lines()))
     if args.report:
-        try:
-            paths = write_gradient_report(report, args.report)
-        except OSError as err:
-            raise UserError(f"--report {args.report}: cannot write ({err.strerror or err})") \
-                from None
-        print("report: " + ", ".join(str(p) for p in paths.values()))
+        paths = write_gradient_report(report, args.report)
+        print("report: " + ", ".join(str(p) for p in paths))
     return 0 if report.passed else 1

@@ -85,6 +85,35 @@ def load_reference(folder: str | Path = DEFAULT_DIR):
     return arrays["input"], outputs, metadata
 
 
+def run_fixture_check(folder: str | Path = DEFAULT_DIR, tol: float | None = None,
+                      defect: str | None = None):
+    """(ParityRun, Checkpoint): the Flax port against the stored reference of every block
+    (`dln parity --fixture`); no PyTorch run. FixtureError when the files are unusable."""
+    from core.errors import UserError
+    from parity.engine.block_compare import compare_blocks
+    from parity.engine.harness import ParityInputs, ParityRun, run_jax_side
+    from parity.engine.tolerance import FORWARD_ATOL
+    from weights.convert import load_checkpoint
+
+    folder = Path(folder)
+    for name in (WEIGHTS_FILE, REFERENCE_FILE):
+        if not (folder / name).is_file():
+            raise UserError(f"--fixture {folder}: no {name} there (make it with {REGENERATE})")
+    try:
+        x, reference, metadata = load_reference(folder)
+    except (KeyError, ValueError) as err:
+        raise UserError(f"--fixture {folder}: not a parity fixture ({err})") from None
+    ckpt = load_checkpoint(folder / WEIGHTS_FILE)
+    side = run_jax_side(ckpt, x, list(reference), defect)
+    layers = compare_blocks(reference, side.outputs, FORWARD_ATOL if tol is None else tol)
+    inputs = ParityInputs(x, f"the fixture's input batch {x.shape[1]}x{x.shape[2]} "
+                             f"(stored outputs: {metadata.get('made_by', 'reference_torch')})")
+    run = ParityRun(layers, ckpt.config, side.config, str(folder / WEIGHTS_FILE), inputs, defect,
+                    side.defect_summary, list(ckpt.notes) + side.notes,
+                    {"torch": 0.0, "jax": 0.0, "total": 0.0})
+    return run, ckpt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m parity.engine.fixture", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from core.config import DLNConfig
-from core.images import parse_image_size
 from weights.spec import nest_dotted
 from parity.engine.block_compare import LayerReport, compare_blocks
 from parity.engine.tolerance import FORWARD_ATOL
@@ -61,14 +60,6 @@ class ParityRun:
 
 
 # ---- inputs --------------------------------------------------------------------------------
-def parse_size(text: str) -> tuple[int, int]:
-    """'96x128' -> (96, 128): height x width; ParityInputError otherwise."""
-    try:
-        return parse_image_size(text)
-    except ValueError as err:
-        raise ParityInputError(str(err)) from None
-
-
 def random_inputs(size: tuple[int, int] = DEFAULT_SIZE, batch: int = DEFAULT_BATCH,
                   seed: int = DEFAULT_SEED) -> ParityInputs:
     if batch < 1:

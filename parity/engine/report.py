@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from parity.engine.block_compare import FAIL, PASS, format_shape, verdict_line
-from core.atomic_files import save_figure_atomic, write_text_atomic
+from parity.engine.block_compare import FAIL, PASS, escape_text, format_shape, verdict_line
+from core.atomic_files import save_figure_atomic
+from core.report_files import json_text
+from core.report_files import write_report as write_report_files
 
 PLOT_NAME = "per_layer_error.png"
 PLOT_FLOOR = 1e-12  # exact agreement (0 error) is drawn here: a log axis has no zero
@@ -52,13 +53,13 @@ def report_markdown(run) -> str:
         f"- first divergence: `{layers.first_divergence}`" if layers.first_divergence
         else "- first divergence: none",
         f"- variant: `{run.config.variant_string()}`, dim {run.config.dim}",
-        f"- weights: {run.weights}",
-        f"- inputs: {run.inputs.description} (NHWC {format_shape(run.inputs.x.shape)})",
+        f"- weights: {escape_text(run.weights)}",
+        f"- inputs: {escape_text(run.inputs.description)} (NHWC {format_shape(run.inputs.x.shape)})",
         f"- tolerance: max\\|diff\\| <= {layers.tol:.0e} x max(1, max\\|torch\\|) per block",
     ]
     if run.defect:
         lines.append(f"- injected defect (JAX side only): `{run.defect}`: {run.defect_summary}")
-    lines += [f"- note: {note}" for note in run.notes]
+    lines += [f"- note: {escape_text(note)}" for note in run.notes]
     # run times are printed by `dln parity`, not written here: the same run gives
     # byte-identical report files
     lines += ["", f"![per-block error]({PLOT_NAME})", "",
@@ -70,66 +71,80 @@ def report_markdown(run) -> str:
             status += f" (JAX {format_shape(r.jax_shape)})"
         if r.name == layers.first_divergence:
             status = f"**{status} (first divergence)**"
-        lines.append(f"| {i} | `{r.name}` | {format_shape(r.torch_shape)} | {_cell(r.max_abs)} | "
+        lines.append(f"| {i} | `{escape_text(r.name)}` | {format_shape(r.torch_shape)} | {_cell(r.max_abs)} | "
                      f"{_cell(r.scale)} | {_cell(r.rel_to_scale)} | {status} |")
     return "\n".join(lines) + "\n"
 
 
 def plot_errors(run, dst: Path) -> None:
     """Relative error per block on a log axis, in execution order, with the tolerance."""
+    title = "per-block error, execution order"
+    if run.defect:
+        title += f" (injected: {run.defect})"
+    plot_rows(run.layers, dst, title)
+
+
+def plot_rows(layers, dst: Path, title: str) -> None:
+    """Relative error per row on a log axis, in execution order, with the tolerance; the
+    first divergence is ringed and named; the legend sits outside the axes, above them,
+    so that it covers no row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = run.layers.rows
+    rows = layers.rows
     xs = np.arange(len(rows))
     rel = [r.rel_to_scale for r in rows]
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.2 * len(rows) + 2), 5.0))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.2 * len(rows) + 2), 5.5))
     try:
         finite = [v for v in rel if v is not None and np.isfinite(v)]
-        top = max(finite + [run.layers.tol]) * 10
+        top = max(finite + [layers.tol]) * 10
         values = [top if v is None or not np.isfinite(v) else max(v, PLOT_FLOOR) for v in rel]
-        colors = ["tab:blue" if r.status == PASS else "tab:red" for r in rows]
-        ax.plot(xs, values, color="0.7", linewidth=0.8, zorder=1)
+        colors = ["tab:blue" if r.status == PASS else
+                  ("tab:red" if r.failed else "0.6") for r in rows]
+        ax.plot(xs, values, color="0.8", linewidth=0.8, zorder=1)
         ax.scatter(xs, values, c=colors, s=18, zorder=2)
         for x, r in zip(xs, rows):
             if r.status not in (PASS, FAIL):  # no number: drawn at the top, labelled
-                ax.scatter([x], [top], marker="X", s=60, color="tab:red", zorder=3)
+                ax.scatter([x], [top], marker="X" if r.failed else "o", s=40,
+                           color="tab:red" if r.failed else "0.6", zorder=3)
                 ax.annotate(r.status, (x, top / 30), rotation=90, fontsize=6,
-                            color="tab:red", ha="right", va="top")
-        ax.axhline(run.layers.tol, color="tab:red", linestyle="--", linewidth=1,
-                   label=f"tolerance {run.layers.tol:.0e}")
+                            color="tab:red" if r.failed else "0.4", ha="right", va="top")
+        ax.axhline(layers.tol, color="tab:red", linestyle="--", linewidth=1,
+                   label=f"tolerance {layers.tol:.0e}")
+        first = next((i for i, r in enumerate(rows) if r.failed), None)
+        if first is not None:
+            ax.scatter([first], [values[first]], s=160, facecolors="none",
+                       edgecolors="black", linewidths=1.5, zorder=4,
+                       label=f"first divergence: {escape_text(rows[first].name)}")
+            ax.axvline(first, color="black", linestyle=":", linewidth=0.8, zorder=0)
         ax.set_yscale("log")
         if any(v == 0 for v in rel):
             ax.text(0.01, 0.02, f"exact agreement (0) is drawn at {PLOT_FLOOR:.0e}",
                     transform=ax.transAxes, fontsize=7, color="0.4")
         ax.set_xticks(xs)
-        ax.set_xticklabels([r.name for r in rows], rotation=90, fontsize=6)
+        ax.set_xticklabels([escape_text(r.name) for r in rows], rotation=90, fontsize=6)
+        for label, r in zip(ax.get_xticklabels(), rows):
+            if r.failed:
+                label.set_color("tab:red")
         ax.set_ylabel("max|jax - torch| / max(1, max|torch|)")
-        title = "per-block error, execution order"
-        if run.defect:
-            title += f" (injected: {run.defect})"
-        if run.layers.first_divergence:
-            title += f"; first divergence: {run.layers.first_divergence}"
-        ax.set_title(title, fontsize=9)
-        ax.legend(loc="upper left", fontsize=8)
+        if layers.first_divergence:
+            title += f"; first divergence: {escape_text(layers.first_divergence)}"
+        ax.set_title(title, fontsize=9, pad=24)
+        ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8,
+                  frameon=False, borderaxespad=0.2)
         fig.tight_layout()
         save_figure_atomic(fig, dst)
     finally:
         plt.close(fig)
 
 
-def write_report(run, folder: str | os.PathLike) -> dict[str, Path]:
-    """report.json, report.md and per_layer_error.png in `folder` (created)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"json": folder / "report.json", "markdown": folder / "report.md",
-             "plot": folder / PLOT_NAME}
-    write_text_atomic(paths["json"], json.dumps(report_dict(run), indent=2) + "\n")
-    write_text_atomic(paths["markdown"], report_markdown(run))
-    plot_errors(run, paths["plot"])
-    return paths
+def write_report(run, folder: str | os.PathLike) -> list[Path]:
+    """report.json, report.md and per_layer_error.png in `folder` (created), in that order."""
+    return write_report_files(folder, {"report.json": json_text(report_dict(run)),
+                                       "report.md": report_markdown(run),
+                                       PLOT_NAME: lambda dst: plot_errors(run, dst)})
 
 
 # ---- gradient parity -----------------------------------------------------------------------
@@ -197,13 +212,16 @@ def plot_gradient_errors(report, dst: Path) -> None:
         plt.close(fig)
 
 
-def write_gradient_report(report, folder: str | os.PathLike) -> dict[str, Path]:
-    """gradients.json, gradients.md and gradient_error.png in `folder` (created)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"json": folder / "gradients.json", "markdown": folder / "gradients.md",
-             "plot": folder / GRADIENT_PLOT_NAME}
-    write_text_atomic(paths["json"], json.dumps(gradient_report_dict(report), indent=2) + "\n")
+def write_gradient_report(report, folder: str | os.PathLike) -> list[Path]:
+    """gradients.json, gradients.md and gradient_error.png in `folder` (created), in that
+    order."""
+    return write_report_files(folder, {
+        "gradients.json": json_text(gradient_report_dict(report)),
+        "gradients.md": gradient_report_markdown(report),
+        GRADIENT_PLOT_NAME: lambda dst: plot_gradient_errors(report, dst)})
+
+
+def gradient_report_markdown(report) -> str:
     lines = ["# DLN gradient parity: PyTorch vs Flax", ""]
     lines += [f"- {line}" for line in report.summary_lines()]
     lines += ["", f"![per-tensor error]({GRADIENT_PLOT_NAME})", "",
@@ -213,6 +231,4 @@ def write_gradient_report(report, folder: str | os.PathLike) -> dict[str, Path]:
     for g, g32, a in zip(report.gradients, f32, report.adam_same_gradients):
         lines.append(f"| `{g.torch_name}` | {g.kind} | {g.rel_l2:.2e} | "
                      f"{'-' if g32 is None else f'{g32.rel_l2:.2e}'} | {a.rel_l2:.2e} |")
-    write_text_atomic(paths["markdown"], "\n".join(lines) + "\n")
-    plot_gradient_errors(report, paths["plot"])
-    return paths
+    return "\n".join(lines) + "\n"

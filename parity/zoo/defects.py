@@ -1,4 +1,7 @@
-"""The bug zoo: known porting defects, applied to the JAX side only.
+"""DLN's bug zoo: known porting defects of DLN, applied to the JAX side only.
+
+These are DLN's own entries (they know its structure); the catalogue for any model,
+by layer kind, is parity/zoo/catalogue.py. Both run through the same engine.
 
 Each defect is what a port that got one thing wrong would compute, so that users can
 see what it looks like in a parity report and the harness proves it catches it.

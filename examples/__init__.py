@@ -1,0 +1,1 @@
+"""Worked examples besides DLN: small PyTorch models with hand-written Flax ports."""

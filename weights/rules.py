@@ -1,0 +1,319 @@
+"""Converting a PyTorch model's tensors to Flax variables by rules per torch module kind.
+
+Each rule takes one torch module (its own parameters and buffers, not its children's)
+and says, for every tensor, which Flax collection, variable name and layout it
+becomes. Module names follow one rename rule (`a.b.0` -> Flax path `a/b_0`) unless a
+mapping names the path.
+
+    torch module kind            tensor -> Flax variable (layout)
+    Conv1d/2d/3d (any groups)    weight (O, I/g, *k) -> params kernel (*k, I/g, O); bias
+    ConvTranspose1d/2d/3d        weight (I, O, *k) -> params kernel: (*k, I, O) with the
+                                 spatial axes flipped when the Flax module has
+                                 transpose_kernel=False (Flax's default: no flip inside),
+                                 (*k, O, I) unflipped when transpose_kernel=True; bias
+    Linear                       weight (O, I) -> params kernel (I, O); bias
+    BatchNorm1d/2d/3d            weight -> params scale, bias -> params bias,
+                                 running_mean -> batch_stats mean, running_var ->
+                                 batch_stats var; num_batches_tracked dropped (listed)
+    LayerNorm, GroupNorm         weight -> params scale, bias -> params bias
+    PReLU                        weight (1,) -> params negative_slope () (flax nn.PReLU);
+                                 weight (C,) -> params negative_slope (C,)
+    Embedding                    weight (V, D) -> params embedding (V, D)
+
+A module kind that holds parameters or buffers and has no rule is refused by name
+(`NoConverterRule`, a user error): passing its tensors through unchanged could be
+silently wrong. Importing this module starts no framework; the rules read the torch
+modules they are given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable
+
+import numpy as np
+
+from core.errors import UserError
+
+
+class NoConverterRule(UserError, ValueError):
+    """A torch module kind with tensors but no conversion rule."""
+
+
+class ConversionMismatch(UserError, ValueError):
+    """Converted tensors do not fit the Flax model's variables."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRule:
+    torch_name: str                 # e.g. "enc.conv.weight"
+    module: str                     # torch module name, e.g. "enc.conv"
+    module_kind: str                # torch class name, e.g. "Conv2d"
+    collection: str                 # "params" or "batch_stats"
+    flax_path: str                  # Flax module path, e.g. "enc/conv"
+    leaf: str                       # e.g. "kernel"
+    kind: str                       # layout: conv | conv_transpose | conv_transpose_flip |
+                                    # dense | prelu | bias | scale | mean | var | embedding
+    torch_shape: tuple[int, ...]
+
+    @property
+    def flax_name(self) -> str:
+        """Dotted Flax name within the collection (`enc.conv.kernel`)."""
+        return ".".join([*filter(None, self.flax_path.split("/")), self.leaf])
+
+    @property
+    def flax_shape(self) -> tuple[int, ...]:
+        return tuple(np.shape(to_flax(self.kind, np.zeros(self.torch_shape, np.float32))))
+
+
+# ---- layouts: torch <-> Flax, exact (only moves values) -----------------------------------
+def _spatial(ndim: int) -> tuple[int, ...]:
+    return tuple(range(2, ndim))
+
+
+def to_flax(kind: str, value: np.ndarray) -> np.ndarray:
+    """One tensor's layout rule, torch -> Flax."""
+    value = np.asarray(value)
+    if kind == "conv":            # (O, I/g, *k) -> (*k, I/g, O)
+        return np.ascontiguousarray(value.transpose(*_spatial(value.ndim), 1, 0))
+    if kind == "conv_transpose":  # (I, O, *k) -> (*k, O, I): Flax transpose_kernel=True
+        return np.ascontiguousarray(value.transpose(*_spatial(value.ndim), 1, 0))
+    if kind == "conv_transpose_flip":  # (I, O, *k) -> flipped (*k, I, O)
+        flipped = np.flip(value, axis=_spatial(value.ndim))
+        return np.ascontiguousarray(flipped.transpose(*_spatial(value.ndim), 0, 1))
+    if kind == "dense":
+        return np.ascontiguousarray(value.T)
+    if kind == "prelu":
+        return value.reshape(()) if value.size == 1 else value
+    return value
+
+
+def to_torch(kind: str, value: np.ndarray, torch_shape: tuple[int, ...] | None = None
+             ) -> np.ndarray:
+    """Inverse of to_flax (the torch shape is needed only for a scalar PReLU)."""
+    value = np.asarray(value)
+    n = value.ndim
+    if kind in ("conv", "conv_transpose"):   # (*k, a, b) -> (b, a, *k)
+        return np.ascontiguousarray(value.transpose(n - 1, n - 2, *range(n - 2)))
+    if kind == "conv_transpose_flip":        # flipped (*k, I, O) -> (I, O, *k)
+        moved = value.transpose(n - 2, n - 1, *range(n - 2))
+        return np.ascontiguousarray(np.flip(moved, axis=_spatial(n)))
+    if kind == "dense":
+        return np.ascontiguousarray(value.T)
+    if kind == "prelu":
+        return value.reshape(torch_shape if torch_shape is not None else (value.size,))
+    return value
+
+
+# ---- rules per torch module kind --------------------------------------------------------
+_SEQUENTIAL_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
+
+
+def rename(torch_module: str) -> str:
+    """The Flax path of a torch module name: `a.b.0` -> `a/b_0`."""
+    return _SEQUENTIAL_INDEX.sub(r"_\1", torch_module).replace(".", "/")
+
+
+def flax_path_candidates(torch_module: str) -> list[str]:
+    """Paths a torch module may have in a Flax port: the rename rule first, then the
+    same module inside a Flax nn.Sequential (`a.0` -> `a/layers_0`)."""
+    if torch_module == "":
+        return [""]
+    first = rename(torch_module)
+    sequential = _SEQUENTIAL_INDEX.sub(r"/layers_\1", torch_module).replace(".", "/")
+    return [first] if sequential == first else [first, sequential]
+
+
+def _own_tensors(module) -> dict[str, np.ndarray]:
+    tensors = {}
+    for name, p in module.named_parameters(recurse=False):
+        tensors[name] = p.detach().cpu().numpy()
+    for name, b in module.named_buffers(recurse=False):
+        if b is not None:
+            tensors[name] = b.detach().cpu().numpy()
+    return tensors
+
+
+# a rule: (module, flax module attributes or None) -> {torch tensor name: (collection, leaf, kind)}
+Rule = Callable[[object, object], dict[str, tuple[str, str, str]]]
+
+
+def _conv_rule(module, flax_module) -> dict:
+    return {"weight": ("params", "kernel", "conv"), "bias": ("params", "bias", "bias")}
+
+
+def _conv_transpose_rule(module, flax_module) -> dict:
+    if getattr(module, "groups", 1) != 1:
+        raise NoConverterRule(f"ConvTranspose with groups={module.groups}: flax.linen."
+                              "ConvTranspose has no feature groups")
+    flip = not bool(getattr(flax_module, "transpose_kernel", False))
+    return {"weight": ("params", "kernel", "conv_transpose_flip" if flip else "conv_transpose"),
+            "bias": ("params", "bias", "bias")}
+
+
+def _linear_rule(module, flax_module) -> dict:
+    return {"weight": ("params", "kernel", "dense"), "bias": ("params", "bias", "bias")}
+
+
+def _batchnorm_rule(module, flax_module) -> dict:
+    return {"weight": ("params", "scale", "scale"), "bias": ("params", "bias", "bias"),
+            "running_mean": ("batch_stats", "mean", "mean"),
+            "running_var": ("batch_stats", "var", "var"),
+            "num_batches_tracked": None}  # a training counter; Flax has no such variable
+
+
+def _norm_rule(module, flax_module) -> dict:
+    return {"weight": ("params", "scale", "scale"), "bias": ("params", "bias", "bias")}
+
+
+def _prelu_rule(module, flax_module) -> dict:
+    return {"weight": ("params", "negative_slope", "prelu")}
+
+
+def _embedding_rule(module, flax_module) -> dict:
+    return {"weight": ("params", "embedding", "embedding")}
+
+
+RULES: dict[str, Rule] = {
+    **{f"Conv{d}d": _conv_rule for d in (1, 2, 3)},
+    **{f"ConvTranspose{d}d": _conv_transpose_rule for d in (1, 2, 3)},
+    "Linear": _linear_rule,
+    **{f"BatchNorm{d}d": _batchnorm_rule for d in (1, 2, 3)},
+    "LayerNorm": _norm_rule, "GroupNorm": _norm_rule,
+    "PReLU": _prelu_rule, "Embedding": _embedding_rule,
+}
+
+
+@dataclasses.dataclass
+class ConversionPlan:
+    rules: list[TensorRule]                 # in torch state-dict order
+    dropped: list[str]                      # torch tensors deliberately not converted
+
+    def by_module(self) -> dict[str, list[TensorRule]]:
+        out: dict[str, list[TensorRule]] = {}
+        for rule in self.rules:
+            out.setdefault(rule.module, []).append(rule)
+        return out
+
+
+def plan_conversion(torch_model, mapping: dict[str, str] | None = None,
+                    flax_modules: dict[str, object] | None = None,
+                    extra_rules: dict[str, Rule] | None = None) -> ConversionPlan:
+    """The rule of every tensor of `torch_model`; NoConverterRule names a module kind that
+    holds tensors but has no rule. flax_modules: Flax path -> Flax module (read for
+    ConvTranspose's transpose_kernel); mapping: torch module name -> Flax path."""
+    rules_by_kind = {**RULES, **(extra_rules or {})}
+    mapping = {k: v.replace(".", "/") for k, v in (mapping or {}).items()}
+    flax_modules = flax_modules or {}
+    planned: list[TensorRule] = []
+    dropped: list[str] = []
+    for name, module in torch_model.named_modules():
+        tensors = _own_tensors(module)
+        if not tensors:
+            continue
+        kind = type(module).__name__
+        where = f"'{name}'" if name else "the root module"
+        if kind not in rules_by_kind:
+            raise NoConverterRule(
+                f"no converter rule for torch module kind {kind} at {where} (tensors: "
+                f"{', '.join(sorted(tensors))}); rules exist for {', '.join(sorted(RULES))}")
+        path = mapping.get(name)
+        if path is None:
+            candidates = flax_path_candidates(name)
+            path = next((c for c in candidates if c in flax_modules), candidates[0])
+        table = rules_by_kind[kind](module, flax_modules.get(path))
+        for tensor_name, value in tensors.items():
+            full = f"{name}.{tensor_name}" if name else tensor_name
+            if tensor_name not in table:
+                raise NoConverterRule(f"the {kind} rule does not know tensor {tensor_name!r} "
+                                      f"of {where}")
+            target = table[tensor_name]
+            if target is None:
+                dropped.append(full)
+                continue
+            collection, leaf, layout = target
+            planned.append(TensorRule(full, name, kind, collection, path, leaf, layout,
+                                      tuple(value.shape)))
+    return ConversionPlan(planned, dropped)
+
+
+def _flat_key(rule: TensorRule) -> str:
+    return "/".join([rule.collection, *filter(None, rule.flax_path.split("/")), rule.leaf])
+
+
+def flatten_variables(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """{'params': {'a': {'kernel': v}}} -> {'params/a/kernel': v}."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, dict) or hasattr(value, "items"):
+            flat.update(flatten_variables(dict(value.items()), name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def nest_variables(flat: dict[str, np.ndarray]) -> dict:
+    """Inverse of flatten_variables."""
+    tree: dict = {}
+    for name, value in flat.items():
+        node = tree
+        *parents, leaf = name.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def _listing(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def convert_model(torch_model, expected: dict[str, tuple[int, ...]] | None = None,
+                  mapping: dict[str, str] | None = None,
+                  flax_modules: dict[str, object] | None = None,
+                  extra_rules: dict[str, Rule] | None = None) -> tuple[dict, ConversionPlan]:
+    """(Flax variables {collection: tree}, plan) from a torch model's own tensors.
+
+    expected: the Flax model's variable shapes, flat ('params/a/kernel' -> shape);
+    when given, the conversion is strict: sorted missing, unexpected and misshapen
+    lists in one ConversionMismatch. A PReLU whose Flax module names its one slope
+    differently (e.g. 'alpha') uses that name.
+    """
+    plan = plan_conversion(torch_model, mapping, flax_modules, extra_rules)
+    state = {}
+    for name, module in torch_model.named_modules():
+        for tensor_name, value in _own_tensors(module).items():
+            state[f"{name}.{tensor_name}" if name else tensor_name] = value
+    if expected is not None:
+        plan = _adopt_prelu_names(plan, expected)
+    flat = {_flat_key(r): np.asarray(to_flax(r.kind, state[r.torch_name]), np.float32)
+            for r in plan.rules}
+    if expected is not None:
+        missing = sorted(set(expected) - set(flat))
+        unexpected = sorted(set(flat) - set(expected))
+        misshapen = sorted(f"{k} (torch gives {tuple(flat[k].shape)}, Flax expects "
+                           f"{tuple(expected[k])})" for k in set(flat) & set(expected)
+                           if tuple(flat[k].shape) != tuple(expected[k]))
+        problems = [f"{label}: {_listing(items)}" for label, items in
+                    (("missing", missing), ("unexpected", unexpected),
+                     ("misshapen", misshapen)) if items]
+        if problems:
+            raise ConversionMismatch("converted weights do not fit the Flax model: " +
+                                     "; ".join(problems))
+    return nest_variables(flat), plan
+
+
+def _adopt_prelu_names(plan: ConversionPlan, expected: dict) -> ConversionPlan:
+    rules = []
+    for r in plan.rules:
+        if r.kind == "prelu" and _flat_key(r) not in expected:
+            prefix = "/".join(["params", *filter(None, r.flax_path.split("/"))]) + "/"
+            leaves = [k[len(prefix):] for k in expected
+                      if k.startswith(prefix) and "/" not in k[len(prefix):]]
+            if len(leaves) == 1:
+                r = dataclasses.replace(r, leaf=leaves[0])
+        rules.append(r)
+    return ConversionPlan(rules, plan.dropped)

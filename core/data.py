@@ -9,8 +9,8 @@ Framework-neutral (numpy and Pillow). Three kinds of source:
   scikit-image's bundled photographs (core.lowlight.BUILTIN_TRAIN).
 - `FolderPairs`: LOL-layout folders, `low/` and `high/` matched by file name (also the
   `our485` / `eval15` layout); pairs of any size at least one patch large.
-- held-out pairs for evaluation (`HeldoutPair`): the built-in held-out photographs
-  darkened with seed 0 (the same as samples/), or LOL's `eval15`.
+- held-out pairs for evaluation (`core.image_pairs.ImagePair`): the built-in held-out
+  photographs darkened with seed 0 (the same as samples/), or LOL's `eval15`.
 
 A batch is a pure function of (seed, step): which pairs it holds, every darkening
 draw, crop and flip come from generators seeded with (seed, step, position). So the
@@ -31,6 +31,8 @@ from typing import Iterator, Protocol
 import numpy as np
 
 from core.images import ImageError, list_images, load_image
+from core.image_pairs import ImagePair
+from core.recipe import AUTHORS_RECIPE
 from core.lowlight import (BUILTIN_HELDOUT, BUILTIN_TRAIN, SHORT_SIDE, DarkeningDraw, builtin_image,
                           contrast_mean, darken, make_pair, resize_short_side)
 
@@ -63,13 +65,15 @@ def crop_origin(height: int, width: int, patch: int, rng: np.random.Generator) -
 
 def augment(low: np.ndarray, high: np.ndarray, rng: np.random.Generator
             ) -> tuple[np.ndarray, np.ndarray]:
-    """The authors' augmentation, the same for both images: vertical flip p=0.5,
-    horizontal mirror p=0.5, rotation by 180 degrees p=0.5 (in that order)."""
-    if rng.random() < 0.5:
+    """The authors' augmentation, the same for both images: vertical flip, horizontal
+    mirror, rotation by 180 degrees (in that order), each with the recipe's probability
+    (core.recipe: 0.5)."""
+    p = AUTHORS_RECIPE.flip_probability
+    if rng.random() < p:
         low, high = low[::-1], high[::-1]
-    if rng.random() < 0.5:
+    if rng.random() < p:
         low, high = low[:, ::-1], high[:, ::-1]
-    if rng.random() < 0.5:
+    if rng.random() < p:
         low, high = low[::-1, ::-1], high[::-1, ::-1]
     return np.ascontiguousarray(low), np.ascontiguousarray(high)
 
@@ -214,37 +218,30 @@ def pair_folders(root: Path, splits: tuple[str, ...]) -> tuple[Path, Path] | Non
 
 
 # ---- held-out pairs -----------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class HeldoutPair:
-    name: str
-    low: np.ndarray   # uint8 HWC
-    high: np.ndarray  # uint8 HWC
-
-
-def builtin_heldout(seed: int = HELDOUT_SEED) -> list[HeldoutPair]:
+def builtin_heldout(seed: int = HELDOUT_SEED) -> list[ImagePair]:
     """The built-in held-out photographs (chelsea, coffee, rocket) darkened with `seed`."""
     out = []
     for name in BUILTIN_HELDOUT:
         low, high, _ = make_pair(builtin_image(name), name, seed)
-        out.append(HeldoutPair(name, low, high))
+        out.append(ImagePair(name, low, high))
     return out
 
 
-def folder_heldout(low_dir: Path, high_dir: Path) -> tuple[list[HeldoutPair], list[str]]:
+def folder_heldout(low_dir: Path, high_dir: Path) -> tuple[list[ImagePair], list[str]]:
     pairs, problems = load_pairs(low_dir, high_dir)
-    return [HeldoutPair(n, lo, hi) for n, (lo, hi) in sorted(pairs.items())], problems
+    return [ImagePair(n, lo, hi) for n, (lo, hi) in sorted(pairs.items())], problems
 
 
 # ---- opening a --data argument ---------------------------------------------------------
 @dataclasses.dataclass
 class TrainingData:
     source: PairSource
-    heldout: list[HeldoutPair]
+    heldout: list[ImagePair]
     description: str
     problems: list[str]
 
 
-def open_source(spec: str, patch: int) -> tuple[PairSource, str, list[HeldoutPair] | None]:
+def open_source(spec: str, patch: int) -> tuple[PairSource, str, list[ImagePair] | None]:
     """(source, description, automatic held-out pairs or None for the built-in ones)."""
     if spec == "builtin" or spec.startswith("builtin:"):
         if patch > SHORT_SIDE:
@@ -267,7 +264,7 @@ def open_source(spec: str, patch: int) -> tuple[PairSource, str, list[HeldoutPai
         return source, f"{len(source)} images from {root}, darkened on the fly", []
     pairs = FolderPairs.load(*folders, min_side=patch)
     eval_folders = pair_folders(root, HELDOUT_SPLITS)
-    heldout: list[HeldoutPair] = []
+    heldout: list[ImagePair] = []
     if eval_folders is not None and eval_folders != folders:
         heldout, more = folder_heldout(*eval_folders)
         pairs.problems += more
@@ -284,7 +281,7 @@ def open_training_data(spec: str, patch: int, heldout: str = "auto") -> Training
     source, description, auto = open_source(spec, patch)
     problems = list(source.problems)
     if heldout == "none":
-        pairs: list[HeldoutPair] = []
+        pairs: list[ImagePair] = []
     elif heldout == "builtin" or (heldout == "auto" and auto is None):
         pairs = builtin_heldout()
     elif heldout == "auto":

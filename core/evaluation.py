@@ -1,15 +1,21 @@
 """Reference evaluation metrics (numpy / scikit-image, float64): the authors' protocol.
 
-dln_facts.md section 5: the enhanced image is quantised to uint8 (x255, clip,
+This is the production evaluation protocol: `dln metrics`, `dln table2`, held-out
+PSNR during training and `dln demo` all measure with these functions (and the one
+PSNR helper, `psnr_uint8`). port/metrics_dmpix.py is its dm-pix twin in JAX, kept
+only to compare the two libraries (`dln metrics --compare`, Table 1); nothing
+reports its figures as results.
+
+The authors' evaluation: the enhanced image is quantised to uint8 (x255, clip,
 truncate), then compared with the uint8 ground truth by
 - PSNR with data_range 255 (per image; a folder's figure is the mean of per-image values);
 - SSIM with scikit-image's `structural_similarity` at its defaults (uniform 7 x 7
   window, sample covariance, K1 0.01, K2 0.03), data range 255, one SSIM per channel
   averaged (their `multichannel=True` is today's `channel_axis=-1`);
-- theta (section 6): mean per-pixel angle in degrees between the estimate's and the
-  ground truth's colour vectors after the linear RGB -> XYZ transform (OpenCV's
-  matrix applied to the gamma-encoded RGB values); pixels where either vector is zero
-  count as 0 and stay in the mean.
+- theta (the report's angular error): mean per-pixel angle in degrees between the
+  estimate's and the ground truth's colour vectors after the linear RGB -> XYZ
+  transform (OpenCV's matrix applied to the gamma-encoded RGB values); pixels where
+  either vector is zero count as 0 and stay in the mean.
 
 Every function takes the range of the data explicitly: the classic pitfalls are
 floats in [-1, 1] (range 2), floats on the 0-255 scale (range 255) and uint8 (range
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# OpenCV's RGB -> XYZ matrix (rows X, Y, Z), dln_facts.md section 6.
+# OpenCV's RGB -> XYZ matrix (rows X, Y, Z), the one the report's theta uses.
 RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423],
                        [0.212671, 0.715160, 0.072169],
                        [0.019334, 0.119193, 0.950227]])
@@ -56,6 +62,14 @@ def psnr(pred, gt, data_range) -> float:
 
     a, b = _pair_float64(pred, gt, "psnr")
     return float(peak_signal_noise_ratio(b, a, data_range=_check_range(data_range)))
+
+
+def psnr_uint8(pred_uint8, gt_uint8) -> float:
+    """PSNR of two uint8 images at data range 255 (the authors' figure); inf for identical
+    images (checked first, so no divide-by-zero warning)."""
+    if np.array_equal(np.asarray(pred_uint8), np.asarray(gt_uint8)):
+        return float("inf")
+    return psnr(pred_uint8, gt_uint8, AUTHORS_DATA_RANGE)
 
 
 def ssim_skimage(pred, gt, data_range) -> float:
@@ -109,6 +123,6 @@ def evaluate_pair(pred_uint8, gt_uint8) -> dict[str, float]:
         if np.asarray(arr).dtype != np.uint8:
             raise TypeError(f"evaluate_pair needs uint8 images; the {name} is "
                             f"{np.asarray(arr).dtype}")
-    return dict(psnr=psnr(pred_uint8, gt_uint8, AUTHORS_DATA_RANGE),
+    return dict(psnr=psnr_uint8(pred_uint8, gt_uint8),
                 ssim=ssim_skimage(pred_uint8, gt_uint8, AUTHORS_DATA_RANGE),
                 theta=theta(pred_uint8, gt_uint8))

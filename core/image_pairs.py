@@ -1,5 +1,11 @@
-"""Two folders of images matched by name (LOL layout: low/ and high/ share file names),
-read as uint8 RGB for evaluation."""
+"""Image pairs for evaluation: the one pair type, and two folders matched by name.
+
+`ImagePair` (a name, the low-light or predicted image, the reference image, both uint8
+RGB HWC) is what held-out evaluation (dln.heldout), Table 2 (parity.evaluation.table2)
+and the data sources (core.data: built-in held-out photographs, LOL's eval15) pass
+around. `match_by_name` pairs the files of two folders (LOL layout: low/ and high/
+share file names), read as uint8 RGB by `load_uint8`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,13 @@ from core.images import ImageError, list_images, load_image
 
 
 @dataclasses.dataclass(frozen=True)
+class ImagePair:
+    name: str
+    low: np.ndarray   # uint8 HWC: the input (or an estimate)
+    high: np.ndarray  # uint8 HWC: the reference
+
+
+@dataclasses.dataclass(frozen=True)
 class MatchedFolders:
     pairs: list[tuple[str, Path, Path]]   # (name, prediction path, ground-truth path)
     only_pred: list[str]
@@ -21,6 +34,8 @@ class MatchedFolders:
 
 def _by_stem(folder: Path, role: str) -> dict[str, Path]:
     if not folder.is_dir():
+        if folder.exists() or folder.is_symlink():
+            raise ImageError(f"{folder}: not a folder (give the {role} images as a folder)")
         raise ImageError(f"{folder}: the {role} folder does not exist")
     paths, _ = list_images([folder])
     found: dict[str, Path] = {}

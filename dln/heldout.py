@@ -2,8 +2,8 @@
 
 Framework-neutral: it takes any function from an RGB float32 HWC image in [0, 1] to
 the network's float32 output, so the JAX and PyTorch trainers report the same numbers.
-PSNR (core.evaluation.psnr) has data range 255 on uint8 images, per image, then averaged
-(as the authors).
+PSNR (core.evaluation.psnr_uint8) has data range 255 on uint8 images, per image, then
+averaged (as the authors).
 """
 
 from __future__ import annotations
@@ -13,18 +13,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from core.data import HeldoutPair, to_float
+from core.data import to_float
+from core.evaluation import psnr_uint8
+from core.image_pairs import ImagePair
 from core.images import quantize
-
-
-def psnr_uint8(estimate: np.ndarray, reference: np.ndarray) -> float:
-    """PSNR in dB with data range 255: the project's reference metric (core.evaluation,
-    numpy / scikit-image only, no framework)."""
-    from core.evaluation import AUTHORS_DATA_RANGE, psnr
-
-    if np.array_equal(estimate, reference):
-        return float("inf")
-    return psnr(estimate, reference, AUTHORS_DATA_RANGE)
 
 
 @dataclasses.dataclass
@@ -59,7 +51,7 @@ class HeldoutResult:
 
 
 def evaluate_heldout(enhance: Callable[[np.ndarray], np.ndarray],
-                     pairs: Sequence[HeldoutPair]) -> HeldoutResult:
+                     pairs: Sequence[ImagePair]) -> HeldoutResult:
     """Enhance every held-out low image and compare input and output with the reference."""
     names, low_db, out_db = [], [], []
     for pair in pairs:
@@ -70,20 +62,14 @@ def evaluate_heldout(enhance: Callable[[np.ndarray], np.ndarray],
     return HeldoutResult(names, low_db, out_db)
 
 
-def evaluate_checkpoint(path, pairs: Sequence[HeldoutPair] | None = None,
+def evaluate_checkpoint(path, pairs: Sequence[ImagePair] | None = None,
                         backend: str = "jax") -> HeldoutResult:
     """Held-out PSNR of a .pth / .safetensors checkpoint (default: the built-in held-out
-    pairs chelsea, coffee, rocket, as darkened in samples/), on JAX or PyTorch."""
+    pairs chelsea, coffee, rocket, as darkened in samples/), on any backend of
+    parity.bench.backends (jax, torch, torch-compile)."""
     from core.data import builtin_heldout
+    from parity.bench.backends import make_runner
     from weights.convert import load_checkpoint
 
-    ckpt = load_checkpoint(path)
-    if backend == "jax":
-        from port.inference import make_enhancer
-
-        enhance = make_enhancer(ckpt.flax_tree(), ckpt.config)
-    else:
-        from reference_torch.inference import make_enhancer
-
-        enhance = make_enhancer(ckpt.torch_state, ckpt.config)
+    enhance = make_runner(backend, load_checkpoint(path)).infer
     return evaluate_heldout(enhance, builtin_heldout() if pairs is None else pairs)

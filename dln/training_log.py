@@ -16,7 +16,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-from core.atomic_files import save_figure_atomic, write_text_atomic
+
+from core.atomic_files import save_figure_atomic
+from core.report_files import write_report
 
 CSV_FIELDS = ("step", "epoch", "lr", "loss", "elapsed_s")
 CSV_FILE, JSON_FILE, PLOT_FILE = "log.csv", "log.json", "loss.png"
@@ -51,19 +53,24 @@ class TrainLog:
         return cls([r for r in data.get("rows", []) if r["step"] <= upto_step],
                    [e for e in data.get("evals", []) if e["step"] <= upto_step])
 
-    def write(self, out_dir: str | Path, header: dict, plot: bool = True) -> None:
-        out = Path(out_dir)
+    def csv_text(self) -> str:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
             writer.writerow({k: (f"{row[k]:.8g}" if isinstance(row[k], float) else row[k])
                              for k in CSV_FIELDS})
-        write_text_atomic(out / CSV_FILE, buffer.getvalue())
-        write_text_atomic(out / JSON_FILE, json.dumps({**header, "rows": self.rows, "evals": self.evals},
-                                                indent=1, allow_nan=True))
+        return buffer.getvalue()
+
+    def write(self, out_dir: str | Path, header: dict, plot: bool = True) -> list[Path]:
+        """log.csv, log.json and (with plot) loss.png in out_dir, in that order."""
+        files = {CSV_FILE: self.csv_text(),
+                 JSON_FILE: json.dumps({**header, "rows": self.rows, "evals": self.evals},
+                                       indent=1, allow_nan=True)}
         if plot:
-            plot_loss(self, out / PLOT_FILE, title=header.get("title", "training"))
+            files[PLOT_FILE] = lambda dst: plot_loss(self, dst,
+                                                     title=header.get("title", "training"))
+        return write_report(out_dir, files)
 
 
 def running_mean(values: list[float], window: int) -> np.ndarray:

@@ -1,16 +1,18 @@
 """Training DLN, framework-neutral: settings, the authors' schedule, and the one loop.
 
 The loop is shared by both frameworks; a framework only supplies a trainer with
-`step(low, high, lr) -> loss`, `loss_value(loss) -> float`, `export() -> TrainState`,
+`step(low, high, lr) -> loss`, `loss_value(loss) -> float`, `export() -> TrainingCheckpoint`,
 `enhancer() -> (HWC image -> HWC output)` and `describe() -> str` (port/trainer.py,
 reference_torch/trainer.py). Batches are a pure function of (seed, step) (core/data.py),
 so a resumed run repeats exactly what an uninterrupted run would have done.
 
-The learning-rate schedule is the authors': after epoch e (counted from 0) the rate
-is divided by 10 when `(e + 1) % (epochs * 2 / 3) == 0`, a FLOAT test, so it only
-fires when 2/3 of the epoch count is a whole number (never with their default 500
-epochs). Their loop runs epochs 0..nEpochs, one more than asked; here `--epochs N`
-runs N epochs. With `--steps S` the epoch count is ceil(S / steps_per_epoch).
+The recipe (Adam settings, learning rate and its decay, batch, patch, epochs, seed,
+loss weight) is core.recipe.AUTHORS_RECIPE; TrainSettings' defaults are its values and
+`TrainSettings.recipe()` hands the run's values to the trainer. The learning-rate
+schedule is the authors' float test (core.recipe.authors_decay_epochs: never fires
+with their default 500 epochs). Their loop runs epochs 0..nEpochs, one more than
+asked; here `--epochs N` runs N epochs. With `--steps S` the epoch count is
+ceil(S / steps_per_epoch).
 """
 
 from __future__ import annotations
@@ -18,24 +20,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 from core.errors import UserError
 from core.config import DLNConfig, parse_variant
+from core.recipe import AUTHORS_RECIPE, LR_DECAYS, TrainingRecipe
+from parity.trainers import FRAMEWORKS
 from dln.training_log import TrainLog
-from weights.training_checkpoint import OPTIMIZER_FILE, WEIGHTS_FILE, TrainState
+from weights.training_checkpoint import TrainingCheckpoint, holds_a_run
 
-FRAMEWORKS = ("jax", "torch")
-LR_DECAYS = ("authors", "none")
 PRECISIONS = ("highest", "default")
 # Settings that determine the trajectory: a resumed run must match the stored ones.
 TRAJECTORY_FIELDS = ("framework", "data", "init", "batch", "patch", "lr", "lr_decay", "beta1",
                      "beta2", "eps", "tv_weight", "seed", "variant", "zero_last_conv",
                      "precision", "devices")
-AUTHORS_EPOCHS = 500
 LOG_WRITE_SECONDS = 30.0  # log.csv / log.json are rewritten at most this often mid-run
 
 
@@ -51,15 +54,15 @@ class TrainSettings:
     init: str | None = None
     epochs: int | None = None
     steps: int | None = None
-    batch: int = 32
-    patch: int = 128
-    lr: float = 1e-5
-    lr_decay: str = "authors"
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    tv_weight: float = 0.001
-    seed: int = 123
+    batch: int = AUTHORS_RECIPE.batch
+    patch: int = AUTHORS_RECIPE.patch
+    lr: float = AUTHORS_RECIPE.lr
+    lr_decay: str = AUTHORS_RECIPE.lr_decay
+    beta1: float = AUTHORS_RECIPE.beta1
+    beta2: float = AUTHORS_RECIPE.beta2
+    eps: float = AUTHORS_RECIPE.eps
+    tv_weight: float = AUTHORS_RECIPE.tv_weight
+    seed: int = AUTHORS_RECIPE.seed
     variant: str | None = None
     zero_last_conv: bool = False
     heldout: str = "auto"
@@ -102,6 +105,14 @@ class TrainSettings:
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
+    def recipe(self) -> TrainingRecipe:
+        """The authors' recipe with this run's values (epochs: the authors' when unset)."""
+        return dataclasses.replace(
+            AUTHORS_RECIPE, beta1=self.beta1, beta2=self.beta2, eps=self.eps, lr=self.lr,
+            lr_decay=self.lr_decay, batch=self.batch, patch=self.patch, seed=self.seed,
+            tv_weight=self.tv_weight,
+            epochs=self.epochs if self.epochs is not None else AUTHORS_RECIPE.epochs)
+
 
 # ---- the authors' learning-rate schedule ---------------------------------------------
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +122,7 @@ class Schedule:
     total_steps: int
     total_epochs: int
     decay_after_epochs: tuple[int, ...]
+    decay_factor: float = AUTHORS_RECIPE.lr_decay_factor
 
     def epoch(self, step: int) -> int:
         return step // self.steps_per_epoch
@@ -120,14 +132,8 @@ class Schedule:
         rate = self.base_lr
         for epoch in self.decay_after_epochs:
             if epoch < self.epoch(step):
-                rate /= 10.0  # the authors divide the param group's rate in place
+                rate /= self.decay_factor  # the authors divide the group's rate in place
         return rate
-
-
-def authors_decay_epochs(total_epochs: int) -> tuple[int, ...]:
-    """Epochs after which the authors divide the rate by 10 (a float test, see above)."""
-    period = total_epochs * 2 / 3
-    return tuple(e for e in range(total_epochs) if (e + 1) % period == 0)
 
 
 def make_schedule(settings: TrainSettings, steps_per_epoch: int) -> Schedule:
@@ -135,14 +141,15 @@ def make_schedule(settings: TrainSettings, steps_per_epoch: int) -> Schedule:
         total_steps = settings.steps
         total_epochs = math.ceil(total_steps / steps_per_epoch)
     else:
-        total_epochs = settings.epochs if settings.epochs is not None else AUTHORS_EPOCHS
+        total_epochs = settings.epochs if settings.epochs is not None else AUTHORS_RECIPE.epochs
         total_steps = total_epochs * steps_per_epoch
-    decays = authors_decay_epochs(total_epochs) if settings.lr_decay == "authors" else ()
-    return Schedule(settings.lr, steps_per_epoch, total_steps, total_epochs, decays)
+    recipe = settings.recipe()
+    return Schedule(recipe.lr, steps_per_epoch, total_steps, total_epochs,
+                    recipe.decay_after_epochs(total_epochs), recipe.lr_decay_factor)
 
 
 # ---- initial weights ------------------------------------------------------------------
-def initial_state(settings: TrainSettings) -> tuple[DLNConfig, TrainState]:
+def initial_state(settings: TrainSettings) -> tuple[DLNConfig, TrainingCheckpoint]:
     """From --init (either format, --variant merged) or the authors' initialisation."""
     from weights.initial import authors_initial_state, zero_last
     from weights.training_checkpoint import torch_to_flax_state
@@ -158,21 +165,15 @@ def initial_state(settings: TrainSettings) -> tuple[DLNConfig, TrainState]:
     else:
         config = DLNConfig(**overrides)
         state = authors_initial_state(config, settings.seed, settings.zero_last_conv)
-    return config, TrainState(torch_to_flax_state(state, config))
+    return config, TrainingCheckpoint(torch_to_flax_state(state, config))
 
 
-def make_trainer(settings: TrainSettings, config: DLNConfig, state: TrainState):
-    if settings.framework == "jax":
-        from port.trainer import JaxTrainer
+def make_trainer(settings: TrainSettings, config: DLNConfig, state: TrainingCheckpoint):
+    """The settings' framework's trainer (parity.trainers), with the run's recipe."""
+    from parity.trainers import make_trainer as trainer_for
 
-        return JaxTrainer(config, state, beta1=settings.beta1, beta2=settings.beta2,
-                          eps=settings.eps, tv_weight=settings.tv_weight,
-                          precision=settings.precision, devices=settings.devices or None)
-    from reference_torch.trainer import TorchTrainer
-
-    return TorchTrainer(config, state, beta1=settings.beta1, beta2=settings.beta2,
-                        eps=settings.eps, tv_weight=settings.tv_weight, seed=settings.seed,
-                        precision=settings.precision)
+    return trainer_for(settings.framework, config, state, settings.recipe(),
+                       precision=settings.precision, devices=settings.devices or None)
 
 
 # ---- the loop ---------------------------------------------------------------------------
@@ -194,6 +195,27 @@ def check_resumable(stored: dict, settings: TrainSettings) -> None:
         raise TrainError("cannot resume with different settings: " + "; ".join(differ))
 
 
+def check_output_folder(out: Path) -> None:
+    """Refuse, before any work, an --out that cannot become a folder we can write in:
+    an existing file, a path under a file, or a folder where creating a file fails
+    (tried for real with a probe file, since permission bits do not bind root and a
+    read-only mount or /proc refuses even root)."""
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--out {out}: is a file, not a folder")
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TrainError(f"--out {out}: {existing} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".dln-write-probe.", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        raise TrainError(f"--out {out}: cannot write in {existing} "
+                         f"({err.strerror or err})") from None
+
+
 def train(settings: TrainSettings, echo: Callable[[str], None] | None = None,
           data=None) -> TrainResult:
     """Run (or resume) training as `settings` say; write weights, logs and the plot."""
@@ -205,12 +227,13 @@ def train(settings: TrainSettings, echo: Callable[[str], None] | None = None,
     echo = echo or (lambda line: print(line, file=sys.stderr))
     settings.check()
     out = Path(settings.out)
+    check_output_folder(out)
     log = TrainLog()
     if settings.resume:
         config, state, stored = load_state(out)
         check_resumable(stored, settings)
         log = TrainLog.read(out, state.count)
-    elif (out / WEIGHTS_FILE).exists() or (out / OPTIMIZER_FILE).exists():
+    elif holds_a_run(out):
         raise TrainError(f"{out} already holds a training run; add --resume to continue it, "
                          "or choose another --out")
     else:

@@ -1,7 +1,17 @@
-"""Running the Flax DLN on images: one jit-compiled apply per network config."""
+"""Running the Flax DLN on images: one jit-compiled apply per network config.
+
+Precision is an argument, not a process-wide setting: every apply built here is traced
+under `jax.default_matmul_precision(precision)`, by default PARITY_PRECISION ("highest":
+true float32 convolutions and matmuls). Parity with PyTorch is measured at that
+precision; on GPUs XLA's default would use TF32 / bf16 passes and no float32 tolerance
+would hold. Importing this module changes no JAX setting. The other places that trace
+the port scope the same way: port/trainer.py (the train step), parity/engine/capture.py
+(per-block capture) and parity/grads/gradients.py (gradient parity).
+"""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import flax.linen as nn
@@ -13,28 +23,30 @@ from core.config import DLNConfig
 from port.model import DLN
 from port.pointwise import pointwise_conv_as_dot
 
-# Parity with PyTorch needs true float32 convolutions; on GPUs XLA would otherwise
-# use TF32 / bf16 passes and no float32 tolerance would hold.
-jax.config.update("jax_default_matmul_precision", "highest")
+PARITY_PRECISION = "highest"  # true float32: the precision parity is measured at
 
 
 def params_to_device(params: dict) -> dict:
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
 
 
-def make_apply(config: DLNConfig, pointwise_as_dot: bool = True) -> Callable:
+def make_apply(config: DLNConfig, pointwise_as_dot: bool = True,
+               precision: str = PARITY_PRECISION) -> Callable:
     """jit(params, x_nhwc) -> prediction, for one config (shapes compile on first use).
 
     pointwise_as_dot: compute the 1 x 1 convolutions as matrix products
     (port/pointwise.py), ~20% faster on XLA CPU and equal to float32 rounding;
     False runs every convolution as written in port/model.py.
+    precision: JAX's matmul / convolution precision for the whole forward
+    ("highest", "high", "default", ...).
     """
     model = DLN(config)
-    if not pointwise_as_dot:
-        return jax.jit(lambda params, x: model.apply({"params": params}, x))
 
     def forward(params, x):
-        with nn.intercept_methods(pointwise_conv_as_dot):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(jax.default_matmul_precision(precision))
+            if pointwise_as_dot:
+                stack.enter_context(nn.intercept_methods(pointwise_conv_as_dot))
             return model.apply({"params": params}, x)
 
     return jax.jit(forward)

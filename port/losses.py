@@ -1,4 +1,4 @@
-"""The authors' training losses in JAX, NHWC (dln_facts.md section 3).
+"""The authors' training losses in JAX, NHWC.
 
     loss = (1 - SSIM(pred, target)) + tv_weight * TV(pred),   tv_weight = 0.001
 
@@ -39,11 +39,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from core.recipe import AUTHORS_RECIPE
+
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
-TV_WEIGHT = 0.001
+TV_WEIGHT = AUTHORS_RECIPE.tv_weight  # 0.001, the authors' (core.recipe)
 
 
 def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:

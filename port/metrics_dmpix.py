@@ -1,4 +1,10 @@
-"""Evaluation metrics in JAX on dm-pix, float32, matching core/evaluation.py.
+"""Evaluation metrics in JAX on dm-pix, float32: the dm-pix twin of core/evaluation.py.
+
+core/evaluation.py (numpy / scikit-image, float64) is the production evaluation
+protocol; this module computes the same figures with dm-pix only to compare the two
+libraries (parity.evaluation.library_compare, `dln metrics --compare`) and to show
+that their gaps are settings, not implementations. No command reports its numbers
+as a model's quality.
 
 Images are (..., H, W, 3) float arrays (uint8 is converted to float32 values 0-255,
 never divided), with the data range stated explicitly.

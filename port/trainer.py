@@ -1,4 +1,9 @@
-"""Training the Flax DLN: optax Adam and one jit-compiled, data-parallel train step.
+"""The Flax side of training: optax Adam and one jit-compiled, data-parallel train step.
+
+This module is one framework's training *step* (and the trainer object that holds its
+state); the loop around it, the schedule, logging and checkpoints are dln/training_loop.py,
+shared with the PyTorch twin reference_torch/trainer.py. The hyper-parameters come from
+a core.recipe.TrainingRecipe (the authors' by default).
 
 Data parallel with `jax.sharding`: a 1-D mesh over the local devices (axis "data"),
 every batch split along its first axis across the mesh, parameters and Adam state
@@ -11,11 +16,14 @@ evenly by the number of devices.
 Adam is `optax.scale_by_adam(b1, b2, eps)` (bias-corrected moments, eps outside the
 square root: torch.optim.Adam's update) followed by `-lr * update`, with lr an
 argument of the step, so the authors' decays never recompile.
+
+Precision: the step is traced under `jax.default_matmul_precision(precision)` (the
+trainer's `precision`, "highest" by default: true float32 convolutions and matmuls,
+the setting training parity is measured at; "default" lets a GPU use TF32). Nothing
+here changes JAX's process-wide settings.
 """
 
 from __future__ import annotations
-
-from core.errors import UserError
 
 import functools
 from typing import Callable
@@ -26,10 +34,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-import port.inference  # noqa: F401  (sets float32 "highest" matmul/conv precision)
+from flax.traverse_util import flatten_dict
+
 from core.config import DLNConfig
-from weights.training_checkpoint import TrainState, tree_to_flat
+from core.errors import UserError
+from core.recipe import AUTHORS_RECIPE, TrainingRecipe
+from weights.training_checkpoint import TrainingCheckpoint
 from weights.spec import nest_dotted
+from port.inference import PARITY_PRECISION, make_apply
 from port.losses import dln_loss
 from port.model import DLN
 
@@ -41,7 +53,6 @@ def data_mesh(devices: int | list | None = None) -> Mesh:
     available = jax.local_devices()
     if isinstance(devices, int):
         if devices > len(available):
-
             raise UserError(f"{devices} devices asked for, {len(available)} available")
         chosen = available[:devices]
     else:
@@ -54,19 +65,31 @@ def adam(beta1: float, beta2: float, eps: float) -> optax.GradientTransformation
     return optax.scale_by_adam(b1=beta1, b2=beta2, eps=eps)
 
 
+def flat_arrays(tree: dict) -> dict[str, np.ndarray]:
+    """A nested params / moments tree -> flat dotted Flax names, float32 numpy."""
+    return {k: np.asarray(v, np.float32) for k, v in flatten_dict(tree, sep=".").items()}
+
+
+def nested_arrays(flat: dict[str, np.ndarray]) -> dict:
+    """Flat dotted Flax names -> the nested tree, float32 numpy."""
+    return nest_dotted({k: np.asarray(v, np.float32) for k, v in flat.items()})
+
+
 @functools.lru_cache(maxsize=16)
-def make_train_step(config: DLNConfig, beta1: float, beta2: float, eps: float, tv_weight: float,
-                    mesh: Mesh) -> Callable:
-    """jit(params, opt_state, low, high, lr) -> (params, opt_state, loss), sharded over mesh.
-    Cached, so trainers of one process with the same settings share one compilation."""
+def make_train_step(config: DLNConfig, recipe: TrainingRecipe, mesh: Mesh,
+                    precision: str = PARITY_PRECISION) -> Callable:
+    """jit(params, opt_state, low, high, lr) -> (params, opt_state, loss), sharded over mesh,
+    with the recipe's Adam settings and loss weight, traced at `precision`. Cached, so
+    trainers of one process with the same settings share one compilation."""
     model = DLN(config)
-    tx = adam(beta1, beta2, eps)
+    tx = adam(recipe.beta1, recipe.beta2, recipe.eps)
 
     def loss_fn(params, low, high):
-        return dln_loss(model.apply({"params": params}, low), high, tv_weight)
+        return dln_loss(model.apply({"params": params}, low), high, recipe.tv_weight)
 
     def step(params, opt_state, low, high, lr):
-        loss, grads = jax.value_and_grad(loss_fn)(params, low, high)
+        with jax.default_matmul_precision(precision):
+            loss, grads = jax.value_and_grad(loss_fn)(params, low, high)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, updates)
         return params, opt_state, loss
@@ -82,29 +105,26 @@ def make_train_step(config: DLNConfig, beta1: float, beta2: float, eps: float, t
 class JaxTrainer:
     """The JAX side of dln.training_loop's loop (see there for the interface)."""
 
-    def __init__(self, config: DLNConfig, state: TrainState, beta1: float = 0.9,
-                 beta2: float = 0.999, eps: float = 1e-8, tv_weight: float = 0.001,
-                 precision: str = "highest", devices: int | list | None = None):
+    def __init__(self, config: DLNConfig, state: TrainingCheckpoint,
+                 recipe: TrainingRecipe = AUTHORS_RECIPE, precision: str = PARITY_PRECISION,
+                 devices: int | list | None = None):
         self.config = config
         self.precision = precision
         self.mesh = data_mesh(devices)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
-        self.tx = adam(beta1, beta2, eps)
-        params = nest_dotted({k: np.asarray(v, np.float32) for k, v in state.params.items()})
-        params = jax.device_put(params, self.replicated)
+        self.tx = adam(recipe.beta1, recipe.beta2, recipe.eps)
+        params = jax.device_put(nested_arrays(state.params), self.replicated)
         if state.mu is None or state.nu is None:
             opt_state = self.tx.init(params)
         else:
-            opt_state = optax.ScaleByAdamState(
-                count=jnp.asarray(state.count, jnp.int32),
-                mu=nest_dotted({k: np.asarray(v, np.float32) for k, v in state.mu.items()}),
-                nu=nest_dotted({k: np.asarray(v, np.float32) for k, v in state.nu.items()}))
+            opt_state = optax.ScaleByAdamState(count=jnp.asarray(state.count, jnp.int32),
+                                               mu=nested_arrays(state.mu),
+                                               nu=nested_arrays(state.nu))
         self.params = params
         self.opt_state = jax.device_put(opt_state, self.replicated)
         self.count = int(state.count)
-        self._step = make_train_step(config, float(beta1), float(beta2), float(eps),
-                                     float(tv_weight), self.mesh)
+        self._step = make_train_step(config, recipe, self.mesh, precision)
         self._apply = None
 
     @property
@@ -118,14 +138,12 @@ class JaxTrainer:
 
     def step(self, low: np.ndarray, high: np.ndarray, lr: float):
         if low.shape[0] % self.device_count:
-
             raise UserError(f"batch {low.shape[0]} does not split over {self.device_count} "
                             "devices; choose a multiple")
         low = jax.device_put(low, self.batch_sharding)
         high = jax.device_put(high, self.batch_sharding)
-        with jax.default_matmul_precision(self.precision):
-            self.params, self.opt_state, loss = self._step(
-                self.params, self.opt_state, low, high, jnp.float32(lr))
+        self.params, self.opt_state, loss = self._step(
+            self.params, self.opt_state, low, high, jnp.float32(lr))
         self.count += 1
         return loss
 
@@ -133,23 +151,22 @@ class JaxTrainer:
     def loss_value(loss) -> float:
         return float(jax.device_get(loss))
 
-    def export(self) -> TrainState:
+    def export(self) -> TrainingCheckpoint:
         params, opt = jax.device_get((self.params, self.opt_state))
-        return TrainState(tree_to_flat(params), tree_to_flat(opt.mu), tree_to_flat(opt.nu),
-                          int(opt.count))
+        return TrainingCheckpoint(flat_arrays(params), flat_arrays(opt.mu), flat_arrays(opt.nu),
+                                  int(opt.count))
 
     def enhancer(self) -> Callable[[np.ndarray], np.ndarray]:
         """HWC float32 image -> network output, with the current weights, on one device."""
         if self._apply is None:
-            model = DLN(self.config)
-            self._apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
+            self._apply = make_apply(self.config, pointwise_as_dot=False,
+                                     precision=self.precision)
         device = self.mesh.devices.flat[0]
         params = jax.device_put(jax.device_get(self.params), device)
         apply = self._apply
 
         def enhance(image: np.ndarray) -> np.ndarray:
             x = jax.device_put(np.asarray(image, np.float32)[None], device)
-            with jax.default_matmul_precision(self.precision):
-                return np.asarray(jax.device_get(apply(params, x)))[0]
+            return np.asarray(jax.device_get(apply(params, x)))[0]
 
         return enhance

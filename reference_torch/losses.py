@@ -1,4 +1,4 @@
-"""The authors' training losses in plain PyTorch, NCHW (dln_facts.md section 3).
+"""The authors' training losses in plain PyTorch, NCHW.
 
 Written from the facts, not from the authors' files: a normalised Gaussian window
 (11 x 11, sigma 1.5) built as the outer product of a 1-D Gaussian, applied per
@@ -16,9 +16,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from core.recipe import AUTHORS_RECIPE
+
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
-TV_WEIGHT = 0.001
+TV_WEIGHT = AUTHORS_RECIPE.tv_weight  # 0.001, the authors' (core.recipe)
 
 
 def gaussian_window(channels: int, size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA

@@ -1,4 +1,4 @@
-"""DLN in PyTorch, key for key with the authors' checkpoints (dln_facts.md section 1).
+"""DLN in PyTorch, key for key with the authors' checkpoints.
 
 Module names are the authors' (`feat_out_2.conv1_1.conv_Encoder.conv`), so their
 state dicts load with strict=True once DataParallel's `module.` prefix is dropped.
@@ -101,7 +101,7 @@ class DLN(nn.Module):
 
     def reset_parameters_like_authors(self) -> None:
         """Kaiming-normal conv weights (fan_in, gain sqrt 2), zero conv biases,
-        torch-default Linear weights, PReLU 0.25 (dln_facts.md section 1)."""
+        torch-default Linear weights, PReLU 0.25 (the authors' initialisation)."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")

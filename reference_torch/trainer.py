@@ -1,4 +1,9 @@
-"""Training the PyTorch DLN: the authors' loop with torch.optim.Adam (the JAX twin's reference).
+"""The PyTorch side of training: one step of the authors' torch.optim.Adam update.
+
+This module is one framework's training *step* (and the trainer object holding the
+model and optimizer); the loop, the schedule, logging and checkpoints are
+dln/training_loop.py, shared with the Flax twin port/trainer.py. The hyper-parameters
+come from a core.recipe.TrainingRecipe (the authors' by default).
 
 Same interface as port.trainer.JaxTrainer (see dln.training_loop). Batches arrive NHWC
 float32 from core.data and are transposed to NCHW; weights and Adam moments travel
@@ -15,7 +20,9 @@ import numpy as np
 import torch
 
 from core.config import DLNConfig
-from weights.training_checkpoint import TrainState, flax_to_torch_state, torch_to_flax_state
+from core.recipe import AUTHORS_RECIPE, TrainingRecipe
+from weights.training_checkpoint import (TrainingCheckpoint, flax_to_torch_state,
+                                         torch_to_flax_state)
 from reference_torch.losses import dln_loss
 from reference_torch.model import DLN
 
@@ -25,13 +32,13 @@ def _tensor(array: np.ndarray, device) -> torch.Tensor:
 
 
 class TorchTrainer:
-    def __init__(self, config: DLNConfig, state: TrainState, beta1: float = 0.9,
-                 beta2: float = 0.999, eps: float = 1e-8, tv_weight: float = 0.001,
-                 seed: int = 123, device: str | None = None, precision: str = "highest"):
-        torch.manual_seed(seed)
+    def __init__(self, config: DLNConfig, state: TrainingCheckpoint,
+                 recipe: TrainingRecipe = AUTHORS_RECIPE, device: str | None = None,
+                 precision: str = "highest"):
+        torch.manual_seed(recipe.seed)
         self.precision = precision
         self.config = config
-        self.tv_weight = tv_weight
+        self.tv_weight = recipe.tv_weight
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda":
             # "highest": true float32 convolutions, like JAX's; "default": torch's own
@@ -44,8 +51,8 @@ class TorchTrainer:
         self.model.load_state_dict({k: _tensor(v, self.device) for k, v in weights.items()},
                                    strict=True)
         self.model.train()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-5, betas=(beta1, beta2),
-                                          eps=eps)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=recipe.lr,
+                                          betas=(recipe.beta1, recipe.beta2), eps=recipe.eps)
         self.count = int(state.count)
         if state.mu is not None and state.nu is not None:
             mu = flax_to_torch_state(state.mu, config)
@@ -82,15 +89,15 @@ class TorchTrainer:
         return {name: fn(param).detach().cpu().numpy().copy()
                 for name, param in self.model.named_parameters()}
 
-    def export(self) -> TrainState:
+    def export(self) -> TrainingCheckpoint:
         params = self._named(lambda p: p)
         if not self.optimizer.state:
-            return TrainState(torch_to_flax_state(params, self.config), count=self.count)
+            return TrainingCheckpoint(torch_to_flax_state(params, self.config), count=self.count)
         mu = self._named(lambda p: self.optimizer.state[p]["exp_avg"])
         nu = self._named(lambda p: self.optimizer.state[p]["exp_avg_sq"])
-        return TrainState(torch_to_flax_state(params, self.config),
-                          torch_to_flax_state(mu, self.config),
-                          torch_to_flax_state(nu, self.config), self.count)
+        return TrainingCheckpoint(torch_to_flax_state(params, self.config),
+                                  torch_to_flax_state(mu, self.config),
+                                  torch_to_flax_state(nu, self.config), self.count)
 
     def enhancer(self) -> Callable[[np.ndarray], np.ndarray]:
         model = self.model

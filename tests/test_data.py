@@ -170,12 +170,12 @@ def test_builtin_heldout_pairs_are_the_bundled_samples():
 
 
 def test_heldout_psnr_is_computed_on_quantised_outputs():
-    from core.data import HeldoutPair
+    from core.image_pairs import ImagePair
     from dln.heldout import evaluate_heldout
 
     low = np.full((12, 12, 3), 100, np.uint8)
     high = np.full((12, 12, 3), 110, np.uint8)
-    pair = HeldoutPair("flat", low, high)
+    pair = ImagePair("flat", low, high)
     perfect = evaluate_heldout(lambda x: np.full_like(x, 110.5 / 255), [pair])
     assert perfect.psnr_enhanced == [float("inf")]
     assert abs(perfect.psnr_low[0] - 20 * np.log10(255 / 10)) < 1e-9

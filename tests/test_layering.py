@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-LAYERS = {"core": 0, "weights": 1, "port": 2, "reference_torch": 2, "examples": 2,
+# samples/ is data only (the bundled PNG pairs, package data with an empty __init__)
+LAYERS = {"samples": 0, "core": 0, "weights": 1, "port": 2, "reference_torch": 2, "examples": 2,
           "parity": 3, "dln": 4}
 SIBLINGS_APART = {("port", "reference_torch"), ("reference_torch", "port")}
 FRAMEWORKS = {"torch", "jax", "jaxlib", "flax", "optax", "dm_pix", "chex"}

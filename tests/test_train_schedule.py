@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.config import DLNConfig
+from core.config import ConfigError, DLNConfig
+from core.errors import UserError
 from weights.initial import authors_initial_state
-from dln.training_loop import (TrainError, TrainSettings, authors_decay_epochs, check_resumable,
-                          make_schedule)
+from core.recipe import authors_decay_epochs
+from dln.training_loop import TrainError, TrainSettings, check_resumable, make_schedule
 
 
 def test_authors_decay_never_fires_with_their_default_500_epochs():
@@ -40,8 +41,11 @@ def test_schedule_divides_the_rate_from_the_epoch_after_the_decay():
 def test_settings_refuse_impossible_values_with_one_line():
     for bad in (dict(epochs=2, steps=3), dict(batch=0), dict(patch=8), dict(lr=-1.0),
                 dict(framework="tf"), dict(variant="dim=7"), dict(steps=0)):
-        with pytest.raises(Exception) as info:
+        # a UserError: the CLI prints it as one line and exits 2 (a bad dim is a ConfigError)
+        expected = ConfigError if "variant" in bad else TrainError
+        with pytest.raises(expected) as info:
             TrainSettings(out="x", **bad).check()
+        assert isinstance(info.value, UserError), bad
         assert "\n" not in str(info.value), bad
 
 

@@ -2,7 +2,7 @@
 
 Both trainers start from the same numbers this way (the training-parity check needs
 that, and `dln train --framework jax` and `--framework torch` with one seed start
-identically). The rules (dln_facts.md section 1): Kaiming-normal conv weights
+identically). The authors' rules: Kaiming-normal conv weights
 (fan_in, gain sqrt 2: std = sqrt(2 / fan_in)), zero conv biases, torch-default Linear
 weights (Kaiming-uniform with a = sqrt 5: U(-1/sqrt(fan_in), 1/sqrt(fan_in))), PReLU
 slopes 0.25. With `zero_last_conv` the final plain conv (`out`) starts at zero, so the

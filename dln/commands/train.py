@@ -6,16 +6,16 @@ ORDER = 40
 
 
 def register(sub) -> None:
-    from dln.training_loop import AUTHORS_EPOCHS, LR_DECAYS, PRECISIONS
+    from core.recipe import AUTHORS_RECIPE as recipe
+    from core.recipe import LR_DECAYS, short_number
+    from dln.training_loop import FRAMEWORKS, PRECISIONS
 
     p = sub.add_parser(
         "train", help="train DLN (JAX or PyTorch), resumable, with logs and a loss plot",
-        description="Train DLN with the authors' recipe (Adam .9/.999/1e-8, lr 1e-5 divided by 10 "
-                    "when (epoch+1) % (2/3 epochs) == 0, batch 32, patch 128, seed 123, loss "
-                    "1 - SSIM + 0.001 TV, crop + flips + 180-degree rotation). Writes "
+        description=f"Train DLN with the authors' recipe ({recipe.describe()}). Writes "
                     "OUT/weights.safetensors (usable by `dln enhance`), OUT/optimizer.safetensors, "
                     "OUT/log.csv, OUT/log.json and OUT/loss.png; reports held-out PSNR at the end.")
-    p.add_argument("--framework", choices=("jax", "torch"), default="jax")
+    p.add_argument("--framework", choices=FRAMEWORKS, default="jax")
     p.add_argument("--data", default="builtin",
                    help="'builtin' (scikit-image photographs darkened on the fly), a LOL-layout "
                         "folder (low/ + high/, or our485/ + eval15/), or a folder of images to "
@@ -23,15 +23,20 @@ def register(sub) -> None:
     p.add_argument("--init", default=None, help="start from this .pth or .safetensors checkpoint")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, default=None,
-                        help=f"epochs to run (default {AUTHORS_EPOCHS}, the authors')")
+                        help=f"epochs to run (default {recipe.epochs}, the authors')")
     length.add_argument("--steps", type=int, default=None, help="steps to run instead of epochs")
-    p.add_argument("--batch", type=int, default=32, help="global batch size (default 32)")
-    p.add_argument("--patch", type=int, default=128, help="square crop size (default 128)")
-    p.add_argument("--lr", type=float, default=1e-5, help="Adam learning rate (default 1e-5)")
-    p.add_argument("--lr-decay", choices=LR_DECAYS, default="authors",
-                   help="'authors': /10 after each epoch e with (e+1) %% (epochs*2/3) == 0 "
-                        "(a float test); 'none'")
-    p.add_argument("--seed", type=int, default=123, help="seed of weights and batches (123)")
+    p.add_argument("--batch", type=int, default=recipe.batch,
+                   help=f"global batch size (default {recipe.batch})")
+    p.add_argument("--patch", type=int, default=recipe.patch,
+                   help=f"square crop size (default {recipe.patch})")
+    p.add_argument("--lr", type=float, default=recipe.lr,
+                   help=f"Adam learning rate (default {short_number(recipe.lr)})")
+    p.add_argument("--lr-decay", choices=LR_DECAYS, default=recipe.lr_decay,
+                   help=f"'authors': /{short_number(recipe.lr_decay_factor)} after each epoch "
+                        "e with (e+1) %% (epochs*2/3) == 0 (a float test); 'none' "
+                        f"(default {recipe.lr_decay})")
+    p.add_argument("--seed", type=int, default=recipe.seed,
+                   help=f"seed of weights and batches ({recipe.seed})")
     p.add_argument("--variant", default=None,
                    help="network switches, e.g. dim=16,brightness=off,residual_sign=paper")
     p.add_argument("--zero-last-conv", action="store_true",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from core.atomic_files import save_figure_atomic, write_text_atomic
+from core.atomic_files import save_figure_atomic
+from core.report_files import json_text
+from core.report_files import write_report as write_report_files
 
 
 def _ratio_lines(result: dict) -> list[str]:
@@ -66,7 +67,9 @@ def summary_text(result: dict) -> str:
     peak = result["peak"]
     size = result["size"]
     libs = ", ".join(f"{k} {v:,.0f}" for k, v in peak["by_library"].items())
+    machine = result.get("machine", {})
     lines = [
+        f"measured on {machine.get('cpu') or 'an unknown CPU'}, {machine.get('cpus')} cores",
         f"DLN forward, {size['height']}x{size['width']} (HxW), batch {result['batch']}, "
         f"dim {result['config']['dim']}: {result['gflop_per_image']:.2f} GFLOP per image "
         f"(2 x multiply-adds of every conv and dense layer)",
@@ -124,13 +127,45 @@ def plot_latency(result: dict, dst: Path) -> None:
         plt.close(fig)
 
 
-def write_report(result: dict, folder) -> dict[str, Path]:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"json": folder / "bench.json", "markdown": folder / "bench.md",
-             "plot": folder / "bench_latency.png"}
-    for key, text in (("json", json.dumps(result, indent=2) + "\n"),
-                      ("markdown", "# dln bench\n\n" + summary_text(result))):
-        write_text_atomic(paths[key], text)
-    plot_latency(result, paths["plot"])
-    return paths
+def write_report(result: dict, folder) -> list[Path]:
+    """bench.json, bench.md and bench_latency.png in `folder` (created), in that order."""
+    return write_report_files(folder, {"bench.json": json_text(result),
+                                       "bench.md": "# dln bench\n\n" + summary_text(result),
+                                       "bench_latency.png": lambda dst: plot_latency(result, dst)})
+
+
+def plot_workload(result: dict, dst: Path) -> None:
+    """End-to-end seconds per row of a `--workload` run (bar per row, peak RSS noted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    labels = [r["backend"] + (f"\n({r['cache']} cache)" if r.get("cache") else "") for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    try:
+        bars = ax.bar(labels, [r["total_s"] for r in rows], color="tab:blue", alpha=0.8)
+        for bar, r in zip(bars, rows):
+            ax.annotate(f"{r['total_s']:.0f} s\n{r['peak_rss_mib']:.0f} MiB",
+                        (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                        va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
+        ax.set_ylim(0, max(r["total_s"] for r in rows) * 1.25 if rows else 1)
+        ax.set_ylabel("seconds, end to end (one process each)")
+        machine = result.get("machine", {})
+        ax.set_title(f"workload {result['workload']}: {rows[0]['images'] if rows else 0} "
+                     f"image(s); {machine.get('cpu')}, {machine.get('cpus')} cores", fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+        fig.tight_layout()
+        save_figure_atomic(fig, dst)
+    finally:
+        plt.close(fig)
+
+
+def write_workload_report(result: dict, text: str, folder) -> list[Path]:
+    """workload_<name>.json, .md and .png in `folder`."""
+    name = f"workload_{result['workload']}"
+    return write_report_files(folder, {f"{name}.json": json_text(result),
+                                       f"{name}.md": f"# dln bench --workload "
+                                                     f"{result['workload']}\n\n{text}",
+                                       f"{name}.png": lambda dst: plot_workload(result, dst)})

@@ -24,6 +24,7 @@ import numpy as np
 
 from core import evaluation as ref
 from core.atomic_files import save_figure_atomic
+from core.report_files import write_report as write_report_files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Row:
 
 
 def swapped_count_tv(pred_nhwc: np.ndarray) -> float:
-    """The report's TV (dln_facts.md section 7, defect 5): vertical differences divided
+    """The report's TV (its counts swapped): vertical differences divided
     by C H (W-1), horizontal ones by C (H-1) W."""
     x = np.asarray(pred_nhwc, np.float64)
     b, h, w, c = x.shape
@@ -132,17 +133,19 @@ def to_json(rows: list[Row]) -> str:
 
 
 def write_report(rows: list[Row], out_dir) -> list[Path]:
-    """table1.md, table1.json and table1.png (|SSIM gap| per pair and setting, log scale)."""
+    """table1.md, table1.json and table1.png (|SSIM gap| per pair and setting, log scale),
+    in that order."""
+    return write_report_files(out_dir, {"table1.md": to_markdown(rows),
+                                        "table1.json": to_json(rows) + "\n",
+                                        "table1.png": lambda dst: plot_ssim_gaps(rows, dst)})
+
+
+def plot_ssim_gaps(rows: list[Row], dst: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "table1.md", out / "table1.json", out / "table1.png"]
-    written[0].write_text(to_markdown(rows))
-    written[1].write_text(to_json(rows) + "\n")
     ssim_rows = [r for r in rows if r.metric == "SSIM"]
     images = list(dict.fromkeys(r.image for r in ssim_rows))
     settings = list(dict.fromkeys(r.settings for r in ssim_rows))
@@ -160,5 +163,4 @@ def write_report(rows: list[Row], out_dir) -> list[Path]:
     ax.set_title("SSIM gap: settings, not implementations", fontsize=10)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22))
     fig.tight_layout()
-    save_figure_atomic(fig, written[2])
-    return written
+    save_figure_atomic(fig, dst)

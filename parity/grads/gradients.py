@@ -1,34 +1,38 @@
 """Gradient parity and one-Adam-step parity, JAX vs PyTorch, tensor by tensor.
 
-Gradients of the authors' training loss (dln_facts.md section 3) with respect to
-every parameter are computed in both frameworks from the same weights and batch;
-the JAX gradients are mapped to torch names and layouts by the converter's own
-layout rules (weights.spec), and compared per tensor by relative L2 norm.
+Gradients of the authors' training loss, (1 - SSIM) + 0.001 TV (port.losses /
+reference_torch.losses), with respect to every parameter are computed in both
+frameworks from the same weights and batch; the JAX gradients are mapped to torch
+names and layouts by the converter's own layout rules (weights.spec), and compared
+per tensor by relative L2 norm.
 
 Which precision proves what:
 - float64 (both frameworks): the check that the two compute the same function and
   the same derivative. Per tensor they agree to ~1e-8 (dim 16) and ~1e-9 (dim 64);
-  the limit GRAD_RTOL = 1e-4 leaves room only for float64 rounding, while any real
+  the limit GRAD_RTOL = 1e-6 leaves room only for float64 rounding, while any real
   porting error (a layout, a sign, a missing term) is O(1).
-- float32 (what training runs): reported, not held to 1e-4 per tensor. A PReLU or
+- float32 (what training runs): reported, not held to a per-tensor limit. A PReLU or
   ReLU switches slope at 0; pre-activations within float32 rounding (~1e-7) of 0 take
   different branches in the two frameworks, so single elements of the backward
   signal differ by O(1) and a layer's weight gradient moves by ~1e-3 relative. Each
   framework's float32 gradient is that far from the float64 truth as well (measured:
   torch float32 vs float64 up to 8.9e-3 on a PReLU slope at dim 16; at dim 64 most
   tensors exceed 1e-4 in both), so no port could meet 1e-4 per tensor in float32.
-- One Adam step (the authors' hyper-parameters), torch.optim.Adam vs optax.adam in
-  float32 from identical parameters: (a) both given the same float32 gradients (torch's),
-  isolating the optimiser; (b) each given its own framework's gradients, computed in
-  float64 and rounded to float32 (a whole training step). Both agree to ~1e-8 relative
+- One Adam step (the authors' hyper-parameters, core.recipe.AUTHORS_RECIPE),
+  torch.optim.Adam vs optax.adam in float32 from identical parameters: (a) both given
+  the same float32 gradients (torch's), isolating the optimiser; (b) each given its
+  own framework's gradients, computed in float64 and rounded to float32 (a whole
+  training step). Both agree to ~1e-8 relative
   (limit 1e-6). With each side's own *float32* gradients the step is reported only:
   Adam's first step is about lr * g / |g|, so an element whose float32 gradient is near
   0 and flips sign between the frameworks moves by 2 lr (measured up to 1.3e-5 relative
   on one dim-64 tensor).
 
 The torch side always finishes before JAX computes any gradient, and JAX runs in
-float64 only in a subprocess: both frameworks' gradient machinery in one process, or
-JAX float64 beside torch, has crashed inside XLA (issue 4).
+float64 only in a subprocess (parity.workers): both frameworks' gradient machinery in
+one process, or JAX float64 beside torch, has crashed inside XLA. The JAX gradients
+are traced at "highest" matmul precision (port.inference.PARITY_PRECISION), scoped to
+that computation.
 """
 
 from __future__ import annotations
@@ -44,11 +48,11 @@ from typing import Callable
 import numpy as np
 
 from core.config import DLNConfig
+from core.recipe import AUTHORS_RECIPE
 from parity.engine.tolerance import ADAM_STEP_RTOL, GRAD_RTOL, relative_l2
+from parity.workers import finish_worker, start_worker
 from weights.spec import flax_to_torch_array, tensor_specs, torch_to_flax_array
 
-# dln_facts.md section 4: Adam betas (0.9, 0.999), eps 1e-8, learning rate 1e-5.
-ADAM_LR, ADAM_B1, ADAM_B2, ADAM_EPS = 1e-5, 0.9, 0.999, 1e-8
 WORKER_FLAG = "--float64-worker"
 WORKER_TIMEOUT_S = 600
 
@@ -105,41 +109,16 @@ class GradientReport:
 
 
 # ---- losses ----------------------------------------------------------------------------------
-def _jax_mse(pred, target):
-    import jax.numpy as jnp
-
-    return jnp.mean((pred - target) ** 2)
-
-
-def _torch_mse(pred, target):
-    return ((pred - target) ** 2).mean()
-
-
-AUTHORS_LOSS = "dln_loss: (1 - SSIM) + 0.001 TV (authors' training loss)"
-STAND_IN_LOSS = "mean square error (stand-in: port/reference_torch losses not present)"
+AUTHORS_LOSS = f"dln_loss: {AUTHORS_RECIPE.loss_text()} (authors' training loss)"
 
 
 def training_losses() -> tuple[str, Callable, Callable]:
-    """(name, jax_loss(pred NHWC, target NHWC), torch_loss(pred NCHW, target NCHW)).
+    """(name, jax_loss(pred NHWC, target NHWC), torch_loss(pred NCHW, target NCHW)): the
+    authors' loss, port.losses / reference_torch.losses at the recipe's TV weight."""
+    from port.losses import dln_loss as jax_loss
+    from reference_torch.losses import dln_loss as torch_loss
 
-    The authors' loss, (1 - SSIM) + 0.001 TV, from port.losses / reference_torch.losses
-    once both exist; the mean square error stands in until then.
-    """
-    try:
-        from port.losses import dln_loss as jax_loss
-        from reference_torch.losses import dln_loss as torch_loss
-    except ImportError:
-        return STAND_IN_LOSS, _jax_mse, _torch_mse
     return AUTHORS_LOSS, jax_loss, torch_loss
-
-
-def jax_loss_named(name: str) -> Callable:
-    """The JAX side of training_losses()'s choice, without importing torch."""
-    if name == AUTHORS_LOSS:
-        from port.losses import dln_loss
-
-        return dln_loss
-    return _jax_mse
 
 
 # ---- torch ---------------------------------------------------------------------------------------
@@ -172,22 +151,19 @@ def torch_adam_step(state: dict[str, np.ndarray], grads: dict[str, np.ndarray]
               for k, v in state.items()}
     for name, p in params.items():
         p.grad = torch.from_numpy(np.array(grads[name], np.float32))
-    opt = torch.optim.Adam(list(params.values()), lr=ADAM_LR, betas=(ADAM_B1, ADAM_B2),
-                           eps=ADAM_EPS)
+    recipe = AUTHORS_RECIPE
+    opt = torch.optim.Adam(list(params.values()), lr=recipe.lr, betas=(recipe.beta1, recipe.beta2),
+                           eps=recipe.eps)
     opt.step()
     return {k: p.detach().numpy().copy() for k, p in params.items()}
 
 
 # ---- JAX -------------------------------------------------------------------------------------------
-def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    flat: dict[str, np.ndarray] = {}
-    for key, value in tree.items():
-        name = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict):
-            flat.update(flatten(value, name))
-        else:
-            flat[name] = np.asarray(value)
-    return flat
+def flatten(tree: dict) -> dict[str, np.ndarray]:
+    """A nested Flax tree -> numpy arrays under dotted names (flax.traverse_util)."""
+    from flax.traverse_util import flatten_dict
+
+    return {k: np.asarray(v) for k, v in flatten_dict(tree, sep=".").items()}
 
 
 def jax_gradients(flax_params: dict[str, np.ndarray], config: DLNConfig, x: np.ndarray,
@@ -197,14 +173,15 @@ def jax_gradients(flax_params: dict[str, np.ndarray], config: DLNConfig, x: np.n
     import jax
     import jax.numpy as jnp
 
-    import port.inference  # noqa: F401  (float32 "highest" precision)
-    from weights.spec import nest_dotted
+    from port.inference import PARITY_PRECISION
     from port.model import DLN
+    from weights.spec import nest_dotted
 
     model = DLN(config)
 
     def loss_of(params):
-        return loss_fn(model.apply({"params": params}, jnp.asarray(x)), jnp.asarray(target))
+        with jax.default_matmul_precision(PARITY_PRECISION):  # true float32 (no TF32)
+            return loss_fn(model.apply({"params": params}, jnp.asarray(x)), jnp.asarray(target))
 
     params = jax.tree_util.tree_map(jnp.asarray, nest_dotted(flax_params))
     loss, grads = jax.jit(jax.value_and_grad(loss_of))(params)
@@ -216,7 +193,8 @@ def _optax_adam_step_fn(lr: float) -> Callable:
     import jax
     import optax
 
-    tx = optax.adam(lr, b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS)
+    recipe = AUTHORS_RECIPE
+    tx = optax.adam(lr, b1=recipe.beta1, b2=recipe.beta2, eps=recipe.eps)
 
     def step(params, g):
         updates, _ = tx.update(g, tx.init(params), params)
@@ -227,38 +205,29 @@ def _optax_adam_step_fn(lr: float) -> Callable:
 
 def optax_adam_step(flax_params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
                     lr: float | None = None) -> dict[str, np.ndarray]:
-    """One optax.adam step in float32 (lr: ADAM_LR unless given)."""
+    """One optax.adam step in float32 (lr: the recipe's unless given)."""
     import jax
 
     from weights.spec import nest_dotted
 
     as32 = (lambda tree: {k: np.asarray(v, np.float32) for k, v in tree.items()})
-    step = _optax_adam_step_fn(ADAM_LR if lr is None else lr)
+    step = _optax_adam_step_fn(AUTHORS_RECIPE.lr if lr is None else lr)
     return flatten(jax.device_get(step(nest_dotted(as32(flax_params)), nest_dotted(as32(grads)))))
 
 
 def start_float64_worker(flax_params: dict[str, np.ndarray], config: DLNConfig, x: np.ndarray,
-                         target: np.ndarray, loss_name: str, folder: Path) -> subprocess.Popen:
+                         target: np.ndarray, folder: Path) -> subprocess.Popen:
     """Start `python -m parity.grads.gradients --float64-worker IN OUT` on float64 copies."""
     arrays = {f"param:{k}": np.asarray(v, np.float64) for k, v in flax_params.items()}
     np.savez(folder / "in.npz", x=x.astype(np.float64), target=target.astype(np.float64),
-             config=np.array(config.to_json()), loss_name=np.array(loss_name), **arrays)
-    return subprocess.Popen([sys.executable, "-m", "parity.grads.gradients", WORKER_FLAG,
-                             str(folder / "in.npz"), str(folder / "out.npz")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             config=np.array(config.to_json()), **arrays)
+    return start_worker("parity.grads.gradients", WORKER_FLAG, folder / "in.npz",
+                        folder / "out.npz")
 
 
 def finish_float64_worker(proc: subprocess.Popen, folder: Path
                           ) -> tuple[float, dict[str, np.ndarray]]:
-    try:
-        _, err = proc.communicate(timeout=WORKER_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise RuntimeError(f"float64 JAX gradient worker took over {WORKER_TIMEOUT_S} s") from None
-    if proc.returncode != 0:
-        tail = " | ".join(err.strip().splitlines()[-3:])
-        raise RuntimeError(f"float64 JAX gradient worker failed ({proc.returncode}): {tail}")
+    finish_worker(proc, "float64 JAX gradient", timeout=WORKER_TIMEOUT_S)
     with np.load(folder / "out.npz") as out:
         grads = {k[len("grad:"):]: out[k] for k in out.files if k.startswith("grad:")}
         return float(out["loss"]), grads
@@ -267,13 +236,14 @@ def finish_float64_worker(proc: subprocess.Popen, folder: Path
 def _float64_worker(in_path: str, out_path: str) -> int:
     import jax
 
+    from port.losses import dln_loss  # the JAX half of training_losses(), without torch
+
     jax.config.update("jax_enable_x64", True)  # this process only
     with np.load(in_path) as data:
         config = DLNConfig.from_json(str(data["config"]))
         params = {k[len("param:"):]: data[k] for k in data.files if k.startswith("param:")}
         x, target = data["x"], data["target"]
-        loss_fn = jax_loss_named(str(data["loss_name"]))
-    loss, grads = jax_gradients(params, config, x, target, loss_fn)
+    loss, grads = jax_gradients(params, config, x, target, dln_loss)
     np.savez(out_path, loss=np.float64(loss), **{f"grad:{k}": v for k, v in grads.items()})
     return 0
 
@@ -312,7 +282,7 @@ def gradient_parity(ckpt, x: np.ndarray, target: np.ndarray,
         adam_t_own64 = torch_adam_step(ckpt.torch_state, grads_t64)
     float32_errors = adam_own32 = None
     with tempfile.TemporaryDirectory(prefix="dln_grad64_") as tmp:
-        worker = start_float64_worker(ckpt.flax_params, config, x, target, name, Path(tmp))
+        worker = start_float64_worker(ckpt.flax_params, config, x, target, Path(tmp))
         try:
             as_flax = {s.flax_name: torch_to_flax_array(s.kind, grads_t32[s.torch_name])
                        for s in specs}
@@ -346,5 +316,6 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == WORKER_FLAG:
         raise SystemExit(_float64_worker(sys.argv[2], sys.argv[3]))
     print(f"usage: python -m parity.grads.gradients {WORKER_FLAG} IN.npz OUT.npz "
-          "(internal: the float64 JAX side of parity.grads.gradients.gradient_parity)", file=sys.stderr)
+          "(internal: the float64 JAX side of parity.grads.gradients.gradient_parity)",
+          file=sys.stderr)
     raise SystemExit(2)

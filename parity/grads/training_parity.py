@@ -13,7 +13,9 @@ With `data_parallel_devices=N` the JAX worker also reruns the first steps on N d
 (on a CPU-only machine N forced host devices, XLA_FLAGS=
 --xla_force_host_platform_device_count=N) and compares those losses with one device's.
 
-Worker entry point (used by the subprocesses): `python -m parity.grads.training_parity REQUEST.json`.
+Both sides train with core.recipe.AUTHORS_RECIPE (the learning rate may be given).
+Worker entry point (used by the subprocesses, started by parity.workers):
+`python -m parity.grads.training_parity REQUEST.json`.
 """
 
 from __future__ import annotations
@@ -21,17 +23,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from core.config import DLNConfig
-from parity.engine.tolerance import (DATA_PARALLEL_LOSS_RTOL, TRAIN_LOSS_RTOL, TRAIN_WEIGHTS_RTOL,
-                              relative_l2)
 from core.atomic_files import save_figure_atomic
+from core.config import DLNConfig
+from core.recipe import AUTHORS_RECIPE
+from core.report_files import write_report
+from parity.engine.tolerance import (DATA_PARALLEL_LOSS_RTOL, TRAIN_LOSS_RTOL, TRAIN_WEIGHTS_RTOL,
+                                     relative_l2)
+from parity.trainers import make_trainer
+from parity.workers import run_worker
 
 LOSS_STEPS = 20
 DATA_PARALLEL_STEPS = 3
@@ -113,23 +118,25 @@ class TrainingParityResult:
               if self.data_parallel_rel else []),
             f"  {'PASS' if self.passed else 'FAIL'}"])
 
+    def markdown(self) -> str:
+        rows = "\n".join(f"| {i + 1} | {t:.7f} | {j:.7f} | {r:.2e} |" for i, (t, j, r) in
+                         enumerate(zip(self.losses_torch, self.losses_jax, self.loss_rel)))
+        return ("# Training parity\n\n```\n" + self.text() + "\n```\n\n"
+                "| step | torch loss | JAX loss | relative error |\n"
+                "| --- | --- | --- | --- |\n" + rows + "\n")
+
     def write_report(self, out_dir: str | Path) -> list[Path]:
         """training_parity.json, .md and .png (both loss curves and their relative error)."""
+        return write_report(out_dir, {"training_parity.json": json.dumps(self.as_dict(), indent=1),
+                                      "training_parity.md": self.markdown(),
+                                      "training_parity.png": self.plot})
+
+    def plot(self, dst: Path) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = [out / "training_parity.json", out / "training_parity.md",
-                 out / "training_parity.png"]
-        paths[0].write_text(json.dumps(self.as_dict(), indent=1))
-        rows = "\n".join(f"| {i + 1} | {t:.7f} | {j:.7f} | {r:.2e} |" for i, (t, j, r) in
-                         enumerate(zip(self.losses_torch, self.losses_jax, self.loss_rel)))
-        paths[1].write_text("# Training parity\n\n```\n" + self.text() + "\n```\n\n"
-                            "| step | torch loss | JAX loss | relative error |\n"
-                            "| --- | --- | --- | --- |\n" + rows + "\n")
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
         steps = np.arange(1, len(self.losses_torch) + 1)
         a.plot(steps, self.losses_torch, "o-", label="torch")
@@ -143,8 +150,7 @@ class TrainingParityResult:
         b.set_ylabel("|JAX - torch| / |torch|")
         b.legend()
         fig.tight_layout()
-        save_figure_atomic(fig, paths[2])
-        return paths
+        save_figure_atomic(fig, dst)
 
 
 # ---- the two sides, each run in a worker process --------------------------------------
@@ -158,22 +164,18 @@ def _stream(request: dict):
 def _train_side(request: dict) -> dict[str, np.ndarray]:
     """Train request["steps"] steps; for JAX with data_parallel_devices > 0, also train the
     first DATA_PARALLEL_STEPS steps again on that many devices."""
-    from weights.training_checkpoint import TrainState
+    from weights.training_checkpoint import TrainingCheckpoint
 
     config = DLNConfig.from_json(request["config"])
     with np.load(request["init"]) as init:
         params = {k: init[k] for k in init.files}
     stream = _stream(request)
 
+    recipe = dataclasses.replace(AUTHORS_RECIPE, lr=request["lr"], seed=request["seed"])
+
     def run(devices: int | None, steps: int):
-        if request["framework"] == "torch":
-            from reference_torch.trainer import TorchTrainer
-
-            trainer = TorchTrainer(config, TrainState(params), seed=request["seed"])
-        else:
-            from port.trainer import JaxTrainer
-
-            trainer = JaxTrainer(config, TrainState(params), devices=devices)
+        trainer = make_trainer(request["framework"], config, TrainingCheckpoint(params), recipe,
+                               devices=devices)
         losses = []
         for step in range(steps):
             low, high = stream.batch_at(step)
@@ -199,14 +201,7 @@ def _run_worker(request: dict, workdir: Path, env_extra: dict | None = None) -> 
     path = workdir / f"request_{request['framework']}.json"
     request = {**request, "result": str(path.with_suffix(".npz"))}
     path.write_text(json.dumps(request))
-    env = {**os.environ, **(env_extra or {}), "DLN_NO_PROGRESS": "1"}
-    repo = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-m", "parity.grads.training_parity", str(path)], env=env,
-                          capture_output=True, text=True, cwd=repo)
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
-        raise RuntimeError(f"{request['framework']} worker failed (exit {done.returncode}):\n"
-                           f"{tail}")
+    run_worker("parity.grads.training_parity", path, label=request["framework"], env=env_extra)
     with np.load(request["result"]) as result:
         return {k: result[k] for k in result.files}
 
@@ -219,12 +214,13 @@ def _initial_params(config: DLNConfig, seed: int) -> dict[str, np.ndarray]:
 
 
 def training_parity(config: DLNConfig = DLNConfig(), steps: int = LOSS_STEPS, batch: int = 2,
-                    patch: int = 48, lr: float = 1e-5, seed: int = 0, data: str = PARITY_DATA,
+                    patch: int = 48, lr: float = AUTHORS_RECIPE.lr, seed: int = 0,
+                    data: str = PARITY_DATA,
                     data_parallel_devices: int = 0,
                     initial: dict[str, np.ndarray] | None = None) -> TrainingParityResult:
     """Train both frameworks `steps` steps from the same weights on the same batches.
 
-    lr defaults to the authors' 1e-5. data_parallel_devices = N > 1 also runs the JAX
+    lr defaults to the authors' (core.recipe). data_parallel_devices = N > 1 also runs the JAX
     side's first steps on N devices (forced host devices on a CPU-only machine) and
     compares their losses with the single-device run; the batch must divide by N.
     `initial` (flat Flax-named weights, e.g. a Checkpoint's flax_params) replaces the

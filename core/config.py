@@ -1,7 +1,7 @@
 """The one network configuration shared by the PyTorch reference and the Flax port.
 
 This module imports no deep-learning framework, so either side can use it without
-starting the other. The defaults are the authors' code (dln_facts.md section 2);
+starting the other. The defaults are the authors' released code;
 the switches select the paper's choices instead.
 """
 

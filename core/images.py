@@ -1,4 +1,4 @@
-"""Image files in and out, the authors' way (dln_facts.md section 5), defensively.
+"""Image files in and out, the authors' way (x255, clip, truncate on output), defensively.
 
 Reading gives RGB float32 HWC in [0, 1]. 8-bit images are PIL-converted to RGB and
 divided by 255 in float32 (exactly what the authors' ToTensor does): grey is
@@ -26,7 +26,6 @@ import errno
 import os
 import re
 import stat
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import numpy as np
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 DECODERS = ("PNG", "JPEG", "BMP")  # JPEG includes the multi-picture (MPO) files of phones
-DEFAULT_MAX_PIXELS = 16_000_000
+DEFAULT_MAX_PIXELS = 64_000_000  # 50-megapixel photos (8160 x 6144) run tiled
 EXIF_ORIENTATION = 0x0112
 
 
@@ -258,35 +257,14 @@ def write_png_atomic(array_uint8: np.ndarray, dst: str | os.PathLike,
     """
     from PIL import Image
 
+    from core.atomic_files import atomic_path
+
     dst = Path(dst)
-    if not overwrite and (dst.exists() or dst.is_symlink()):
-        raise OutputExistsError(f"{dst}: exists (use --overwrite to replace it)")
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(np.ascontiguousarray(array_uint8)).save(fh, format="PNG")
-            fh.flush()
-            os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, dst)
-        else:
-            _link_no_clobber(tmp, dst)
+        with atomic_path(dst, overwrite=overwrite) as tmp:
+            with open(tmp, "wb") as fh:
+                Image.fromarray(np.ascontiguousarray(array_uint8)).save(fh, format="PNG")
     except FileExistsError:
         raise OutputExistsError(f"{dst}: exists (use --overwrite to replace it)") from None
     except OSError as err:
         raise ImageError(f"{dst}: cannot write ({err.strerror or err})") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _link_no_clobber(tmp: str, dst: Path) -> None:
-    try:
-        os.link(tmp, dst)  # atomic, and fails if dst exists
-    except FileExistsError:
-        raise
-    except OSError:  # a file system without hard links: check, then rename
-        if dst.exists() or dst.is_symlink():
-            raise FileExistsError(errno.EEXIST, "exists", str(dst)) from None
-        os.replace(tmp, dst)

@@ -1,4 +1,4 @@
-"""Synthetic low-light pairs with the authors' pre-training recipe (dln_facts.md section 4).
+"""Synthetic low-light pairs with the authors' pre-training recipe.
 
 Framework-neutral (numpy and Pillow). The target is the image resized so that its
 shorter side is 384; the input is that image with colour saturation and contrast

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from core.images import load_image, quantize
+from core.errors import UserError
+from core.evaluation import psnr_uint8
+from core.images import list_images, load_image, quantize
+
+
+class DemoError(UserError, ValueError):
+    """A --samples folder the demo cannot use; one line for the user."""
 
 
 @dataclasses.dataclass
@@ -34,11 +40,6 @@ class DemoSummary:
         return "\n".join(lines)
 
 
-def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-
-
 def save_grid(rows: list[list[np.ndarray]], dst: Path, height: int = 192) -> None:
     """Rows of uint8 RGB images, each scaled to `height`, tiled with a white gutter."""
     from PIL import Image
@@ -61,16 +62,33 @@ def save_grid(rows: list[list[np.ndarray]], dst: Path, height: int = 192) -> Non
     write_png_atomic(np.concatenate(padded, axis=0)[:-4], dst)
 
 
+def check_samples(samples: str) -> tuple[Path, Path]:
+    """(low/, high/) of a LOL-layout folder with at least one low image that has its
+    reference in high/; anything else is a DemoError (before anything is written)."""
+    low_dir, high_dir = Path(samples) / "low", Path(samples) / "high"
+    if not (low_dir.is_dir() and high_dir.is_dir()):
+        raise DemoError(f"--samples {samples}: needs low/ and high/ subfolders "
+                        "(LOL layout: the same file names in both)")
+    low_images, _ = list_images([low_dir])
+    if not low_images:
+        raise DemoError(f"--samples {samples}: no images in low/ (png, jpg, jpeg, bmp)")
+    missing = [p.name for p in low_images if not (high_dir / p.name).is_file()]
+    if missing:
+        raise DemoError(f"--samples {samples}: no reference in high/ for "
+                        + ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else ""))
+    return low_dir, high_dir
+
+
 def run_demo(weights: str, samples: str, out: str) -> DemoSummary:
     from dln.enhance import enhance_paths
     from weights.convert import convert, load_checkpoint
 
+    low_dir, high_dir = check_samples(samples)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     st_path = out_dir / (Path(weights).stem + ".safetensors")
     convert(weights, st_path)
     ckpt = load_checkpoint(st_path)
-    low_dir, high_dir = Path(samples) / "low", Path(samples) / "high"
     result = enhance_paths(ckpt, [low_dir], out_dir / "enhanced", backend="jax", overwrite=True)
     rows, psnr_low, psnr_out = [], [], []
     for path in result.written:
@@ -83,8 +101,11 @@ def run_demo(weights: str, samples: str, out: str) -> DemoSummary:
     grid = out_dir / "grid.png"
     if rows:
         save_grid(rows, grid)
-    summary = DemoSummary(st_path, result.written, grid, float(np.mean(psnr_low or [np.nan])),
-                          float(np.mean(psnr_out or [np.nan])), result.failures)
+    if not rows:
+        raise DemoError(f"--samples {samples}: no image could be enhanced"
+                        + (f" ({result.failures[0]})" if result.failures else ""))
+    summary = DemoSummary(st_path, result.written, grid, float(np.mean(psnr_low)),
+                          float(np.mean(psnr_out)), result.failures)
     (out_dir / "summary.json").write_text(json.dumps(
         {"safetensors": str(st_path), "enhanced": [str(p) for p in result.written],
          "psnr_low_db": summary.psnr_low, "psnr_enhanced_db": summary.psnr_enhanced,

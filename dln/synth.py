@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from core.errors import UserError
 from core.images import ImageError, list_images, load_image, write_png_atomic
 from core.lowlight import make_pair
 
@@ -21,12 +22,15 @@ def synthesize_folder(source: str | Path, out: str | Path, seed: int = 0,
 
     A file that cannot be read, a second file with the same stem, or (without
     overwrite) a pair whose outputs already exist is one problem line; the others
-    are still written. A pair is never left half-replaced by an existing file.
+    are still written. A folder without any image is a UserError (nothing written). A pair is never left half-replaced by an existing file.
     """
     from core.data import to_uint8
     from core.progress import progress
 
     paths, problems = list_images([source])
+    if not paths and not problems:
+        raise UserError(f"{source}: no images to darken in this folder (png, jpg, jpeg, bmp); "
+                        "nothing written")
     out = Path(out)
     (out / "low").mkdir(parents=True, exist_ok=True)
     (out / "high").mkdir(parents=True, exist_ok=True)

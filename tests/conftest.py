@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("DLN_NO_PROGRESS", "1")
+# JAX's persistent compilation cache (dln enhance): never the user's real cache folder.
+os.environ["DLN_CACHE_DIR"] = __import__("tempfile").mkdtemp(prefix="dln-test-jax-cache-")
 
 from core.config import DLNConfig  # noqa: E402
 from weights.synthetic import random_torch_state  # noqa: E402

@@ -53,12 +53,6 @@ def test_enhance_twice_gives_identical_pngs_on_both_backends(tmp_path, authors_p
 
 
 def test_synth_twice_gives_identical_pairs(tmp_path):
-    import importlib.util
-
-    import pytest
-
-    if importlib.util.find_spec("dln.commands.synth") is None:
-        pytest.skip("dln synth is not in this tree yet")
     rng = np.random.default_rng(9)
     src = tmp_path / "src"
     src.mkdir()

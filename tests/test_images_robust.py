@@ -206,12 +206,56 @@ def test_bad_files_are_one_line_image_errors(tmp_path):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def _read_as_nobody(folder, name: str) -> str:
+    """load_image(name) in a forked child that enters `folder` and then drops root for
+    the unprivileged uid/gid 65534 (root reads files whatever their mode, so CI, which
+    runs as root, would never see the refusal). Returns what the child saw."""
+    import time
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only os calls and load_image, then _exit
+        message = "child failed before reading"
+        try:
+            os.close(read)
+            os.chdir(folder)  # a relative name needs no search right on the parents
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                load_image(name)
+                message = "loaded"
+            except ImageError as err:
+                message = "ImageError: " + str(err)
+        except BaseException as err:  # noqa: BLE001 - reported to the parent
+            message = f"{type(err).__name__}: {err}"
+        finally:
+            os.write(write, message.encode()[:4000])
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError("the unprivileged child hung")
+        time.sleep(0.05)
+    with os.fdopen(read, "rb") as pipe:
+        return pipe.read().decode()
+
+
 def test_file_without_read_permission_is_one_line(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "locked.png")
     (tmp_path / "locked.png").chmod(0)
-    with pytest.raises(ImageError, match="Permission denied"):
-        load_image(tmp_path / "locked.png")
+    if os.geteuid() != 0:
+        with pytest.raises(ImageError, match="Permission denied") as info:
+            load_image(tmp_path / "locked.png")
+        seen = "ImageError: " + str(info.value)
+    else:
+        tmp_path.chmod(0o711)  # the child may look up names in it, not list or read it
+        seen = _read_as_nobody(tmp_path, "locked.png")
+    assert seen.startswith("ImageError: ") and "\n" not in seen, seen
+    assert "Permission denied" in seen and "locked.png" in seen, seen
 
 
 def test_a_jpeg_named_png_is_read_by_its_content(tmp_path):
@@ -220,9 +264,9 @@ def test_a_jpeg_named_png_is_read_by_its_content(tmp_path):
 
 
 def test_too_many_pixels_refused_from_the_header_before_decoding(tmp_path):
-    png_header_only(tmp_path / "wide.png", 5000, 4000)     # 20 MP > default 16 MP
+    png_header_only(tmp_path / "wide.png", 10000, 7000)    # 70 MP > default 64 MP
     png_header_only(tmp_path / "bomb.png", 30000, 30000)   # past Pillow's own bomb limit
-    for name, pixels in {"wide.png": 20_000_000, "bomb.png": 900_000_000}.items():
+    for name, pixels in {"wide.png": 70_000_000, "bomb.png": 900_000_000}.items():
         with pytest.raises(ImageTooLargeError) as info:
             load_image(tmp_path / name)  # the data is garbage: decoding would fail otherwise
         assert info.value.pixels == pixels and info.value.limit == DEFAULT_MAX_PIXELS

@@ -200,10 +200,13 @@ def test_formulas_agree_in_float64_so_differences_are_rounding_only(tmp_path):
                            what=f"{name} float64 gradient")
 
 
-def test_port_window_is_the_torch_window_bit_for_bit():
+def test_port_window_is_the_torch_window_to_float32_rounding():
+    """Equal bit for bit on the CPUs measured (Xeon, AMD EPYC); torch sums the 11 line
+    values in float32 in the order its CPU kernel picks, while the port rounds the exact
+    sum once, so on another CPU an element may be one or two float32 ulps away."""
     from port.losses import gaussian_window as port_window
     from reference_torch.losses import gaussian_window as torch_window
 
     a, b = port_window(), torch_window(1)[0, 0].numpy()
     assert a.dtype == b.dtype == np.float32
-    assert np.array_equal(a, b), f"max |diff| {np.abs(a - b).max():.3e}"
+    np.testing.assert_array_max_ulp(a, b, maxulp=2)

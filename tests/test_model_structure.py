@@ -9,7 +9,7 @@ from weights.spec import parameter_count, tensor_specs
 
 
 def expected_count(dim: int, in_ch: int = 4) -> int:
-    """The parameter count derived by hand from dln_facts.md section 1.
+    """The parameter count derived by hand from the authors' network structure.
 
     ConvBlock(cin, cout, k) = cout*cin*k*k weights + cout biases + 1 PReLU slope.
     LBP(cin) = FA dense cin*(cin/16)*2 + outlayer ConvBlock(cin, dim, 1)

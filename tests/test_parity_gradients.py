@@ -1,6 +1,6 @@
 """Gradient parity of the training loss and one Adam step, JAX vs PyTorch, per tensor.
 
-Gradients are held to 1e-4 per tensor in float64 (JAX in a subprocess); float32
+Gradients are held to GRAD_RTOL (1e-6) per tensor in float64 (JAX in a subprocess); float32
 gradients differ by PReLU/ReLU branch flips at rounding level and are only reported
 (see parity/grads/gradients.py). The Adam step is compared in float32, with identical
 gradients and with each framework's own (float64-computed) gradients.
@@ -43,7 +43,7 @@ def _worst(rows):
     return max(rows, key=lambda r: r["rel_l2"])
 
 
-def test_training_loss_gradients_match_torch_per_tensor_within_1e4_in_float64(setup16):
+def test_training_loss_gradients_match_torch_per_tensor_within_1e6_in_float64(setup16):
     *_, report, code = setup16
     rows = report["gradients_float64"]
     worst = _worst(rows)
@@ -56,13 +56,8 @@ def test_training_loss_gradients_match_torch_per_tensor_within_1e4_in_float64(se
     assert sum(r["reference_norm"] > 0 for r in rows) >= 120
 
 
-def test_the_authors_loss_is_used_once_it_exists(setup16):
+def test_gradient_parity_uses_the_authors_training_loss(setup16):
     *_, report, _ = setup16
-    try:
-        import port.losses  # noqa: F401
-        import reference_torch.losses  # noqa: F401
-    except ImportError:
-        pytest.skip("losses not present yet; the mean square error stands in")
     assert report["loss"].startswith("dln_loss"), report["loss"]
 
 
@@ -91,7 +86,7 @@ def test_gradient_check_fails_on_a_layout_mistake(setup16):
 
 
 def test_adam_check_fails_with_the_help_texts_learning_rate(setup16):
-    """The authors' flag help says lr 1e-4, the code uses 1e-5 (dln_facts.md section 4)."""
+    """The authors' flag help says lr 1e-4, the code uses 1e-5."""
     ckpt, x, target, *_ = setup16
     cfg = ckpt.config
     _, _, torch_loss = gradients.training_losses()

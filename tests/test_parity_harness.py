@@ -75,8 +75,11 @@ def test_capture_leaves_the_models_users_run_unchanged():
     np.testing.assert_array_equal(captured[PREDICTION], plain)
     flax_out = capture_flax(cfg, ckpt.flax_tree(), x, wanted={"feat1"})
     user = np.asarray(make_apply(cfg)(ckpt.flax_tree(), x))
-    err = float(np.abs(flax_out[PREDICTION] - user).max())
-    assert err <= 1e-6, f"captured vs user path max|diff| {err:.2e}"
+    # the user path computes 1x1 convolutions as matrix products (port/pointwise.py), the
+    # capture as convolutions: other kernels, so float32 rounding, not bit equality
+    from parity.engine.tolerance import FORWARD_ATOL, assert_close
+
+    assert_close(flax_out[PREDICTION], user, FORWARD_ATOL, what="captured vs user path")
     assert set(flax_out) == {"feat1", PREDICTION}
 
 

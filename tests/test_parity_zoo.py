@@ -87,7 +87,7 @@ def test_defects_do_not_leak_into_a_following_clean_run(ckpt16, inputs):
 
 
 def test_the_earlier_ports_three_structural_defects_give_its_421610_parameters():
-    """dln_facts.md section 7: the report's port had 421,610 parameters (1-D convs,
+    """The report's port had 421,610 parameters (1-D convs,
     a 4*dim feature block, an FA outlayer without bias) instead of 700,586."""
     cfg = DLNConfig()
     params = checkpoint_from_torch_state(random_torch_state(cfg, 0), cfg).flax_params
@@ -133,8 +133,8 @@ def test_unknown_defect_is_bad_input_listing_the_zoo(capsys):
 
 
 def test_sample_checkpoint_is_loadable_for_the_zoo():
-    # the bundled checkpoint is at the authors' initialisation: zero biases, so the
-    # zoo warns that fa-no-bias cannot show on it
+    # the bundled checkpoint is trained (weights/sample/README.md); the zoo notes that
+    # fa-no-bias cannot show on a checkpoint exactly when its FA outlayer biases are zero
     from core.paths import SAMPLE_CHECKPOINT
 
     ckpt = load_checkpoint(SAMPLE_CHECKPOINT)

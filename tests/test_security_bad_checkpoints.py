@@ -262,10 +262,38 @@ def test_written_safetensors_reads_back_through_the_library_with_sorted_metadata
     assert list(_header_of(data)["__metadata__"]) == ["a", "z"]
 
 
-def test_zip_bomb_is_refused_before_anything_is_unpacked(tmp_path, capsys, good_files):
+# Run in a fresh process, and measure its peak RSS (VmHWM) from just before the refusal:
+# writing 5 to /proc/self/clear_refs resets the high-water mark to the current RSS (Linux),
+# so neither earlier tests nor the imports' transient peaks can hide an allocation; a good
+# checkpoint is converted first, so that the lazy imports (torch, safetensors) are done.
+# The control afterwards (the mark reset again, 300 MiB touched) shows the measurement
+# sees an allocation of that size.
+_PEAK_RSS_CHILD = """
+import json, re, sys
+from dln.cli import main
+def mib(key):
+    return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return mib("VmRSS")
+assert main(["convert", sys.argv[3], sys.argv[4]]) == 0
+base = reset_peak()
+code = main(["convert", sys.argv[1], sys.argv[2]])
+grown = mib("VmHWM") - base
+base = reset_peak()
+control = bytearray(300 * 2**20)
+control[::4096] = b"\\x01" * len(control[::4096])
+print(json.dumps({"code": code, "grown_mib": grown, "control_mib": mib("VmHWM") - base}))
+"""
+
+
+def test_zip_bomb_is_refused_before_anything_is_unpacked(tmp_path, good_files):
     """An entry whose zip directory declares 1.5 GB unpacked: torch would allocate that."""
-    import resource
+    import os
     import struct
+    import subprocess
+    import sys
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(good_files[0].read_bytes())) as source, \
@@ -277,11 +305,20 @@ def test_zip_bomb_is_refused_before_anything_is_unpacked(tmp_path, capsys, good_
     entry = data.rindex(b"PK\x01\x02")  # the last central-directory record: data/999
     data[entry + 24:entry + 28] = struct.pack("<I", 1_500_000_000)  # its unpacked size
     (tmp_path / "bomb.pth").write_bytes(bytes(data))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    line = _refused_by_convert(tmp_path, capsys, tmp_path / "bomb.pth")
-    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    assert "zip bomb" in line and "1,500," in line, line
-    assert grown_mib < 100, f"peak memory grew by {grown_mib:.0f} MiB"
+    dst = tmp_path / "out" / "converted.safetensors"
+    dst.parent.mkdir()
+    done = subprocess.run([sys.executable, "-c", _PEAK_RSS_CHILD, str(tmp_path / "bomb.pth"),
+                           str(dst), str(good_files[0]), str(tmp_path / "warm.safetensors")],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, DLN_NO_PROGRESS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert measured["code"] == 2 and len(lines) == 1, done.stderr
+    assert "zip bomb" in lines[0] and "1,500," in lines[0], lines
+    assert list(dst.parent.iterdir()) == [], "left behind a file"
+    assert measured["control_mib"] >= 250, f"the measurement missed a 300 MiB control: {measured}"
+    assert measured["grown_mib"] < 100, f"peak memory grew by {measured['grown_mib']:.0f} MiB"
 
 
 def test_a_checkpoint_with_the_other_format_s_suffix_is_named_as_such(tmp_path, good_files):

@@ -53,8 +53,8 @@ def evaluate_folders(pred_dir, gt_dir) -> FolderEvaluation:
     for name, pred_path, gt_path in progress(matched.pairs, desc="metrics", unit="image"):
         pred, gt = load_uint8(pred_path), load_uint8(gt_path)
         if pred.shape != gt.shape:
-            raise UserError(f"{name}: prediction {pred.shape[1]}x{pred.shape[0]} and ground "
-                            f"truth {gt.shape[1]}x{gt.shape[0]} differ in size")
+            raise UserError(f"{name}: prediction {pred.shape[0]}x{pred.shape[1]} and ground "
+                            f"truth {gt.shape[0]}x{gt.shape[1]} (HxW) differ in size")
         if min(pred.shape[:2]) < 7:
             raise UserError(f"{name}: SSIM's 7x7 window needs images of at least 7x7 pixels")
         images.append(dict(name=name, **evaluate_pair(pred, gt)))

@@ -34,4 +34,5 @@ def run(args) -> int:
         print(f"dln synth: {line}", file=sys.stderr)
     print(f"wrote {len(result.written)} pair(s) to {args.out}"
           + (f"; {len(result.problems)} problem(s)" if result.problems else ""))
-    return 0 if not result.problems and result.written else 1
+    # exit 1: some images could not be used (each problem is one line on stderr)
+    return 1 if result.problems else 0

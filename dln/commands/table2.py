@@ -50,7 +50,7 @@ def run(args) -> int:
     print(table_markdown(result), end="")
     if args.report:
         paths = write_report(result, args.report)
-        print("wrote " + ", ".join(str(p) for p in paths.values()))
+        print("wrote " + ", ".join(str(p) for p in paths))
     for problem in result.problems:
         print(f"dln table2: {problem}", file=sys.stderr)
     # pairs that could not be read were left out of the means: say so in the exit code

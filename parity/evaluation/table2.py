@@ -5,10 +5,10 @@ For every model (a .pth or .safetensors of any variant) and backend:
 - time per image: median of N synchronised forward passes after a warm-up (JAX:
   block_until_ready; PyTorch CPU is synchronous), at the dataset's resolution (the
   most common image size), with the GFLOP/s it implies (parity.bench.flops);
-- PSNR, SSIM and theta with the authors' protocol (dln_facts.md section 5): output
+- PSNR, SSIM and theta with the authors' protocol: output
   quantised x255 / clip / truncate, then core.evaluation.evaluate_pair per image;
   means over images.
-The published rows (dln_facts.md section 6) are carried as constants and printed
+The published rows (the report's Table 2) are carried as constants and printed
 beside the measured ones, marked as published; nothing here re-derives them.
 """
 
@@ -21,10 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from core.image_pairs import ImagePair
 from parity.bench.flops import network_flops
-from core.atomic_files import save_figure_atomic, write_text_atomic
+from core.atomic_files import save_figure_atomic
+from core.report_files import json_text
+from core.report_files import write_report as write_report_files
 
-# dln_facts.md section 6: Table 2 of the report, verbatim. (time in ms; None = "-").
+# Table 2 of the report, verbatim. (time in ms; None = "-").
 PUBLISHED_ROWS = (
     {"row": "Paper", "params": "700k", "time_ms": 6.53,
      "voc": (23.82, 0.91, None), "lol": (21.94, 0.80, None)},
@@ -35,10 +38,11 @@ PUBLISHED_ROWS = (
     {"row": "JAX port", "params": "421k", "time_ms": 2.75,
      "voc": (27.77, 0.90, 3.23), "lol": (20.45, 0.80, 4.90)},
 )
-PUBLISHED_GFLOP = 332.0   # dln_facts.md section 1: one 600 x 400 image
+PUBLISHED_GFLOP = 332.0   # the network's FLOP count for one 400 x 600 (HxW) image
 PUBLISHED_NOTE = ("published figures, copied from the report (not measured here); their times "
                   "were taken without waiting for the GPU, and the JAX port's 421k parameters "
-                  "come from its 1-D convolutions (dln_facts.md section 7)")
+                  "come from its 1-D convolutions, a 4*dim feature block and an FA outlayer "
+                  "without bias (the correct network has 700,586)")
 COLUMN_GROUPS = ("voc", "lol")
 DEFAULT_REPEATS = 5
 GRID_IMAGES = 3
@@ -46,13 +50,6 @@ GRID_IMAGES = 3
 
 class Table2Error(UserError, ValueError):
     """A bad --model / --data argument; one line for the user."""
-
-
-@dataclasses.dataclass
-class Pair:
-    name: str
-    low: np.ndarray   # uint8 HWC
-    high: np.ndarray  # uint8 HWC
 
 
 @dataclasses.dataclass
@@ -84,7 +81,7 @@ class Table2Result:
     data: str
     column: str
     rows: list[ModelRow]
-    pairs: list[Pair]
+    pairs: list[ImagePair]
     repeats: int
     problems: list[str]
 
@@ -114,13 +111,12 @@ def parse_model(text: str) -> tuple[str, str]:
     return name, path
 
 
-def load_pairs(data: str) -> tuple[list[Pair], str, list[str]]:
+def load_pairs(data: str) -> tuple[list[ImagePair], str, list[str]]:
     """('builtin' | a LOL-layout folder) -> (pairs, description, problems)."""
     from core.data import HELDOUT_SPLITS, builtin_heldout, folder_heldout, pair_folders
 
     if data == "builtin":
-        pairs = [Pair(p.name, p.low, p.high) for p in builtin_heldout()]
-        return pairs, "built-in held-out synthetic pairs (seed 0)", []
+        return builtin_heldout(), "built-in held-out synthetic pairs (seed 0)", []
     root = Path(data)
     if not root.is_dir():
         raise Table2Error(f"--data {data}: not a folder (give a LOL-layout folder or 'builtin')")
@@ -131,17 +127,17 @@ def load_pairs(data: str) -> tuple[list[Pair], str, list[str]]:
     if not held:
         raise Table2Error(f"--data {data}: no usable image pairs"
                           + (f" ({problems[0]})" if problems else ""))
-    return [Pair(p.name, p.low, p.high) for p in held], f"{found[0].parent}", problems
+    return held, f"{found[0].parent}", problems
 
 
-def common_resolution(pairs: list[Pair]) -> tuple[int, int]:
+def common_resolution(pairs: list[ImagePair]) -> tuple[int, int]:
     """The most common (height, width) of the inputs; ties go to the first seen."""
     counts = collections.Counter(p.low.shape[:2] for p in pairs)
     return max(counts, key=lambda s: (counts[s], -list(counts).index(s)))
 
 
 # ---- measuring one model ---------------------------------------------------------------------
-def evaluate_model(name: str, path: str, backend: str, pairs: list[Pair], repeats: int,
+def evaluate_model(name: str, path: str, backend: str, pairs: list[ImagePair], repeats: int,
                    keep_outputs: int = GRID_IMAGES, tick=None) -> ModelRow:
     from core.data import to_float
     from core.images import quantize
@@ -222,15 +218,15 @@ def table_markdown(result: Table2Result) -> str:
         groups = cells + blank if result.column == "voc" else blank + cells
         h, w = row.resolution
         lines.append(f"| {row.name} | measured ({row.backend}) | {row.parameters:,} | "
-                     f"{row.time_ms:,.1f} ms ({w}x{h}) | {row.gflops_per_s:,.1f} | "
+                     f"{row.time_ms:,.1f} ms ({h}x{w}) | {row.gflops_per_s:,.1f} | "
                      + " | ".join(groups) + " |")
     notes = [
         "",
         f"Published rows: {PUBLISHED_NOTE}. Their GFLOP/s is implied by {PUBLISHED_GFLOP:.0f} "
-        "GFLOP per 600x400 image divided by the published time.",
+        "GFLOP per 400x600 (HxW) image divided by the published time.",
         f"Measured rows: data = {result.data} ({len(result.pairs)} images), metrics in the "
         f"{result.column.upper()} columns; time = median of {result.repeats} synchronised runs "
-        "after a warm-up at the dataset's most common resolution (W x H), on this machine's "
+        "after a warm-up at the dataset's most common resolution (H x W), on this machine's "
         "CPU; metrics: uint8 truncation, PSNR (range 255), scikit-image default SSIM, "
         "theta in degrees, means over images.",
     ]
@@ -281,19 +277,12 @@ def plot_grid(result: Table2Result, dst: Path) -> None:
         plt.close(fig)
 
 
-def write_report(result: Table2Result, folder) -> dict[str, Path]:
-    """table2.md, table2.json and table2_grid.png in `folder` (created)."""
-    import json
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": folder / "table2.md", "json": folder / "table2.json",
-             "grid": folder / "table2_grid.png"}
+def write_report(result: Table2Result, folder) -> list[Path]:
+    """table2.md, table2.json and table2_grid.png in `folder` (created), in that order."""
     text = ("# Table 2, measured\n\n" + table_markdown(result)
             + "\n## Per image\n\n" + per_image_markdown(result))
     if result.problems:
         text += "\n## Problems\n\n" + "".join(f"- {p}\n" for p in result.problems)
-    write_text_atomic(paths["markdown"], text)
-    write_text_atomic(paths["json"], json.dumps(result.as_dict(), indent=2) + "\n")
-    plot_grid(result, paths["grid"])
-    return paths
+    return write_report_files(folder, {"table2.md": text,
+                                       "table2.json": json_text(result.as_dict()),
+                                       "table2_grid.png": lambda dst: plot_grid(result, dst)})

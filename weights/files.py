@@ -42,7 +42,7 @@ import numpy as np
 from core.atomic_files import atomic_path
 from weights.errors import CheckpointError
 from weights.pickle_guard import UnsafePickleError
-from weights.tensor_checks import FLOAT_DTYPES_CONVERTED  # noqa: F401 (re-exported)
+from weights.tensor_checks import FLOAT_DTYPES_CONVERTED
 from weights.tensor_checks import (FloatConversions, check_config_json, one_line,
                                    read_checkpoint_bytes)
 from weights.safetensors_format import (  # noqa: F401 (safetensors_bytes re-exported)
@@ -60,14 +60,6 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def sanitize(name: str, value, notes: list[str]) -> np.ndarray:
-    """A finite float32 numpy copy of one torch tensor (conversions noted in notes)."""
-    conversions = FloatConversions()
-    out = _tensor_to_float32(name, value, conversions)
-    notes.extend(conversions.notes())
-    return out
 
 
 def _tensor_to_float32(name: str, value, conversions: FloatConversions) -> np.ndarray:

@@ -4,9 +4,11 @@ Per image, in this order, each failure one line in `failures` while the others g
 1. its output name must be free: not taken by an earlier input with the same stem,
    not the input itself, and not an existing file unless overwrite=True;
 2. the header's pixel count must be within the limit (--max-pixels, or by default
-   what fits in 80 % of the memory available), refused before decoding;
+   the smaller of DEFAULT_MAX_PIXELS and what a tiled run fits in 80 % of the memory
+   available), refused before decoding;
 3. it must decode (core.images.load_image);
-4. the network's output must be finite;
+4. the network runs whole, bucketed or tiled (dln.inference_plan: all three equal
+   the whole-image forward to float32 rounding); its output must be finite;
 5. the PNG is written atomically (never half-written, never clobbering a file
    that appeared meanwhile unless overwrite=True).
 """
@@ -21,20 +23,18 @@ from typing import Callable
 import numpy as np
 
 from core.config import DLNConfig
-from core.images import (DEFAULT_MAX_PIXELS, ImageError, ImageTooLargeError, OutputExistsError,
-                        list_images, load_image, quantize, write_png_atomic)
+from core.errors import InputError
+from core.images import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, ImageTooLargeError,
+                         OutputExistsError, list_images, load_image, quantize,
+                         write_png_atomic)
 from core.progress import progress
+from core.tiling import bucket_shape
+from dln.inference_plan import (BYTES_PER_PIXEL_PER_DIM, MEMORY_FRACTION,  # noqa: F401
+                                TILED_BYTES_PER_PIXEL, Engine, available_memory,
+                                bytes_per_pixel, estimated_bytes, plan_image,
+                                tile_working_bytes)
 
 BACKENDS = ("jax", "torch")
-# Peak resident memory of one forward pass, measured with ru_maxrss on this project's
-# CPU builds (torch 2.13, jax 0.10.2) at dim 16 / 64 / 128 and 256^2 to 1024^2 pixels:
-# the growth per pixel is ~57 * dim bytes for torch and ~35 * dim + 100 for jax
-# (torch 3.6 KB/pixel at dim 64, jax 2.5 KB). The figures below round those up;
-# they over-estimate every measurement by 0-15 %. The framework itself (~250-290 MiB)
-# is already resident when images are checked, so it is not part of the estimate.
-BYTES_PER_PIXEL_PER_DIM = {"torch": 60, "jax": 40}
-BYTES_PER_PIXEL_FIXED = 256   # decoded image, float input, output, uint8 copy
-MEMORY_FRACTION = 0.8         # of what is available, to leave room for everything else
 
 
 @dataclasses.dataclass
@@ -42,51 +42,11 @@ class EnhanceResult:
     written: list[Path]
     skipped: list[Path]
     failures: list[str]
+    notes: list[str] = dataclasses.field(default_factory=list)  # how big images were run
 
     @property
     def ok(self) -> bool:
         return not self.failures
-
-
-def make_enhancer(ckpt, backend: str) -> Callable[[np.ndarray], np.ndarray]:
-    if backend == "jax":
-        from port.inference import make_enhancer as make_jax
-        return make_jax(ckpt.flax_tree(), ckpt.config)
-    if backend == "torch":
-        from reference_torch.inference import make_enhancer as make_torch
-        return make_torch(ckpt.torch_state, ckpt.config)
-    raise ValueError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
-
-
-def bytes_per_pixel(config: DLNConfig, backend: str = "torch") -> int:
-    return BYTES_PER_PIXEL_PER_DIM.get(backend, 60) * config.dim + BYTES_PER_PIXEL_FIXED
-
-
-def estimated_bytes(height: int, width: int, config: DLNConfig, backend: str = "torch") -> int:
-    """Working memory of one forward pass over an height x width image (see the
-    measurements above BYTES_PER_PIXEL_PER_DIM); torch, the larger, by default."""
-    return int(height) * int(width) * bytes_per_pixel(config, backend)
-
-
-def available_memory() -> int | None:
-    """Bytes this process may still allocate: MemAvailable, lowered by a cgroup
-    (container) limit when there is one; None where neither can be read."""
-    found = []
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
-        if limit != "max":
-            found.append(max(0, int(limit) - int(used)))
-    except (OSError, ValueError):
-        pass
-    return min(found) if found else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,14 +56,16 @@ class PixelLimit:
 
 
 def pixel_limit(config: DLNConfig, backend: str, max_pixels: int | None = None) -> PixelLimit:
-    """--max-pixels when given; else the smaller of DEFAULT_MAX_PIXELS and what fits
-    in MEMORY_FRACTION of the memory available now."""
+    """--max-pixels when given; else the smaller of DEFAULT_MAX_PIXELS and what a
+    tiled run fits in MEMORY_FRACTION of the memory available now (one tile's working
+    memory plus TILED_BYTES_PER_PIXEL per pixel; the stage maps go to a scratch file)."""
     if max_pixels is not None:
         return PixelLimit(int(max_pixels), "set by --max-pixels")
     available = available_memory()
     if available is None:
         return PixelLimit(DEFAULT_MAX_PIXELS, "the default --max-pixels")
-    fits = int(available * MEMORY_FRACTION) // bytes_per_pixel(config, backend)
+    room = int(available * MEMORY_FRACTION) - tile_working_bytes(config, backend)
+    fits = room // TILED_BYTES_PER_PIXEL
     if fits >= DEFAULT_MAX_PIXELS:
         return PixelLimit(DEFAULT_MAX_PIXELS, "the default --max-pixels")
     return PixelLimit(max(fits, 1), f"what fits in {MEMORY_FRACTION:.0%} of the "
@@ -116,13 +78,18 @@ def _gib(n: float) -> str:
 
 def too_large_line(err: ImageTooLargeError, config: DLNConfig, backend: str,
                    limit: PixelLimit) -> str:
-    need = err.pixels * bytes_per_pixel(config, backend)
+    need = tiled_estimate(err.pixels, config, backend)
     size = f"{err.size[0]}x{err.size[1]} = " if err.size else ""
     return (f"{err.path}: refused before decoding: {size}{err.pixels / 1e6:.2f} MP would need "
-            f"about {_gib(need)} for the {backend} forward pass (dim {config.dim}); the limit "
-            f"is {limit.pixels / 1e6:.2f} MP (about "
-            f"{_gib(limit.pixels * bytes_per_pixel(config, backend))}, {limit.reason}); "
+            f"about {_gib(need)} for the tiled {backend} forward pass (dim {config.dim}); the "
+            f"limit is {limit.pixels / 1e6:.2f} MP (about "
+            f"{_gib(tiled_estimate(limit.pixels, config, backend))}, {limit.reason}); "
             "--max-pixels changes it")
+
+
+def tiled_estimate(pixels: int, config: DLNConfig, backend: str) -> int:
+    """Memory of a tiled run over `pixels` pixels (stage maps in a scratch file)."""
+    return tile_working_bytes(config, backend) + int(pixels) * TILED_BYTES_PER_PIXEL
 
 
 def _prepare_output_dir(output_dir: Path) -> None:
@@ -145,57 +112,114 @@ def _same_file(a: Path, b: Path) -> bool:
 def enhance_paths(ckpt, inputs: list[str | os.PathLike], output_dir: str | os.PathLike,
                   backend: str = "jax", overwrite: bool = False,
                   max_pixels: int | None = None, show_progress: bool = True,
-                  ) -> EnhanceResult:
-    """Enhance every image named by `inputs` (files or folders) into output_dir/<stem>.png."""
+                  tile: str | int = "auto", batch: int = 1, use_cache: bool = True,
+                  cache_dir: str | os.PathLike | None = None) -> EnhanceResult:
+    """Enhance every image named by `inputs` (files or folders) into output_dir/<stem>.png.
+
+    tile: "auto", "off" or a tile side (dln.inference_plan); batch: whole images of one
+    size bucket per forward pass; use_cache: JAX's persistent compilation cache in
+    cache_dir (default dln.inference_plan.compilation_cache_dir()).
+    No image at all among the inputs is an InputError (exit 2)."""
+    if batch < 1:
+        raise InputError(f"--batch must be at least 1, got {batch}")
     output_dir = Path(output_dir)
-    _prepare_output_dir(output_dir)
     paths, failures = list_images(inputs)
-    enhance = make_enhancer(ckpt, backend)
+    if not paths:
+        named = "; ".join(failures) if failures else \
+            f"no {', '.join(s[1:] for s in IMAGE_SUFFIXES)} files in {', '.join(map(str, inputs))}"
+        raise InputError(f"nothing to enhance: {named}")
+    _prepare_output_dir(output_dir)
+    engine = Engine(ckpt, backend, use_cache=use_cache, cache_dir=cache_dir)
     limit = pixel_limit(ckpt.config, backend, max_pixels)
-    written: list[Path] = []
-    skipped: list[Path] = []
+    result = EnhanceResult([], [], failures)
+    pending: dict[tuple[int, int], list] = {}
     seen: dict[str, Path] = {}
     for path in progress(paths, desc="enhance", unit="img", disable=not show_progress):
         dst = output_dir / f"{path.stem}.png"
-        if path.stem in seen:
-            failures.append(f"{path}: output name {dst.name} already used by {seen[path.stem]}")
-            continue
-        seen[path.stem] = path
-        if _same_file(path, dst):
-            failures.append(f"{path}: refused: the output {dst} would replace this input")
-            continue
-        if not overwrite and (dst.exists() or dst.is_symlink()):
-            skipped.append(dst)
-            failures.append(f"{path}: not enhanced: {dst} exists (--overwrite replaces it)")
+        if not _output_free(path, dst, seen, overwrite, result):
             continue
         try:
             image = load_image(path, max_pixels=limit.pixels)
-            output = _run_network(enhance, image, path)
-            write_png_atomic(quantize(output), dst, overwrite=overwrite)
-            written.append(dst)
         except ImageTooLargeError as err:
-            failures.append(too_large_line(err, ckpt.config, backend, limit))
-        except OutputExistsError:
-            skipped.append(dst)
-            failures.append(f"{path}: not enhanced: {dst} appeared meanwhile (--overwrite "
-                            "replaces it)")
+            result.failures.append(too_large_line(err, ckpt.config, backend, limit))
+            continue
         except ImageError as err:
-            failures.append(str(err))
-    return EnhanceResult(written, skipped, failures)
+            result.failures.append(str(err))
+            continue
+        plan = plan_image(image.shape[0], image.shape[1], ckpt.config, backend, tile)
+        if plan.mode == "tiled":
+            result.notes.append(f"{path}: {image.shape[0]}x{image.shape[1]}, {plan.describe()}")
+            _finish(result, [(path, dst)], overwrite,
+                    lambda: [engine.tiled(image, plan, show_progress, path.name)])
+            continue
+        group = pending.setdefault(bucket_shape(*image.shape[:2]), [])
+        group.append((path, dst, image))
+        if len(group) >= batch:
+            _flush(engine, group, result, overwrite)
+    for group in pending.values():
+        _flush(engine, group, result, overwrite)
+    return result
 
 
-def _run_network(enhance: Callable[[np.ndarray], np.ndarray], image: np.ndarray,
-                 path: Path) -> np.ndarray:
+def _output_free(path: Path, dst: Path, seen: dict, overwrite: bool,
+                 result: "EnhanceResult") -> bool:
+    if path.stem in seen:
+        result.failures.append(f"{path}: output name {dst.name} already used by "
+                               f"{seen[path.stem]}")
+        return False
+    seen[path.stem] = path
+    if _same_file(path, dst):
+        result.failures.append(f"{path}: refused: the output {dst} would replace this input")
+        return False
+    if not overwrite and (dst.exists() or dst.is_symlink()):
+        result.skipped.append(dst)
+        result.failures.append(f"{path}: not enhanced: {dst} exists (--overwrite replaces it)")
+        return False
+    return True
+
+
+def _flush(engine: Engine, group: list, result: "EnhanceResult", overwrite: bool) -> None:
+    if group:
+        images = [image for _, _, image in group]
+        _finish(result, [(path, dst) for path, dst, _ in group], overwrite,
+                lambda: engine.whole(images))
+        group.clear()
+
+
+def _finish(result: "EnhanceResult", targets: list[tuple[Path, Path]], overwrite: bool,
+            forward: Callable[[], list[np.ndarray]]) -> None:
+    """Run forward() for the targets' images and write each output PNG."""
     try:
-        output = enhance(image)
+        outputs = _run_network(forward, targets[0][0] if len(targets) == 1 else
+                               ", ".join(str(p) for p, _ in targets))
+    except ImageError as err:
+        result.failures.append(str(err))
+        return
+    for (path, dst), output in zip(targets, outputs):
+        if not np.all(np.isfinite(output)):
+            result.failures.append(f"{path}: the network's output holds NaN or Inf (weights "
+                                   "too large for float32?); nothing written")
+            continue
+        try:
+            write_png_atomic(quantize(output), dst, overwrite=overwrite)
+            result.written.append(dst)
+        except OutputExistsError:
+            result.skipped.append(dst)
+            result.failures.append(f"{path}: not enhanced: {dst} appeared meanwhile "
+                                   "(--overwrite replaces it)")
+        except ImageError as err:
+            result.failures.append(str(err))
+
+
+def _run_network(forward: Callable[[], list[np.ndarray]], what) -> list[np.ndarray]:
+    try:
+        return forward()
+    except InputError as err:  # e.g. no room for the scratch file of a tiled run
+        raise ImageError(f"{what}: {err}") from None
     except MemoryError:
-        raise ImageError(f"{path}: out of memory in the forward pass (try a smaller "
-                         "--max-pixels)") from None
+        raise ImageError(f"{what}: out of memory in the forward pass (try --tile 256 or a "
+                         "smaller --max-pixels)") from None
     except Exception as err:  # noqa: BLE001 - e.g. an accelerator out of memory
         text = " ".join(str(err).split())[:160]
-        raise ImageError(f"{path}: the forward pass failed ({type(err).__name__}: {text})") \
+        raise ImageError(f"{what}: the forward pass failed ({type(err).__name__}: {text})") \
             from None
-    if not np.all(np.isfinite(output)):
-        raise ImageError(f"{path}: the network's output holds NaN or Inf (weights too large "
-                         "for float32?); nothing written")
-    return output

@@ -12,13 +12,14 @@ import pytest
 
 from dln.cli import main
 from core.config import DLNConfig
-from parity.bench.benchmark import (FLOOR_JAX_OVER_TORCH, evaluate_floors, latency_summary, parse_backends,
-                          parse_size, peak_from_runs, throughput_figures)
+from core.images import parse_image_size as parse_size
+from parity.bench.benchmark import (FLOOR_JAX_OVER_TORCH, evaluate_floors, latency_summary,
+                                    parse_backends, peak_from_runs, throughput_figures)
 from parity.bench.flops import flops_by_kernel, network_flops
 
 
 def _hand_count_per_pixel(dim: int, input_channels: int) -> int:
-    """FLOP per pixel written out from dln_facts.md section 1, block by block."""
+    """FLOP per pixel written out from the network's structure, block by block."""
     def conv(cin, cout, k):
         return 2 * cin * cout * k * k
     lighten = conv(dim, dim // 2, 3) + conv(dim // 2, dim // 2, 3) + conv(dim // 2, dim, 3)

@@ -6,6 +6,7 @@ import sys
 
 from core.config import parse_variant
 from core.images import DEFAULT_MAX_PIXELS
+from core.tiling import DEFAULT_TILE
 
 ORDER = 20
 
@@ -17,8 +18,11 @@ def register(sub) -> None:
                     "OUTPUT/<stem>.png quantised the authors' way (x255, clip, truncate).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
     p.add_argument("--weights", required=True, help=".pth or .safetensors checkpoint")
-    p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--backend", choices=("jax", "torch"), default="jax")
+    p.add_argument("--out", "--output", dest="out", required=True,
+                   help="output folder (--output is the same option)")
+    p.add_argument("--backend", choices=("jax", "torch", "torch-compile"), default="jax",
+                   help="jax (default), torch (eager, channels_last), or torch-compile "
+                        "(whole images through torch.compile; tiles run eager)")
     p.add_argument("--gamma", type=float, default=None,
                    help="enhancement strength: pred = x + gamma * P(x) (default: the checkpoint's)")
     p.add_argument("--variant", default=None, help="switches the checkpoint cannot tell")
@@ -27,8 +31,25 @@ def register(sub) -> None:
                         "line, the others are written, and the exit code is 1)")
     p.add_argument("--max-pixels", type=_positive_int, default=None,
                    help="refuse larger images from their header, before decoding (default: "
-                        f"{DEFAULT_MAX_PIXELS:,}, or fewer if that would not fit in 80%% of "
-                        "the memory available)")
+                        f"{DEFAULT_MAX_PIXELS:,}, which admits 50-megapixel photos through "
+                        "tiling, or fewer if a tiled run would not fit in 80%% of the memory "
+                        "available)")
+    p.add_argument("--tile", default="auto", metavar="auto|off|N",
+                   help="auto (default): the whole image when its forward pass fits the "
+                        "working budget (3 GiB, or 80%% of the memory available if less), "
+                        f"else stage by stage in {DEFAULT_TILE}x{DEFAULT_TILE} tiles; off: "
+                        "always whole; N: always N x N tiles. Tiles and buckets are exact: "
+                        "equal to the whole-image forward to float32 rounding")
+    p.add_argument("--batch", type=_positive_int, default=1,
+                   help="whole images of one size bucket per forward pass (default 1). JAX "
+                        "pads each image to its bucket, each side up to the next of 32, 40, "
+                        "48, 56, 64, 80, ..., 256, 320, 384, 448, 512, 640, 768, 896, 1024, "
+                        "1280, ... (at most 25%% more per side, none for sides on that "
+                        "ladder), so a folder compiles one program per bucket")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not use JAX's persistent compilation cache ($DLN_CACHE_DIR, else "
+                        "$XDG_CACHE_HOME/dln-port/jax, else ~/.cache/dln-port/jax), which "
+                        "lets a second run of the same sizes compile nothing")
     p.set_defaults(run=run)
 
 
@@ -46,8 +67,10 @@ def _positive_int(text: str) -> int:
 
 def run(args) -> int:
     from dln.enhance import enhance_paths
+    from dln.inference_plan import parse_tile
     from weights.convert import load_checkpoint
 
+    tile = parse_tile(args.tile)
     overrides = parse_variant(args.variant)
     if args.gamma is not None:
         overrides["gamma"] = args.gamma
@@ -55,11 +78,14 @@ def run(args) -> int:
     ckpt = load_checkpoint(args.weights, overrides)
     for note in ckpt.notes:
         print(f"note: {note}", file=sys.stderr)
-    result = enhance_paths(ckpt, args.inputs, args.output, backend=args.backend,
-                           overwrite=args.overwrite, max_pixels=args.max_pixels)
+    result = enhance_paths(ckpt, args.inputs, args.out, backend=args.backend,
+                           overwrite=args.overwrite, max_pixels=args.max_pixels, tile=tile,
+                           batch=args.batch, use_cache=not args.no_cache)
+    for line in result.notes:
+        print(f"note: {line}", file=sys.stderr)
     for line in result.failures:
         print(f"dln enhance: {line}", file=sys.stderr)
-    print(f"wrote {len(result.written)} image(s) to {args.output} with {args.backend}"
+    print(f"wrote {len(result.written)} image(s) to {args.out} with {args.backend}"
           + (f"; {len(result.failures)} problem(s)" if result.failures else ""))
     # 0: all written; 1: some inputs refused or unreadable (each named above);
     # 2 (from the CLI): nothing could start (bad checkpoint, bad options).

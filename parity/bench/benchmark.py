@@ -23,20 +23,19 @@ import queue
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 
-from core.images import parse_image_size
 from parity.bench.worker import REPLY_PREFIX
 from parity.bench.flops import network_flops
 from parity.bench.backends import BACKENDS
+from parity.workers import start_worker
 
 PEAK_LIBRARIES = ("numpy", "torch", "jax")
 DEFAULT_SIZE = (400, 600)          # height x width: a LOL image (600 wide, 400 tall)
 DEFAULT_PEAK_N = 4096              # 137 GFLOP per product: ~0.5 s here, far from cache effects
 SETUP_TIMEOUT_S = 900              # torch.compile on 2 cores can take minutes
-# Floors of the issue, measured at 400 x 600, batch 1, in one run.
+# The benchmark's floors (the port's speed goals), measured at 400 x 600, batch 1, in one run.
 FLOOR_JAX_OVER_TORCH = 1.5         # JAX at least 1.5x faster than PyTorch eager
 FLOOR_JAX_OVER_COMPILE = 1.0       # and not slower than torch.compile
 FLOOR_JAX_PEAK_FRACTION = 0.5      # JAX reaches half the measured matmul peak
@@ -60,9 +59,6 @@ class BenchOptions:
     env: dict = dataclasses.field(default_factory=dict)  # extra environment for every worker
     profile: bool = False  # trace the JAX forward after the timed rounds
     show_progress: bool = True
-
-
-parse_size = parse_image_size  # '400x600' -> (400, 600), ValueError otherwise
 
 
 def parse_backends(text: str) -> tuple[str, ...]:
@@ -117,7 +113,7 @@ def peak_from_runs(runs: dict[str, list[float]], n: int) -> dict:
 
 
 def evaluate_floors(backends: dict, size: tuple[int, int], batch: int) -> list[dict]:
-    """The issue's floors, each with its measured value and whether it held."""
+    """The speed floors, each with its measured value and whether it held."""
     floors = []
     jax = backends.get("jax", {})
     if not jax.get("available"):
@@ -151,11 +147,7 @@ class WorkerProcess:
 
     def __init__(self, label: str, env: dict | None = None):
         self.label = label
-        root = Path(__file__).resolve().parents[2]
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "parity.bench.worker"], cwd=root, text=True, bufsize=1,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "DLN_NO_PROGRESS": "1", **(env or {})})
+        self._proc = start_worker("parity.bench.worker", env=env, conversation=True)
         self._replies: queue.Queue = queue.Queue()
         self._stderr: list[str] = []
         threading.Thread(target=self._read_stdout, daemon=True).start()

@@ -1,0 +1,267 @@
+"""Exact tiled DLN inference, framework-neutral: the stage plan, tiles, buckets, map storage.
+
+DLN is local except for the three feature-aggregation (FA) means: each LBP's FA
+averages its input over height and width. So the forward pass splits into five
+stages, each computed tile by tile once the previous stages are complete:
+
+  stage      input maps (channels)            output        halo (pixels per side)
+  f1         x (3)                            f1 (dim)      2: feat1 3x3 + feat2 3x3
+  lbp1..3    f1, o1.. (k * dim) + FA mean     o_k (dim)     9: outlayer 1x1, then three
+                                                            3x3 convs in each of L1, D and
+                                                            L2 (chained L1 -> D -> L2), 1x1
+                                                            local weights add nothing
+  final      f1, o1, o2, o3 (4 * dim), x      pred (3)      2: feature 3x3 + out 3x3
+
+A tile reads its core region plus the halo; everything outside the image is zero
+and every convolution's output is multiplied by the validity mask, which is
+exactly the zero padding the whole-image network applies before each convolution.
+The FA mean of each stage is accumulated over the valid pixels of the complete
+maps. Every tile of a stage therefore has one fixed shape (one compilation) and
+the result equals the whole-image forward to float32 rounding.
+
+The frameworks provide a `StageRunner` (port.tiled, reference_torch.tiled); this
+module owns the loop, the zero-padded reads and the storage of the maps: in
+memory when they fit the budget, else a numpy.memmap scratch file in a temporary
+folder (removed afterwards) that is mapped only for each read or write, so its
+pages never accumulate in the process's resident set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import tempfile
+from typing import Protocol
+
+import numpy as np
+
+from core.errors import InputError
+
+HALO_F1 = 2
+HALO_LBP = 9
+HALO_FINAL = 2
+DEFAULT_TILE = 512          # core size of a tile; halos add 2 x 9 at most (530 x 530)
+MIN_TILE = 16
+
+# Bucket sides for whole-image runs: 2^k x {1, 1.25, 1.5, 1.75} from 32 up
+# (32, 40, 48, 56, 64, 80, ..., 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, ...).
+# Each side is padded up to the next bucket side: at most 25 % more per side (from
+# just above 2^k to 1.25 x 2^k), about 6 % on average for sides spread evenly, and
+# none at all for sides already on the ladder (320, 384, 480 -> 512, 600 -> 640, ...).
+BUCKET_STEPS = (1.0, 1.25, 1.5, 1.75)
+BUCKET_MIN_SIDE = 32
+
+
+def bucket_side(n: int) -> int:
+    """The smallest ladder value >= n (see BUCKET_STEPS)."""
+    n = int(n)
+    if n <= BUCKET_MIN_SIDE:
+        return BUCKET_MIN_SIDE
+    power = 2 ** int(math.floor(math.log2(n)))
+    for step in BUCKET_STEPS + (2.0,):
+        side = int(power * step)
+        if side >= n:
+            return side
+    return 2 * power  # not reached
+
+
+def bucket_shape(height: int, width: int) -> tuple[int, int]:
+    return bucket_side(height), bucket_side(width)
+
+
+def padding_overhead(height: int, width: int) -> float:
+    """Padded pixels over valid pixels, minus one (0.0 = no padding)."""
+    bh, bw = bucket_shape(height, width)
+    return bh * bw / (height * width) - 1.0
+
+
+class StageRunner(Protocol):
+    """One framework's fixed-shape stage functions (NHWC numpy in and out, batch 1).
+
+    Each takes the stage's input tile (core + 2 x halo on each axis, zero outside the
+    image) and the validity mask of the same extent, and returns the core (tile x tile)."""
+
+    dim: int
+
+    def f1(self, x_tile: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
+
+    def lbp(self, index: int, z_tile: np.ndarray, mean: np.ndarray,
+            mask: np.ndarray) -> np.ndarray: ...
+
+    def final(self, z_tile: np.ndarray, x_tile: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
+
+
+def map_bytes(height: int, width: int, dim: int) -> int:
+    """Storage of the four stage maps (f1, o1, o2, o3) of one image, float32."""
+    return int(height) * int(width) * 4 * dim * 4
+
+
+class MapStore:
+    """The (H, W, 4 * dim) float32 stage maps: an array, or a memmap scratch file."""
+
+    def __init__(self, height: int, width: int, channels: int, in_memory: bool,
+                 scratch_dir: str | None = None):
+        self.shape = (height, width, channels)
+        self._array = None
+        self._dir = None
+        if in_memory:
+            self._array = np.zeros(self.shape, np.float32)
+            return
+        need = map_bytes(height, width, channels // 4)
+        where = scratch_dir or tempfile.gettempdir()
+        free = shutil.disk_usage(where).free
+        if free < need * 1.05:
+            raise InputError(f"tiled inference needs {need / 2**30:.1f} GiB of scratch space "
+                             f"in {where}, which has {free / 2**30:.1f} GiB free (set TMPDIR "
+                             "to a roomier folder)")
+        self._dir = tempfile.mkdtemp(prefix="dln-tiles-", dir=where)
+        self._path = os.path.join(self._dir, "maps.f32")
+        with open(self._path, "wb") as fh:
+            fh.truncate(need)
+
+    @property
+    def on_disk(self) -> bool:
+        return self._array is None
+
+    def _view(self, y0: int, y1: int) -> np.ndarray:
+        if self._array is not None:
+            return self._array[y0:y1]
+        _, width, channels = self.shape
+        return np.memmap(self._path, np.float32, "r+", offset=y0 * width * channels * 4,
+                         shape=(y1 - y0, width, channels))
+
+    def read(self, y0: int, x0: int, size_y: int, size_x: int, channels: int) -> np.ndarray:
+        """Channels [0, channels) of the region starting at (y0, x0), zero outside."""
+        out = np.zeros((size_y, size_x, channels), np.float32)
+        height, width, _ = self.shape
+        a0, a1 = max(y0, 0), min(y0 + size_y, height)
+        b0, b1 = max(x0, 0), min(x0 + size_x, width)
+        if a1 > a0 and b1 > b0:
+            view = self._view(a0, a1)
+            out[a0 - y0:a1 - y0, b0 - x0:b1 - x0] = view[:, b0:b1, :channels]
+            del view
+        return out
+
+    def write(self, y0: int, x0: int, channel0: int, values: np.ndarray) -> None:
+        """values (h, w, c) at (y0, x0), channels from channel0; clipped to the image."""
+        height, width, _ = self.shape
+        h = min(values.shape[0], height - y0)
+        w = min(values.shape[1], width - x0)
+        view = self._view(y0, y0 + h)
+        view[:, x0:x0 + w, channel0:channel0 + values.shape[2]] = values[:h, :w]
+        del view
+
+    def close(self) -> None:
+        self._array = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def padded_region(image: np.ndarray, y0: int, x0: int, size_y: int, size_x: int) -> np.ndarray:
+    """image[y0:y0+size_y, x0:x0+size_x] with zeros where it leaves the image."""
+    out = np.zeros((size_y, size_x) + image.shape[2:], np.float32)
+    a0, a1 = max(y0, 0), min(y0 + size_y, image.shape[0])
+    b0, b1 = max(x0, 0), min(x0 + size_x, image.shape[1])
+    if a1 > a0 and b1 > b0:
+        out[a0 - y0:a1 - y0, b0 - x0:b1 - x0] = image[a0:a1, b0:b1]
+    return out
+
+
+def validity_mask(height: int, width: int, y0: int, x0: int, size_y: int,
+                  size_x: int) -> np.ndarray:
+    """(size_y, size_x, 1) float32: 1 where the region lies inside the image."""
+    ys = np.arange(y0, y0 + size_y)
+    xs = np.arange(x0, x0 + size_x)
+    inside = ((ys >= 0) & (ys < height))[:, None] & ((xs >= 0) & (xs < width))[None, :]
+    return inside.astype(np.float32)[:, :, None]
+
+
+def tile_origins(height: int, width: int, tile: int) -> list[tuple[int, int]]:
+    return [(y, x) for y in range(0, height, tile) for x in range(0, width, tile)]
+
+
+def tile_count(height: int, width: int, tile: int) -> int:
+    return math.ceil(height / tile) * math.ceil(width / tile)
+
+
+@dataclasses.dataclass
+class TiledPlan:
+    tile: int
+    maps_in_memory: bool
+    scratch_dir: str | None = None
+
+
+def run_tiled(runner: StageRunner, image: np.ndarray, plan: TiledPlan,
+              on_tile=None) -> np.ndarray:
+    """The network's float32 (H, W, 3) output for one (H, W, 3) image, stage by stage.
+
+    on_tile(): called after every tile of every stage (5 x tile_count calls), for a
+    progress bar."""
+    height, width, _ = image.shape
+    dim, tile = runner.dim, plan.tile
+    image = np.asarray(image, np.float32)
+    origins = tile_origins(height, width, tile)
+    output = np.empty((height, width, 3), np.float32)
+    sums = np.zeros(4 * dim, np.float64)   # per-channel sums of f1, o1, o2, o3 over valid pixels
+    tick = on_tile or (lambda: None)
+
+    def region(y, x, halo):
+        return y - halo, x - halo, tile + 2 * halo, tile + 2 * halo
+
+    with MapStore(height, width, 4 * dim, plan.maps_in_memory, plan.scratch_dir) as maps:
+        def store(y, x, channel0, core):
+            valid = core[:min(tile, height - y), :min(tile, width - x)]
+            sums[channel0:channel0 + dim] += valid.sum(axis=(0, 1), dtype=np.float64)
+            maps.write(y, x, channel0, core)
+
+        for y, x in origins:
+            r = region(y, x, HALO_F1)
+            store(y, x, 0, runner.f1(padded_region(image, *r),
+                                     validity_mask(height, width, *r)))
+            tick()
+        for index in range(3):
+            channels = (index + 1) * dim
+            mean = (sums[:channels] / (height * width)).astype(np.float32)
+            for y, x in origins:
+                r = region(y, x, HALO_LBP)
+                store(y, x, channels, runner.lbp(index, maps.read(*r, channels), mean,
+                                                 validity_mask(height, width, *r)))
+                tick()
+        for y, x in origins:
+            r = region(y, x, HALO_FINAL)
+            pred = runner.final(maps.read(*r, 4 * dim), padded_region(image, *r),
+                                validity_mask(height, width, *r))
+            h, w = min(tile, height - y), min(tile, width - x)
+            output[y:y + h, x:x + w] = pred[:h, :w]
+            tick()
+    return output
+
+
+def bucket_batch(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Images of one bucket zero-padded to the bucket shape (N, Hb, Wb, 3) with their
+    validity masks (N, Hb, Wb, 1)."""
+    bh, bw = bucket_shape(*images[0].shape[:2])
+    x = np.zeros((len(images), bh, bw, 3), np.float32)
+    mask = np.zeros((len(images), bh, bw, 1), np.float32)
+    for i, image in enumerate(images):
+        if bucket_shape(*image.shape[:2]) != (bh, bw):
+            raise ValueError("images of one batch must share a bucket")
+        h, w = image.shape[:2]
+        x[i, :h, :w] = image
+        mask[i, :h, :w] = 1.0
+    return x, mask
+
+
+def check_tile(tile: int) -> int:
+    if tile < MIN_TILE:
+        raise InputError(f"--tile must be at least {MIN_TILE} pixels, got {tile}")
+    return int(tile)

@@ -1,0 +1,188 @@
+"""`dln bench --workload folder|large`: end-to-end runs of `dln enhance`, per backend.
+
+Each row is one fresh `python -m dln.cli enhance` process on the same inputs and
+weights, timed from start to exit (framework import, checkpoint loading, decoding,
+compilation, inference, PNG writing: what a user waits for), with the process's
+peak resident set from wait4. Workloads (seeded, made from scikit-image's bundled
+photographs resized and darkened with the authors' recipe, core.lowlight):
+- folder: FOLDER_IMAGES low-light images of mixed sizes from 240x320 to 1024x768,
+  drawn from common camera and screen sizes in both orientations; JAX runs twice on
+  one cache folder (cold: empty; warm: a second run that compiles nothing);
+- large: one 12-megapixel (3000x4000) photo, tiled (--tile DEFAULT_TILE).
+Rows: jax, torch (eager, channels_last), torch with glibc's allocator tuned
+(TUNED_GLIBC: keeps freed buffers instead of returning them to the OS), and
+torch-compile. PyTorch's OpenMP threads wait passively (libgomp's busy-wait
+collapses when anything else shares the cores).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from core.tiling import DEFAULT_TILE
+
+WORKLOADS = ("folder", "large")
+FOLDER_IMAGES = 12
+FOLDER_SIZES = ((240, 320), (300, 400), (360, 480), (384, 512), (480, 640), (600, 800),
+                (576, 768), (768, 1024), (320, 240), (480, 360), (640, 480), (1024, 768))
+LARGE_SIZE = (3000, 4000)
+SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
+TUNED_GLIBC = ("glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184:"
+               "glibc.malloc.top_pad=268435456")
+ROWS = ("jax", "torch", "torch-tuned-glibc", "torch-compile")
+# Floors, measured in one run on the same machine.
+FLOOR_FOLDER_COLD = 1.3    # JAX end to end, cold cache, at least 1.3x PyTorch eager
+FLOOR_FOLDER_WARM = 1.5    # warm cache
+FLOOR_LARGE_SPEEDUP = 1.3  # 12 MP, tiled both
+FLOOR_LARGE_RSS_MIB = 3 * 1024
+
+
+def _lowlight_photo(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    from PIL import Image
+
+    from core.lowlight import DarkeningDraw, builtin_image, darken
+
+    source = builtin_image(SOURCES[int(rng.integers(len(SOURCES)))])
+    resized = np.asarray(Image.fromarray(source).resize((width, height), Image.BICUBIC))
+    return darken(resized, DarkeningDraw.sample(rng))
+
+
+def write_workload(name: str, folder: Path, seed: int = 0, limit: int | None = None
+                   ) -> list[Path]:
+    """The workload's images as PNGs (folder) or a JPEG (large) in `folder` (only the
+    first `limit` of the folder when given: the same images, fewer of them)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    if name == "large":
+        path = folder / "photo_12mp.jpg"
+        Image.fromarray(_lowlight_photo(*LARGE_SIZE, rng)).save(path, quality=92)
+        return [path]
+    picks = rng.permutation(len(FOLDER_SIZES))[:FOLDER_IMAGES]
+    paths = []
+    for i, pick in enumerate(picks[:limit]):
+        path = folder / f"low_{i:02d}.png"
+        Image.fromarray(_lowlight_photo(*FOLDER_SIZES[pick], rng)).save(path)
+        paths.append(path)
+    return paths
+
+
+def run_enhance(weights: str, backend: str, inputs: Path, out: Path, extra_env: dict,
+                extra_args: list[str]) -> dict:
+    """One `dln enhance` process: wall seconds, peak RSS (MiB), exit code."""
+    env = {**os.environ, "DLN_NO_PROGRESS": "1", **extra_env}
+    cmd = [sys.executable, "-m", "dln.cli", "enhance", "--weights", weights, "--backend",
+           backend, "--out", str(out), "--overwrite", *extra_args, str(inputs)]
+    root = Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: it cannot fill and block
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        stderr.seek(0)
+        err = stderr.read().decode(errors="replace").strip().splitlines()
+    return {"total_s": seconds, "peak_rss_mib": usage.ru_maxrss / 1024, "exit_code": code,
+            "last_error": err[-1] if err and code else None}
+
+
+def run_workload(name: str, weights: str, rows: tuple[str, ...] = ROWS, seed: int = 0,
+                 show_progress: bool = True) -> dict:
+    from core.progress import progress
+
+    if name not in WORKLOADS:
+        raise ValueError(f"unknown workload {name!r}")
+    result_rows = []
+    with tempfile.TemporaryDirectory(prefix=f"dln-bench-{name}-") as tmp:
+        tmp = Path(tmp)
+        images = write_workload(name, tmp / "in", seed)
+        inputs = images[0] if name == "large" else tmp / "in"
+        extra_args = ["--tile", str(DEFAULT_TILE)] if name == "large" else []
+        plan = []
+        for row in rows:
+            if row == "jax":
+                cache = {"DLN_CACHE_DIR": str(tmp / "jax-cache")}
+                plan.append(("jax", "jax", cache, "cold"))
+                if name == "folder":
+                    plan.append(("jax", "jax", cache, "warm"))
+            elif row == "torch-tuned-glibc":
+                plan.append((row, "torch", {"GLIBC_TUNABLES": TUNED_GLIBC}, None))
+            else:
+                plan.append((row, row, {}, None))
+        for label, backend, env, cache_state in progress(plan, desc=f"workload {name}",
+                                                         unit="run", disable=not show_progress):
+            if backend.startswith("torch") and "OMP_WAIT_POLICY" not in os.environ:
+                env = {**env, "OMP_WAIT_POLICY": "PASSIVE"}
+            figures = run_enhance(weights, backend, inputs, tmp / f"out-{label}", env,
+                                  extra_args)
+            row = {"backend": label, "total_s": figures["total_s"], "images": len(images),
+                   "peak_rss_mib": figures["peak_rss_mib"], "exit_code": figures["exit_code"]}
+            if cache_state:
+                row["cache"] = cache_state
+            if figures["last_error"]:
+                row["error"] = figures["last_error"]
+            result_rows.append(row)
+        sizes = sorted({tuple(int(v) for v in _png_size(p)) for p in images})
+    return {"workload": name, "rows": result_rows, "seed": seed,
+            "image_sizes_hxw": [list(s) for s in sizes], "weights": weights,
+            "floors": workload_floors(name, result_rows)}
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.height, im.width
+
+
+def workload_floors(name: str, rows: list[dict]) -> list[dict]:
+    def seconds(backend, cache=None):
+        for row in rows:
+            if row["backend"] == backend and row.get("cache") == cache and \
+                    row.get("exit_code") == 0:
+                return row["total_s"]
+        return None
+
+    floors = []
+    torch_s = seconds("torch")
+    checks = ([("folder jax cold / torch eager", seconds("jax", "cold"), FLOOR_FOLDER_COLD),
+               ("folder jax warm / torch eager", seconds("jax", "warm"), FLOOR_FOLDER_WARM)]
+              if name == "folder" else
+              [("12 MP jax / torch eager (tiled both)", seconds("jax", "cold"),
+                FLOOR_LARGE_SPEEDUP)])
+    for label, jax_s, threshold in checks:
+        if jax_s and torch_s:
+            ratio = torch_s / jax_s
+            floors.append({"floor": label, "value": ratio, "threshold": threshold,
+                           "passed": ratio >= threshold})
+    if name == "large":
+        for row in rows:
+            floors.append({"floor": f"{row['backend']} peak RSS (MiB)",
+                           "value": row["peak_rss_mib"], "threshold": FLOOR_LARGE_RSS_MIB,
+                           "passed": row["peak_rss_mib"] <= FLOOR_LARGE_RSS_MIB})
+    return floors
+
+
+def workload_text(result: dict, machine: dict) -> str:
+    lines = [f"workload {result['workload']}: {result['rows'][0]['images'] if result['rows'] else 0}"
+             f" image(s), sizes {', '.join('x'.join(map(str, s)) for s in result['image_sizes_hxw'])}",
+             f"measured on {machine.get('cpu') or 'an unknown CPU'}, {machine.get('cpus')} "
+             f"cores (load average at the end {machine.get('load_average_at_end')})",
+             "| backend | total s | peak RSS MiB | exit |", "| --- | --- | --- | --- |"]
+    for row in result["rows"]:
+        label = row["backend"] + (f" ({row['cache']} cache)" if row.get("cache") else "")
+        lines.append(f"| {label} | {row['total_s']:.1f} | {row['peak_rss_mib']:.0f} | "
+                     f"{row['exit_code']} |")
+    for f in result["floors"]:
+        lines.append(f"floor {f['floor']}: {f['value']:.2f} (threshold {f['threshold']}) "
+                     f"{'passed' if f['passed'] else 'MISSED'}")
+    return "\n".join(lines) + "\n"

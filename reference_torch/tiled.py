@@ -1,0 +1,121 @@
+"""The PyTorch DLN stage by stage: exact tiled and bucketed inference (core.tiling).
+
+The stages call the reference model's own submodules (reference_torch.model), with
+two changes that are exact to float32 rounding: a forward hook multiplies every
+nn.Conv2d's output by the validity mask (zeros outside the image reproduce the
+convolutions' zero padding on padded tiles and buckets), and each FA mean is an
+input of its LBP stage (accumulated over the valid pixels of the whole image by
+core.tiling, or the masked mean of a bucket). Inputs and outputs are NHWC numpy;
+inside, tensors are channels_last and run under inference_mode, PyTorch's fastest
+CPU settings for this network.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from core.config import DLNConfig
+from core.tiling import HALO_F1, HALO_FINAL, HALO_LBP
+from reference_torch.inference import model_from_state
+
+
+class TorchStages:
+    """core.tiling.StageRunner for the reference model."""
+
+    def __init__(self, state: dict[str, np.ndarray], config: DLNConfig,
+                 channels_last: bool = True, compile_whole: bool = False):
+        self.dim = config.dim
+        self.config = config
+        self._format = torch.channels_last if channels_last else torch.contiguous_format
+        self._model = model_from_state(state, config).to(memory_format=self._format)
+        self._whole_model = self._model
+        if compile_whole:
+            # torch.compile (Inductor, freezing: weights constant-folded and pre-packed)
+            # of the whole-image forward; the masked stages of tiled runs stay eager.
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
+            self._whole_model = torch.compile(self._model)
+        self._lbps = (self._model.feat_out_1, self._model.feat_out_2, self._model.feat_out_3)
+        self._mask = None
+        for module in self._model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.register_forward_hook(self._mask_output)
+
+    def _mask_output(self, module, inputs, output):
+        return output if self._mask is None else output * self._mask
+
+    def _tensor(self, nhwc: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(nhwc, np.float32)).permute(0, 3, 1, 2)
+        return x.contiguous(memory_format=self._format)
+
+    @staticmethod
+    def _numpy(nchw: torch.Tensor) -> np.ndarray:
+        return nchw.permute(0, 2, 3, 1).contiguous().numpy()
+
+    # ---- the stages, on NCHW tensors ----
+    def _f1(self, x, mask):
+        m = self._model
+        xs = (x - 0.5) * 2
+        if self.config.brightness:
+            xs = torch.cat([xs, torch.amax(x, dim=1, keepdim=True)], dim=1)
+        return m.feat2(m.feat1(xs * mask))
+
+    def _lbp(self, index, z, mean, mask=None):
+        lbp = self._lbps[index]
+        w = lbp.fusion.fc(mean)[:, :, None, None]
+        f = lbp.fusion.outlayer(z * w + z)
+        hr = lbp.conv1_1(f)
+        lr = lbp.conv2(hr)
+        r = lbp.local_weight1_1(f) - lr if lbp.residual_sign == "code" \
+            else lr - lbp.local_weight1_1(f)
+        return lbp.local_weight2_1(hr) + lbp.conv3(r)
+
+    def _final(self, z, x, mask=None):
+        return x + self.config.gamma * self._model.out(self._model.feature(z))
+
+    def _run(self, mask_nhwc, fn, *args):
+        """fn(*args, mask) with every conv output masked."""
+        self._mask = self._tensor(mask_nhwc)
+        try:
+            with torch.inference_mode():
+                return fn(*args, self._mask)
+        finally:
+            self._mask = None
+
+    # ---- core.tiling.StageRunner ----
+    def f1(self, x_tile, mask):
+        out = self._run(mask[None], self._f1, self._tensor(x_tile[None]))
+        return self._numpy(out[:, :, HALO_F1:-HALO_F1, HALO_F1:-HALO_F1])[0]
+
+    def lbp(self, index, z_tile, mean, mask):
+        out = self._run(mask[None], self._lbp, index, self._tensor(z_tile[None]),
+                        torch.from_numpy(np.asarray(mean, np.float32)[None]))
+        return self._numpy(out[:, :, HALO_LBP:-HALO_LBP, HALO_LBP:-HALO_LBP])[0]
+
+    def final(self, z_tile, x_tile, mask):
+        out = self._run(mask[None], self._final, self._tensor(z_tile[None]),
+                        self._tensor(x_tile[None]))
+        return self._numpy(out[:, :, HALO_FINAL:-HALO_FINAL, HALO_FINAL:-HALO_FINAL])[0]
+
+    def bucket(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(N, Hb, Wb, 3) padded batch and (N, Hb, Wb, 1) masks -> (N, Hb, Wb, 3)."""
+        xt, mt = self._tensor(x), self._tensor(mask)
+        self._mask = mt
+        try:
+            with torch.inference_mode():
+                maps = [self._f1(xt, mt)]
+                for index in range(3):
+                    z = torch.cat(maps, dim=1)
+                    mean = (z * mt).sum(dim=(2, 3)) / mt.sum(dim=(2, 3))
+                    maps.append(self._lbp(index, z, mean))
+                out = self._final(torch.cat(maps, dim=1), xt)
+        finally:
+            self._mask = None
+        return self._numpy(out)
+
+    def whole(self, image: np.ndarray) -> np.ndarray:
+        """The unmodified reference forward on one (H, W, 3) image (no masks, no padding)."""
+        with torch.inference_mode():
+            return self._numpy(self._whole_model(self._tensor(image[None])))[0]

@@ -1,0 +1,91 @@
+"""Size buckets: the padding rule, and bucketed / batched / tiled `dln enhance` runs that
+write the same PNGs as whole-image runs; an empty folder is a user error; the JAX
+compilation cache goes where it is told."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.tiling import bucket_shape, bucket_side, padding_overhead
+from dln.cli import main
+from parity.engine.tolerance import assert_pngs_match
+
+
+def test_bucket_sides_pad_at_most_a_quarter_and_keep_ladder_sides():
+    for n in range(1, 3000):
+        side = bucket_side(n)
+        assert side >= n and (n <= 32 or side <= 1.25 * n), n
+    for on_ladder in (32, 64, 320, 384, 448, 512, 640, 768, 896, 1024):
+        assert bucket_side(on_ladder) == on_ladder
+    assert bucket_shape(400, 600) == (448, 640)
+    assert padding_overhead(384, 512) == 0.0
+    assert len({bucket_shape(h, w) for h in range(240, 257) for w in range(300, 321)}) == 1
+
+
+def _folder(root, sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    root.mkdir()
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray((rng.random((h, w, 3)) * 80).astype(np.uint8)).save(root / f"im{i}.png")
+    return root
+
+
+def _pngs(folder):
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_batched_buckets_and_tiles_write_the_pngs_of_whole_image_runs(
+        tmp_path, authors_pth_16, backend):
+    inputs = _folder(tmp_path / "in", [(37, 50), (40, 55), (33, 61)])   # one bucket: 40x64
+    runs = {"off": ["--tile", "off"], "batch": ["--tile", "off", "--batch", "3"],
+            "tiled": ["--tile", "24"]}
+    for name, extra in runs.items():
+        code = main(["enhance", "--weights", str(authors_pth_16), "--backend", backend,
+                     "--out", str(tmp_path / name), *extra, str(inputs)])
+        assert code == 0
+    reference = _pngs(tmp_path / "off")
+    assert len(reference) == 3
+    for name in ("batch", "tiled"):
+        for image, png in _pngs(tmp_path / name).items():
+            assert_pngs_match(png, reference[image], what=f"{backend} {name} {image}")
+
+
+def test_empty_folder_is_one_line_exit_2(tmp_path, authors_pth_16, capsys):
+    (tmp_path / "empty").mkdir()
+    code = main(["enhance", "--weights", str(authors_pth_16), "--out", str(tmp_path / "o"),
+                 str(tmp_path / "empty")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "nothing to enhance" in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_compilation_cache_is_written_to_the_given_folder(tmp_path, authors_pth_16):
+    from dln.enhance import enhance_paths
+    from weights.convert import load_checkpoint
+
+    inputs = _folder(tmp_path / "in", [(21, 27)])
+    cache = tmp_path / "cache"
+    enhance_paths(load_checkpoint(authors_pth_16), [inputs], tmp_path / "o", backend="jax",
+                  cache_dir=cache, show_progress=False)
+    assert cache.is_dir() and any(cache.iterdir())
+
+
+def test_auto_runs_small_images_whole_and_12_megapixels_tiled_with_maps_on_disk():
+    from core.config import DLNConfig
+    from dln.inference_plan import WHOLE_IMAGE_BUDGET, parse_tile, plan_image
+
+    cfg = DLNConfig()
+    budget = WHOLE_IMAGE_BUDGET
+    assert plan_image(400, 600, cfg, "jax", "auto", budget).mode == "whole"
+    big = plan_image(3000, 4000, cfg, "jax", "auto", budget)
+    assert big.mode == "tiled" and big.tile == 512 and not big.maps_in_memory
+    assert big.estimate_bytes < 3 * 2**30
+    assert plan_image(3000, 4000, cfg, "torch", "off", budget).mode == "whole"
+    assert plan_image(40, 60, cfg, "torch", 256, budget).mode == "tiled"
+    assert parse_tile("AUTO") == "auto" and parse_tile("256") == 256
+    for bad in ("big", "8"):
+        with pytest.raises(ValueError):
+            parse_tile(bad)

@@ -207,17 +207,28 @@ def amplifying_files(folder: Path) -> dict[str, Path]:
     return files
 
 
+# The child reads its own peak RSS (VmHWM of its address space, new at exec). Not
+# ru_maxrss: Linux carries the forking parent's high-water mark (pytest's, GBs late in the
+# suite) into the child's ru_maxrss across exec, so that figure measures the parent.
 CHILD = """
-import contextlib, io, json, resource, sys
+import contextlib, io, json, sys
 from dln.cli import main
+
+def vm_hwm_mib():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
+
 results = {}
 for name, src, dst in json.loads(sys.argv[1]):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = main(["convert", src, dst])
     results[name] = [code, err.getvalue()]
-peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process only
-print(json.dumps({"results": results, "peak_mib": peak_mib}))
+peak_mib = vm_hwm_mib()
+control = bytearray(300 << 20)  # 300 MiB touched: proves the measurement sees allocations
+control[::4096] = b"x" * len(control[::4096])
+print(json.dumps({"results": results, "peak_mib": peak_mib,
+                  "control_mib": vm_hwm_mib() - peak_mib}))
 """
 
 
@@ -239,6 +250,7 @@ def test_amplifying_checkpoints_are_refused_with_peak_rss_under_1_gib(tmp_path):
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and "Traceback" not in err, (name, err)
     assert list(out.iterdir()) == []
+    assert report["control_mib"] > 250, report  # the meter works
     assert report["peak_mib"] < PEAK_RSS_LIMIT_MIB, f"peak RSS {report['peak_mib']:.0f} MiB"
     print(f"peak RSS of the convert process: {report['peak_mib']:.0f} MiB")
 

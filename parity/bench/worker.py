@@ -44,8 +44,17 @@ def rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
-    """High-water resident set of this process, MiB (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """High-water resident set of this process, MiB.
+
+    VmHWM of the process's own address space where Linux has it: ru_maxrss also carries the
+    forking parent's high-water mark across exec, which would report the parent's peak when
+    the parent is the larger process.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Worker:

@@ -91,6 +91,8 @@ def run_enhance(weights: str, backend: str, inputs: Path, out: Path, extra_env: 
         proc.returncode = code = os.waitstatus_to_exitcode(status)
         stderr.seek(0)
         err = stderr.read().decode(errors="replace").strip().splitlines()
+    # ru_maxrss of the child is the larger of its own peak and this (small) parent's RSS at
+    # the fork; the parent only generates PNGs, so the figure is the enhance process's.
     return {"total_s": seconds, "peak_rss_mib": usage.ru_maxrss / 1024, "exit_code": code,
             "last_error": err[-1] if err and code else None}
 

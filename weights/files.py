@@ -62,14 +62,19 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _tensor_to_float32(name: str, value, conversions: FloatConversions) -> np.ndarray:
-    import torch  # the torch side of the file format only
-
+def _check_plain_tensor(name: str, value, torch) -> None:
+    """A plain dense torch tensor, not another object, a sparse or a quantised tensor."""
     if not isinstance(value, torch.Tensor):
         raise CheckpointError(f"entry {name!r} holds a value of type {type(value).__name__}, "
                               "not a tensor")
     if value.layout != torch.strided or value.is_quantized:
         raise CheckpointError(f"tensor {name!r} is not a plain dense tensor")
+
+
+def _tensor_to_float32(name: str, value, conversions: FloatConversions) -> np.ndarray:
+    import torch  # the torch side of the file format only
+
+    _check_plain_tensor(name, value, torch)
     dtype = str(value.dtype).replace("torch.", "")
     if dtype == "bfloat16":  # numpy has no bfloat16; widening is exact
         value = value.to(torch.float32)
@@ -154,11 +159,7 @@ def _parse_pth(data: bytes, path: Path, notes: list[str], check, expect_dln: boo
 
 def _check_declared_tensor(name: str, value, torch) -> None:
     """Type, layout and dtype of one declared (meta) tensor, before it is materialised."""
-    if not isinstance(value, torch.Tensor):
-        raise CheckpointError(f"entry {name!r} holds a value of type {type(value).__name__}, "
-                              "not a tensor")
-    if value.layout != torch.strided or value.is_quantized:
-        raise CheckpointError(f"tensor {name!r} is not a plain dense tensor")
+    _check_plain_tensor(name, value, torch)
     dtype = str(value.dtype).replace("torch.", "")
     if dtype not in ("float32",) + FLOAT_DTYPES_CONVERTED:
         raise CheckpointError(f"tensor {name!r} has dtype {dtype}; DLN weights are "

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench table2 clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,17 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/dln bench --profile --report out/bench
+
+# Table 2 on the built-in held-out pairs: each trained model on each backend, beside the
+# published rows; then both frameworks' training curves in one figure.
+table2: $(STAMP)
+	$(BIN)/dln table2 --data builtin --backend jax,torch \
+	    --model sample=weights/sample/dln_sample.pth \
+	    --model retrained_jax=weights/retrained_jax/dln_retrained_jax.pth \
+	    --model retrained_torch=weights/retrained_torch/dln_retrained_torch.pth \
+	    --report docs
+	$(BIN)/python -m dln.training_log --out docs/training_curves.png \
+	    JAX=weights/retrained_jax PyTorch=weights/retrained_torch
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -128,3 +128,68 @@ def plot_loss(log: TrainLog, dst: Path, title: str = "training",
         ev.legend(fontsize=8)
     fig.tight_layout()
     save_figure_atomic(fig, dst)
+
+
+def plot_runs(runs: dict[str, TrainLog], dst: Path,
+              title: str = "one recipe, two frameworks") -> None:
+    """Several runs in one figure: loss (faint per step, running mean bold) and held-out
+    PSNR over steps, one colour per run (e.g. the JAX- and the PyTorch-trained model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, psnr_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    try:
+        low = None
+        window = max(1, max(len(log.rows) for log in runs.values()) // 50)
+        for (label, log), color in zip(runs.items(), ("tab:blue", "tab:orange", "tab:green")):
+            steps = [r["step"] for r in log.rows]
+            loss_ax.plot(steps, log.losses, color=color, alpha=0.25, lw=0.6)
+            loss_ax.plot(steps, running_mean(log.losses, window), color=color, lw=1.6,
+                         label=f"{label} (running mean of {window})")
+            evals = log.evals
+            if evals:
+                final = evals[-1]["mean_psnr_enhanced_db"]
+                psnr_ax.plot([e["step"] for e in evals],
+                             [e["mean_psnr_enhanced_db"] for e in evals], "o-", color=color,
+                             label=f"{label} (final {final:.2f} dB)")
+                low = evals[0]["mean_psnr_low_db"]
+        if low is not None and math.isfinite(low):
+            psnr_ax.axhline(low, color="tab:red", ls="--", lw=1, label=f"low-light input ({low:.2f} dB)")
+        loss_ax.set_xlabel("step")
+        loss_ax.set_ylabel("1 - SSIM + 0.001 TV")
+        loss_ax.set_title(f"training loss: {title}")
+        loss_ax.legend(fontsize=8)
+        psnr_ax.set_xlabel("step")
+        psnr_ax.set_ylabel("mean held-out PSNR (dB)")
+        psnr_ax.set_title("held-out PSNR (chelsea, coffee, rocket)")
+        psnr_ax.legend(fontsize=8)
+        fig.tight_layout()
+        save_figure_atomic(fig, dst)
+    finally:
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m dln.training_log --out PNG LABEL=RUN_DIR...: the runs' curves in one figure
+    (RUN_DIR holds a run's log.json, as `dln train` writes it)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m dln.training_log", description=main.__doc__)
+    parser.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR")
+    parser.add_argument("--out", required=True, help="PNG to write")
+    args = parser.parse_args(argv)
+    runs = {}
+    for item in args.runs:
+        label, sep, folder = item.partition("=")
+        if not sep or not (Path(folder) / JSON_FILE).is_file():
+            parser.error(f"{item!r}: want LABEL=RUN_DIR with RUN_DIR/{JSON_FILE}")
+        runs[label] = TrainLog.read(folder, upto_step=2**62)
+    plot_runs(runs, Path(args.out))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

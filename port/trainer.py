@@ -94,12 +94,18 @@ def make_train_step(config: DLNConfig, recipe: TrainingRecipe, mesh: Mesh,
         params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, updates)
         return params, opt_state, loss
 
+    on_cpu = mesh.devices.flat[0].platform == "cpu"
+    donate = () if on_cpu else (0, 1)
+    if mesh.devices.size == 1:
+        # One device: a plain jit. Declaring shardings on a one-device mesh makes XLA's
+        # CPU backend run the step about 2x slower (measured on a 2-core AMD EPYC at
+        # batch 8 x 48^2: 1.81 s vs 0.91 s per step) for the same numbers.
+        return jax.jit(step, donate_argnums=donate)
     replicated = NamedSharding(mesh, PartitionSpec())
     batch = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    on_cpu = mesh.devices.flat[0].platform == "cpu"
     return jax.jit(step, in_shardings=(replicated, replicated, batch, batch, replicated),
                    out_shardings=(replicated, replicated, replicated),
-                   donate_argnums=() if on_cpu else (0, 1))
+                   donate_argnums=donate)
 
 
 class JaxTrainer:

@@ -149,6 +149,20 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise ImageError(f"{path}: cannot read image ({_one_line(err)})") from None
 
 
+def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) from the file's header, without decoding; None when unreadable
+    (load_image then says why). EXIF rotation may swap the two."""
+    from PIL import Image
+
+    _quiet_pillow()
+    try:
+        with _open_regular(Path(path)) as fh, Image.open(fh, formats=DECODERS) as im:
+            width, height = im.size
+    except Exception:  # noqa: BLE001 - a planning hint only
+        return None
+    return (int(height), int(width)) if width and height else None
+
+
 def _decode(fh, path: Path, max_pixels: int | None) -> np.ndarray:
     from PIL import Image
 

@@ -77,6 +77,62 @@ def padding_overhead(height: int, width: int) -> float:
     return bh * bw / (height * width) - 1.0
 
 
+def landscape(height: int, width: int) -> tuple[int, int]:
+    """The shape with the shorter side first (a portrait image runs transposed)."""
+    return (width, height) if height > width else (height, width)
+
+
+def covers(bucket: tuple[int, int], shape: tuple[int, int]) -> bool:
+    return bucket[0] >= shape[0] and bucket[1] >= shape[1]
+
+
+def smallest_cover(buckets, shape: tuple[int, int]) -> tuple[int, int] | None:
+    fitting = [b for b in buckets if covers(b, shape)]
+    return min(fitting, key=lambda b: (b[0] * b[1], b)) if fitting else None
+
+
+def plan_buckets(shapes: list[tuple[int, int]], compile_pixels: float,
+                 compiled: set | frozenset = frozenset(),
+                 max_pixels: int | None = None) -> list[tuple[int, int]]:
+    """The bucket shapes a folder of whole images runs in, chosen for the whole folder.
+
+    shapes: each image's (height, width), already landscape. Every image starts in its
+    own ladder bucket (bucket_shape); then, greedily, the two buckets whose merger into
+    one (the larger height, the larger width) saves the most are merged, while that
+    saves anything. The cost of a plan is the padded pixels computed plus
+    `compile_pixels` for every bucket shape not in `compiled` (a compilation costs as
+    much time as computing that many pixels); a merged bucket above max_pixels is
+    never formed. Each image then runs in the smallest planned bucket that covers it.
+    """
+    if not shapes:
+        return []
+
+    def cost(buckets) -> float:
+        used = {}
+        for shape in shapes:
+            b = smallest_cover(buckets, shape)
+            used[b] = used.get(b, 0) + b[0] * b[1]
+        return sum(used.values()) + sum(compile_pixels for b in used if b not in compiled)
+
+    buckets = sorted({bucket_shape(*s) for s in shapes})
+    best = cost(buckets)
+    while len(buckets) > 1:
+        trial = None
+        for i, a in enumerate(buckets):
+            for b in buckets[i + 1:]:
+                merged = (max(a[0], b[0]), max(a[1], b[1]))
+                if max_pixels is not None and merged[0] * merged[1] > max_pixels:
+                    continue
+                candidate = sorted(set(buckets) - {a, b} | {merged})
+                value = cost(candidate)
+                if value < best and (trial is None or value < trial[0]):
+                    trial = (value, candidate)
+        if trial is None:
+            break
+        best, buckets = trial
+    return [b for b in buckets if any(smallest_cover(buckets, s) == b for s in shapes)]
+
+
 class StageRunner(Protocol):
     """One framework's fixed-shape stage functions (NHWC numpy in and out, batch 1).
 
@@ -246,14 +302,16 @@ def run_tiled(runner: StageRunner, image: np.ndarray, plan: TiledPlan,
     return output
 
 
-def bucket_batch(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Images of one bucket zero-padded to the bucket shape (N, Hb, Wb, 3) with their
-    validity masks (N, Hb, Wb, 1)."""
-    bh, bw = bucket_shape(*images[0].shape[:2])
+def bucket_batch(images: list[np.ndarray], bucket: tuple[int, int] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Images zero-padded to one bucket shape (N, Hb, Wb, 3) with their validity masks
+    (N, Hb, Wb, 1); the bucket is the first image's ladder bucket unless given."""
+    bh, bw = bucket or bucket_shape(*images[0].shape[:2])
     x = np.zeros((len(images), bh, bw, 3), np.float32)
     mask = np.zeros((len(images), bh, bw, 1), np.float32)
     for i, image in enumerate(images):
-        if bucket_shape(*image.shape[:2]) != (bh, bw):
+        if (bucket is None and bucket_shape(*image.shape[:2]) != (bh, bw)) or \
+                not covers((bh, bw), image.shape[:2]):
             raise ValueError("images of one batch must share a bucket")
         h, w = image.shape[:2]
         x[i, :h, :w] = image

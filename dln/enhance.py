@@ -25,10 +25,9 @@ import numpy as np
 from core.config import DLNConfig
 from core.errors import InputError
 from core.images import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, ImageTooLargeError,
-                         OutputExistsError, list_images, load_image, quantize,
+                         OutputExistsError, header_size, list_images, load_image, quantize,
                          write_png_atomic)
 from core.progress import progress
-from core.tiling import bucket_shape
 from dln.inference_plan import (BYTES_PER_PIXEL_PER_DIM, MEMORY_FRACTION,  # noqa: F401
                                 TILED_BYTES_PER_PIXEL, Engine, available_memory,
                                 bytes_per_pixel, estimated_bytes, plan_image,
@@ -132,7 +131,9 @@ def enhance_paths(ckpt, inputs: list[str | os.PathLike], output_dir: str | os.Pa
     engine = Engine(ckpt, backend, use_cache=use_cache, cache_dir=cache_dir)
     limit = pixel_limit(ckpt.config, backend, max_pixels)
     result = EnhanceResult([], [], failures)
-    pending: dict[tuple[int, int], list] = {}
+    engine.plan_folder(_whole_image_sizes(paths, ckpt.config, backend, tile, limit.pixels),
+                       batch)
+    pending: dict[tuple, list] = {}
     seen: dict[str, Path] = {}
     for path in progress(paths, desc="enhance", unit="img", disable=not show_progress):
         dst = output_dir / f"{path.stem}.png"
@@ -152,13 +153,26 @@ def enhance_paths(ckpt, inputs: list[str | os.PathLike], output_dir: str | os.Pa
             _finish(result, [(path, dst)], overwrite,
                     lambda: [engine.tiled(image, plan, show_progress, path.name)])
             continue
-        group = pending.setdefault(bucket_shape(*image.shape[:2]), [])
+        key = engine.group_key(*image.shape[:2])
+        group = pending.setdefault(key, [])
         group.append((path, dst, image))
         if len(group) >= batch:
-            _flush(engine, group, result, overwrite)
-    for group in pending.values():
-        _flush(engine, group, result, overwrite)
+            _flush(engine, key, group, result, overwrite)
+    for key, group in pending.items():
+        _flush(engine, key, group, result, overwrite)
     return result
+
+
+def _whole_image_sizes(paths: list[Path], config: DLNConfig, backend: str, tile,
+                       max_pixels: int | None) -> list[tuple[int, int]]:
+    """Header sizes of the images that will run whole (for the JAX bucket plan)."""
+    sizes = []
+    for path in paths:
+        size = header_size(path)
+        if size and (max_pixels is None or size[0] * size[1] <= max_pixels) and \
+                plan_image(*size, config, backend, tile).mode == "whole":
+            sizes.append(size)
+    return sizes
 
 
 def _output_free(path: Path, dst: Path, seen: dict, overwrite: bool,
@@ -178,11 +192,12 @@ def _output_free(path: Path, dst: Path, seen: dict, overwrite: bool,
     return True
 
 
-def _flush(engine: Engine, group: list, result: "EnhanceResult", overwrite: bool) -> None:
+def _flush(engine: Engine, key: tuple, group: list, result: "EnhanceResult",
+           overwrite: bool) -> None:
     if group:
         images = [image for _, _, image in group]
         _finish(result, [(path, dst) for path, dst, _ in group], overwrite,
-                lambda: engine.whole(images))
+                lambda: engine.whole(images, key))
         group.clear()
 
 

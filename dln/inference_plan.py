@@ -3,9 +3,11 @@
 - `--tile off`: the whole image in one forward pass. JAX pads it to its size
   bucket (core.tiling.bucket_shape: each side up to the next of 32, 40, 48, 56, 64,
   80, ..., 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, ...; at most 25 %
-  more per side) with masking, so a folder compiles one shape per bucket; an image
-  already on the ladder runs unpadded. PyTorch compiles nothing and runs the exact
-  size. Images of one bucket are batched `batch` at a time (both backends).
+  more per side) with masking, and runs a portrait image transposed (with transposed
+  kernels) in the landscape bucket, so a folder compiles one shape per landscape
+  bucket; an image already on the ladder runs unpadded. PyTorch compiles nothing and
+  runs every image at its exact size. Images of one bucket and orientation are
+  batched `batch` at a time.
 - `--tile N`: stage by stage in N x N tiles (core.tiling.run_tiled), one compiled
   shape per stage for every image.
 - `--tile auto` (default): whole when the whole-image estimate fits the working
@@ -17,6 +19,7 @@ All three give the whole-image result to float32 rounding.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -26,8 +29,9 @@ import numpy as np
 from core.config import DLNConfig
 from core.errors import InputError
 from core.progress import progress
-from core.tiling import (DEFAULT_TILE, HALO_LBP, TiledPlan, bucket_batch, bucket_shape,
-                         check_tile, map_bytes, run_tiled, tile_count)
+from core.atomic_files import write_text_atomic
+from core.tiling import (DEFAULT_TILE, HALO_LBP, TiledPlan, bucket_shape, check_tile, landscape,
+                         map_bytes, plan_buckets, run_tiled, smallest_cover, tile_count)
 
 # Peak resident memory of one forward pass, measured with ru_maxrss on this project's
 # CPU builds (torch 2.13, jax 0.10.2) at dim 16 / 64 / 128 and 256^2 to 1024^2 pixels:
@@ -142,6 +146,48 @@ def compilation_cache_dir() -> Path:
     return Path(base) / "dln-port" / "jax"
 
 
+# A new bucket shape costs JAX one compilation of the whole-image program: ~1.5 s on
+# the 2-core AMD EPYC, as long as computing ~150,000 pixels there (about 10 s per
+# megapixel at dim 64). The folder planner (core.tiling.plan_buckets) merges buckets
+# while the padding it adds costs less than the compilations it saves.
+COMPILE_PIXELS = 150_000
+BUCKET_INDEX = "buckets.json"   # in the cache folder: shapes compiled there before
+
+
+class BucketIndex:
+    """The whole-image bucket shapes compiled into one persistent cache folder, per
+    config and batch size, so a later plan counts them as free (a warm cache)."""
+
+    def __init__(self, folder: Path, config: DLNConfig):
+        import jax
+
+        self.path = Path(folder) / BUCKET_INDEX
+        self.key = f"jax-{jax.__version__}-{config.to_json()}"
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def compiled(self, batch: int) -> set[tuple[int, int]]:
+        entries = self._read().get(self.key, [])
+        return {(int(h), int(w)) for n, h, w in entries if int(n) == batch}
+
+    def add(self, batch: int, bucket: tuple[int, int]) -> None:
+        data = self._read()
+        entries = {tuple(e) for e in data.get(self.key, [])}
+        entry = (int(batch), int(bucket[0]), int(bucket[1]))
+        if entry in entries:
+            return
+        data[self.key] = sorted(entries | {entry})
+        try:
+            write_text_atomic(self.path, json.dumps(data))
+        except OSError:
+            pass  # a read-only cache folder only loses the hint
+
+
 class Engine:
     """One backend's stages plus the whole-image paths, for a checkpoint."""
 
@@ -149,15 +195,17 @@ class Engine:
                  cache_dir: str | os.PathLike | None = None):
         self.backend = backend
         self.config = ckpt.config
+        self._buckets: list[tuple[int, int]] = []
+        self._index = None
         if backend == "jax":
             if use_cache:
                 from port.tiled import enable_compilation_cache
-                enable_compilation_cache(cache_dir or compilation_cache_dir())
-            from port.inference import make_apply, params_to_device
-            from port.tiled import JaxStages
+                folder = Path(cache_dir or compilation_cache_dir())
+                enable_compilation_cache(folder)
+                self._index = BucketIndex(folder, ckpt.config)
+            from port.tiled import JaxStages, JaxWholeImage
             self.stages = JaxStages(ckpt.flax_tree(), ckpt.config)
-            self._plain = make_apply(ckpt.config)
-            self._params = params_to_device(ckpt.flax_tree())
+            self._whole = JaxWholeImage(self.stages)
         elif backend in ("torch", "torch-compile"):
             from reference_torch.tiled import TorchStages
             self.stages = TorchStages(ckpt.torch_state, ckpt.config,
@@ -166,18 +214,37 @@ class Engine:
             raise InputError(f"unknown backend {backend!r} (choose from jax, torch, "
                              "torch-compile)")
 
-    def whole(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Images of one bucket, whole, in one batch; outputs cropped to each image."""
-        if self.backend != "jax":  # nothing to compile or shapes compiled as they come: every image at its own size
+    def plan_folder(self, shapes: list[tuple[int, int]], batch: int = 1) -> list:
+        """JAX: choose the bucket shapes for the whole images of a folder (their header
+        sizes) with core.tiling.plan_buckets, counting shapes this cache folder has
+        compiled before as free. PyTorch compiles nothing: no plan."""
+        if self.backend != "jax" or not shapes:
+            return []
+        compiled = self._index.compiled(batch) if self._index else set()
+        most = working_budget() // bytes_per_pixel(self.config, "jax")
+        self._buckets = plan_buckets([landscape(*s) for s in shapes], COMPILE_PIXELS,
+                                     compiled, most)
+        return list(self._buckets)
+
+    def group_key(self, height: int, width: int) -> tuple:
+        """Whole images with one key run in one batch: JAX's planned bucket (or the
+        image's own ladder bucket) and orientation; PyTorch runs each image at its own
+        size."""
+        if self.backend != "jax":
+            return (height, width)
+        shape = landscape(height, width)
+        bucket = smallest_cover(self._buckets, shape) or bucket_shape(*shape)
+        return bucket + (height > width,)
+
+    def whole(self, images: list[np.ndarray], key: tuple | None = None) -> list[np.ndarray]:
+        """Images of one group_key, whole; outputs cropped to each image."""
+        if self.backend != "jax":
             return [self.stages.whole(im) for im in images]
-        shape = images[0].shape[:2]
-        exact = all(im.shape[:2] == shape for im in images)
-        if self.backend == "jax" and exact and bucket_shape(*shape) == shape:
-            out = np.asarray(self._plain(self._params, np.stack(images).astype(np.float32)))
-            return list(out)
-        x, mask = bucket_batch(images)
-        out = self.stages.bucket(x, mask)
-        return [o[:im.shape[0], :im.shape[1]] for o, im in zip(out, images)]
+        key = key or self.group_key(*images[0].shape[:2])
+        outputs = self._whole.run(images, key[:2])
+        if self._index:
+            self._index.add(len(images), key[:2])
+        return outputs
 
     def tiled(self, image: np.ndarray, plan: ImagePlan, show_progress: bool = True,
               label: str = "") -> np.ndarray:

@@ -11,6 +11,13 @@ network. Two things differ from the plain forward, both exact to float32 roundin
 The FA's dense layers (no bias) are applied as the same products the Flax Dense
 computes, on the same parameters; its 1x1 `outlayer` is port.model.ConvBlock.
 1x1 convolutions are matrix products as in port.inference (port.pointwise).
+
+JaxWholeImage is what `dln enhance` runs on whole images: each padded to its size
+bucket (core.tiling.bucket_shape) with masking, or run unmasked (the plain forward)
+when it already is a bucket shape; a portrait image (height > width) runs transposed
+with every kernel's spatial axes swapped, which is the transposed output (exact up to
+the order of float32 sums), so it shares the landscape bucket's compiled program.
+Images of one bucket and orientation are batched.
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from core.config import DLNConfig
-from core.tiling import HALO_F1, HALO_FINAL, HALO_LBP
-from port.inference import PARITY_PRECISION, params_to_device
+from core.tiling import HALO_F1, HALO_FINAL, HALO_LBP, bucket_batch, bucket_shape, landscape
+from port.inference import PARITY_PRECISION, make_apply, params_to_device
 from port.model import DLN, ConvBlock
 from port.pointwise import pointwise_conv_as_dot
 
@@ -132,9 +139,62 @@ class JaxStages:
     def final(self, z_tile, x_tile, mask):
         return self._host(self._final(self._params, z_tile[None], x_tile[None], mask[None]))[0]
 
-    def bucket(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """(N, Hb, Wb, 3) padded batch and (N, Hb, Wb, 1) masks -> (N, Hb, Wb, 3)."""
-        return self._host(self._bucket(self._params, x, mask))
+    @property
+    def params(self):
+        return self._params
+
+    def bucket(self, x: np.ndarray, mask: np.ndarray, params=None) -> np.ndarray:
+        """(N, Hb, Wb, 3) padded batch and (N, Hb, Wb, 1) masks -> (N, Hb, Wb, 3), with
+        the checkpoint's parameters or the given ones (e.g. transposed)."""
+        return self._host(self._bucket(self._params if params is None else params, x, mask))
+
+
+def transposed_params(tree: dict) -> dict:
+    """Every convolution kernel (kh, kw, cin, cout) with its two spatial axes swapped."""
+    return jax.tree_util.tree_map(lambda a: jnp.swapaxes(a, 0, 1) if a.ndim == 4 else a, tree)
+
+
+def whole_group_key(height: int, width: int) -> tuple[int, int, bool]:
+    """An image's own (landscape bucket shape, transposed)."""
+    return bucket_shape(*landscape(height, width)) + (height > width,)
+
+
+class JaxWholeImage:
+    """Whole images, bucketed (masked only where padded), portrait ones transposed."""
+
+    def __init__(self, stages: JaxStages):
+        self.config = stages.config
+        self._stages = stages
+        self._plain = make_apply(stages.config)
+        self._params = self._stages.params
+        self._transposed = None
+
+    def params(self, transposed: bool):
+        if not transposed:
+            return self._params
+        if self._transposed is None:
+            self._transposed = jax.jit(transposed_params)(self._params)
+        return self._transposed
+
+    def run(self, images: list[np.ndarray], bucket: tuple[int, int] | None = None
+            ) -> list[np.ndarray]:
+        """Images of one orientation -> their (H, W, 3) float32 outputs, run in `bucket`
+        (landscape; default: the first image's whole_group_key bucket)."""
+        portrait = {im.shape[0] > im.shape[1] for im in images}
+        if len(portrait) != 1:
+            raise ValueError("images of one batch must share an orientation")
+        transposed = portrait.pop()
+        batch = [np.swapaxes(im, 0, 1) if transposed else im for im in images]
+        bucket = tuple(bucket or bucket_shape(*batch[0].shape[:2]))
+        params = self.params(transposed)
+        if all(im.shape[:2] == bucket for im in batch):
+            out = np.asarray(jax.block_until_ready(
+                self._plain(params, np.stack(batch).astype(np.float32))))
+        else:
+            x, mask = bucket_batch(batch, bucket)
+            out = self._stages.bucket(x, mask, params)
+        outputs = [o[:im.shape[0], :im.shape[1]] for o, im in zip(out, batch)]
+        return [np.swapaxes(o, 0, 1) if transposed else o for o in outputs]
 
 
 def enable_compilation_cache(folder) -> None:

@@ -39,7 +39,8 @@ def _pngs(folder):
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_batched_buckets_and_tiles_write_the_pngs_of_whole_image_runs(
         tmp_path, authors_pth_16, backend):
-    inputs = _folder(tmp_path / "in", [(37, 50), (40, 55), (33, 61)])   # one bucket: 40x64
+    # one bucket (40x64) in both orientations: JAX runs the portrait one transposed
+    inputs = _folder(tmp_path / "in", [(37, 50), (40, 55), (33, 61), (61, 33)])
     runs = {"off": ["--tile", "off"], "batch": ["--tile", "off", "--batch", "3"],
             "tiled": ["--tile", "24"]}
     for name, extra in runs.items():
@@ -47,7 +48,7 @@ def test_batched_buckets_and_tiles_write_the_pngs_of_whole_image_runs(
                      "--out", str(tmp_path / name), *extra, str(inputs)])
         assert code == 0
     reference = _pngs(tmp_path / "off")
-    assert len(reference) == 3
+    assert len(reference) == 4
     for name in ("batch", "tiled"):
         for image, png in _pngs(tmp_path / name).items():
             assert_pngs_match(png, reference[image], what=f"{backend} {name} {image}")
@@ -89,3 +90,69 @@ def test_auto_runs_small_images_whole_and_12_megapixels_tiled_with_maps_on_disk(
     for bad in ("big", "8"):
         with pytest.raises(ValueError):
             parse_tile(bad)
+
+
+def _cover_cost(plan, shapes):
+    from core.tiling import smallest_cover
+
+    return [smallest_cover(plan, s) for s in shapes]
+
+
+def test_folder_plan_merges_buckets_only_while_compilations_cost_more_than_padding():
+    from core.tiling import landscape, plan_buckets
+
+    sizes = [(240, 320), (300, 400), (360, 480), (384, 512), (480, 640), (600, 800),
+             (576, 768), (768, 1024), (320, 240), (480, 360), (640, 480), (1024, 768)]
+    shapes = [landscape(*s) for s in sizes]
+    own = sorted({bucket_shape(*s) for s in shapes})
+    assert len(own) == 7     # portrait images share the landscape buckets: 12 sizes, 7 shapes
+    assert plan_buckets(shapes, compile_pixels=0) == own          # compiling is free: no merge
+    merged = plan_buckets(shapes, compile_pixels=150_000)
+    assert 1 < len(merged) < len(own)
+    one = plan_buckets(shapes, compile_pixels=10**9)             # compiling is dear: one bucket
+    assert one == [(768, 1024)]
+    # a bucket above max_pixels is never formed by a merger
+    capped = plan_buckets(shapes, compile_pixels=10**9, max_pixels=400_000)
+    assert all(h * w <= 400_000 for h, w in capped if (h, w) not in own)
+    for plan in (merged, one, capped):
+        covers = _cover_cost(plan, shapes)
+        assert all(c is not None and c[0] >= s[0] and c[1] >= s[1]
+                   for c, s in zip(covers, shapes)), (plan, covers)
+    # shapes compiled before cost nothing: a warm plan keeps them instead of merging
+    assert plan_buckets(shapes, compile_pixels=10**9, compiled=set(own)) == own
+
+
+def test_a_merged_or_transposed_bucket_gives_the_plain_forward(tmp_path):
+    from port.inference import make_enhancer
+    from port.tiled import JaxStages, JaxWholeImage
+    from tests.conftest import write_authors_pth
+    from weights.convert import load_checkpoint
+    from weights.synthetic import random_torch_state
+    from core.config import DLNConfig
+    from parity.engine.tolerance import TILED_FORWARD_ATOL, compare
+
+    ckpt = load_checkpoint(write_authors_pth(tmp_path / "w.pth",
+                                             random_torch_state(DLNConfig(dim=16), seed=5)))
+    runner = JaxWholeImage(JaxStages(ckpt.flax_tree(), ckpt.config))
+    plain = make_enhancer(ckpt.flax_tree(), ckpt.config)
+    rng = np.random.default_rng(2)
+    for h, w, bucket in [(29, 41, (48, 64)), (41, 29, (48, 64)), (32, 40, (32, 40)),
+                         (40, 32, None)]:
+        image = rng.random((h, w, 3), dtype=np.float32) * 0.4
+        result = compare(runner.run([image], bucket)[0], plain(image), TILED_FORWARD_ATOL)
+        assert result.passed, (h, w, bucket, result.max_abs)
+
+
+def test_the_bucket_index_remembers_compiled_shapes_per_batch(tmp_path):
+    from core.config import DLNConfig
+    from dln.inference_plan import BucketIndex
+
+    index = BucketIndex(tmp_path, DLNConfig(dim=16))
+    assert index.compiled(1) == set()
+    index.add(1, (384, 512))
+    index.add(2, (256, 320))
+    again = BucketIndex(tmp_path, DLNConfig(dim=16))
+    assert again.compiled(1) == {(384, 512)} and again.compiled(2) == {(256, 320)}
+    assert BucketIndex(tmp_path, DLNConfig(dim=32)).compiled(1) == set()   # another network
+    (tmp_path / "buckets.json").write_text("{not json")
+    assert BucketIndex(tmp_path, DLNConfig(dim=16)).compiled(1) == set()

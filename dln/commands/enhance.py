@@ -45,7 +45,11 @@ def register(sub) -> None:
                         "pads each image to its bucket, each side up to the next of 32, 40, "
                         "48, 56, 64, 80, ..., 256, 320, 384, 448, 512, 640, 768, 896, 1024, "
                         "1280, ... (at most 25%% more per side, none for sides on that "
-                        "ladder), so a folder compiles one program per bucket")
+                        "ladder); a portrait image runs transposed in the landscape bucket; "
+                        "before the first image the folder's buckets are merged while the "
+                        "padding costs less than the compilations saved (shapes already in "
+                        "the cache count as free), so a folder compiles a handful of "
+                        "programs")
     p.add_argument("--no-cache", action="store_true",
                    help="do not use JAX's persistent compilation cache ($DLN_CACHE_DIR, else "
                         "$XDG_CACHE_HOME/dln-port/jax, else ~/.cache/dln-port/jax), which "

@@ -175,10 +175,12 @@ def workload_floors(name: str, rows: list[dict]) -> list[dict]:
 
 
 def workload_text(result: dict, machine: dict) -> str:
+    load = machine.get("load_average_at_end")
+    load_text = " / ".join(f"{v:.2f}" for v in load) if load else "unknown"
     lines = [f"workload {result['workload']}: {result['rows'][0]['images'] if result['rows'] else 0}"
              f" image(s), sizes {', '.join('x'.join(map(str, s)) for s in result['image_sizes_hxw'])}",
              f"measured on {machine.get('cpu') or 'an unknown CPU'}, {machine.get('cpus')} "
-             f"cores (load average at the end {machine.get('load_average_at_end')})",
+             f"cores (load average at the end, 1 / 5 / 15 min: {load_text})",
              "| backend | total s | peak RSS MiB | exit |", "| --- | --- | --- | --- |"]
     for row in result["rows"]:
         label = row["backend"] + (f" ({row['cache']} cache)" if row.get("cache") else "")

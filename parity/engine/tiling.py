@@ -2,6 +2,7 @@
 
 For one image and one checkpoint, each framework's stage-wise paths (core.tiling:
 tiles with halos and masks, memory or memmap stage maps; size buckets with masks)
+and JAX's whole-image runner of `dln enhance` (buckets, portrait images transposed)
 are compared with that framework's own unmodified whole-image forward
 (port.inference / reference_torch.inference), as float32 outputs (tolerance
 TILED_FORWARD_ATOL, relative to max(1, max|reference|)) and as PNGs (the
@@ -53,6 +54,13 @@ def compare_tiled_with_whole(ckpt, image: np.ndarray, tiles: tuple[int, ...],
                 where = "memory" if in_memory else "memmap"
                 candidates[f"tile {tile} ({where})"] = run_tiled(
                     stages, image, TiledPlan(tile=tile, maps_in_memory=in_memory))
+        if bucket and backend == "jax":
+            # what `dln enhance --tile off` runs: the bucket, unmasked when the image is
+            # a bucket shape, a portrait image transposed with transposed kernels
+            from port.tiled import JaxWholeImage, whole_group_key
+            bh, bw, transposed = whole_group_key(*image.shape[:2])
+            label = f"whole {bh}x{bw}" + (" transposed" if transposed else "")
+            candidates[label] = JaxWholeImage(stages).run([image])[0]
         if bucket:
             x, mask = bucket_batch([image])
             out = stages.bucket(x, mask)[0]

@@ -33,8 +33,9 @@ import numpy as np
 from core.images import ImageError, list_images, load_image
 from core.image_pairs import ImagePair
 from core.recipe import AUTHORS_RECIPE
-from core.lowlight import (BUILTIN_HELDOUT, BUILTIN_TRAIN, SHORT_SIDE, DarkeningDraw, builtin_image,
-                          contrast_mean, darken, make_pair, resize_short_side)
+from core.lowlight import (BUILTIN_HELDOUT, BUILTIN_TRAIN, SHORT_SIDE, UNSEEN_PHOTO,
+                           DarkeningDraw, builtin_image, contrast_mean, darken, make_pair,
+                           resize_short_side)
 
 HELDOUT_SEED = 0  # the darkening seed of the held-out built-in pairs (and of samples/)
 TRAIN_SPLITS = ("our485", "train")
@@ -224,6 +225,16 @@ def builtin_heldout(seed: int = HELDOUT_SEED) -> list[ImagePair]:
     for name in BUILTIN_HELDOUT:
         low, high, _ = make_pair(builtin_image(name), name, seed)
         out.append(ImagePair(name, low, high))
+    return out
+
+
+def unseen_pairs(seeds=range(5)) -> list[ImagePair]:
+    """core.lowlight.UNSEEN_PHOTO (never trained on, never used to pick a model),
+    darkened once per seed: named motorcycle-s<seed>."""
+    out = []
+    for seed in seeds:
+        low, high, _ = make_pair(builtin_image(UNSEEN_PHOTO), UNSEEN_PHOTO, seed)
+        out.append(ImagePair(f"{UNSEEN_PHOTO}-s{seed}", low, high))
     return out
 
 

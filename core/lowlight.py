@@ -19,6 +19,9 @@ BUILTIN_TRAIN = ("astronaut", "hubble_deep_field", "immunohistochemistry", "reti
                  "colorwheel", "camera", "coins", "moon", "brick", "grass", "gravel",
                  "clock", "cell", "page", "text")
 BUILTIN_HELDOUT = ("chelsea", "coffee", "rocket")
+# A bundled photograph that nothing here trains or selects on: the left view of
+# scikit-image's stereo_motorcycle (500x741), darkened with several seeds.
+UNSEEN_PHOTO = "motorcycle"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,8 @@ def builtin_image(name: str) -> np.ndarray:
     """One of scikit-image's bundled images as uint8 RGB."""
     import skimage.data
 
+    if name == UNSEEN_PHOTO:
+        return np.ascontiguousarray(skimage.data.stereo_motorcycle()[0][:, :, :3])
     if name not in BUILTIN_TRAIN + BUILTIN_HELDOUT:
         raise KeyError(f"{name!r} is not a built-in image")
     image = np.asarray(getattr(skimage.data, name)())

@@ -146,11 +146,13 @@ def compilation_cache_dir() -> Path:
     return Path(base) / "dln-port" / "jax"
 
 
-# A new bucket shape costs JAX one compilation of the whole-image program: ~1.5 s on
-# the 2-core AMD EPYC, as long as computing ~150,000 pixels there (about 10 s per
-# megapixel at dim 64). The folder planner (core.tiling.plan_buckets) merges buckets
-# while the padding it adds costs less than the compilations it saves.
-COMPILE_PIXELS = 150_000
+# A new bucket shape costs JAX one compilation of the whole-image program. Measured
+# with `dln bench --workload folder` on the 2-core AMD EPYC (5 buckets): the cold run
+# took 4.1 s longer than the warm one, ~0.8 s per compilation, while computing took
+# ~7.4 s per megapixel (31.8 s for 4.3 MP of padded buckets): one compilation is worth
+# ~110,000 pixels. The folder planner (core.tiling.plan_buckets) merges buckets while
+# the padding a merger adds costs less than the compilations it saves.
+COMPILE_PIXELS = 110_000
 BUCKET_INDEX = "buckets.json"   # in the cache folder: shapes compiled there before
 
 

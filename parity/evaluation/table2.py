@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from core.image_pairs import ImagePair
+from parity.bench.benchmark import machine_description
 from parity.bench.flops import network_flops
 from core.atomic_files import save_figure_atomic
 from core.report_files import json_text
@@ -84,6 +85,7 @@ class Table2Result:
     pairs: list[ImagePair]
     repeats: int
     problems: list[str]
+    machine: dict = dataclasses.field(default_factory=lambda: machine_description())
 
     def as_dict(self) -> dict:
         published = [{**r, "implied_gflops_per_s": PUBLISHED_GFLOP / (r["time_ms"] * 1e-3)}
@@ -94,7 +96,7 @@ class Table2Result:
                                     "SSIM averaged over channels; theta in degrees (XYZ)",
                 "measured": [r.as_dict() for r in self.rows],
                 "published": {"note": PUBLISHED_NOTE, "rows": published},
-                "problems": self.problems}
+                "problems": self.problems, "machine": self.machine}
 
 
 # ---- arguments -------------------------------------------------------------------------------
@@ -226,8 +228,9 @@ def table_markdown(result: Table2Result) -> str:
         "GFLOP per 400x600 (HxW) image divided by the published time.",
         f"Measured rows: data = {result.data} ({len(result.pairs)} images), metrics in the "
         f"{result.column.upper()} columns; time = median of {result.repeats} synchronised runs "
-        "after a warm-up at the dataset's most common resolution (H x W), on this machine's "
-        "CPU; metrics: uint8 truncation, PSNR (range 255), scikit-image default SSIM, "
+        "after a warm-up at the dataset's most common resolution (H x W), on "
+        f"{result.machine.get('cpu') or 'an unknown CPU'} ({result.machine.get('cpus')} cores); "
+        "metrics: uint8 truncation, PSNR (range 255), scikit-image default SSIM, "
         "theta in degrees, means over images.",
     ]
     return "\n".join(lines + notes) + "\n"

@@ -12,8 +12,8 @@ import pytest
 
 from core.config import DLNConfig
 from parity.engine.tolerance import (DATA_PARALLEL_LOSS_RTOL, TRAIN_LOSS_RTOL,
-                                     TRAIN_SCALAR_FINAL_RTOL, TRAIN_UPDATE_RTOL,
-                                     TRAIN_WEIGHTS_RTOL)
+                                     TRAIN_SCALAR_FINAL_RTOL, TRAIN_UPDATE_FLIP_LR,
+                                     TRAIN_UPDATE_RTOL, TRAIN_WEIGHTS_RTOL)
 from parity.grads.training_parity import DATA_PARALLEL_STEPS, training_parity
 
 
@@ -41,7 +41,7 @@ def test_jax_and_torch_final_weights_agree_after_20_steps(parity_dim16):
 
 def test_jax_and_torch_updates_final_minus_initial_agree_per_tensor(parity_dim16):
     """The update is what training adds; the final weights are mostly the shared start.
-    Scalars (PReLU slopes) move by ~200 float32 ulps in 20 steps: they are held to 4 ulps
+    Scalars (PReLU slopes) move by ~200 float32 ulps in 20 steps: they are held to 32 ulps
     of torch's final value instead (parity/engine/tolerance.py says why)."""
     from weights.spec import tensor_specs
 
@@ -50,8 +50,16 @@ def test_jax_and_torch_updates_final_minus_initial_agree_per_tensor(parity_dim16
     tensors = {k: v for k, v in parity_dim16.update_rel.items() if size[k] > 1}
     scalars = {k: parity_dim16.weight_rel[k] for k in size if size[k] == 1}
     assert len(tensors) > 80 and scalars, (len(tensors), len(scalars))
-    name = max(tensors, key=tensors.get)
-    assert tensors[name] <= TRAIN_UPDATE_RTOL, f"update of {name} differs by {tensors[name]:.2e}"
+    # Adam moves an element with a ~0 gradient by ~lr per step, so a rounding-level sign
+    # flip there costs ~2 lr: the largest element differences are held to a bound in lr,
+    # the rest of each tensor to the relative limit (parity/engine/tolerance.py)
+    trimmed = {k: parity_dim16.update_rel_trimmed[k] for k in tensors}
+    name = max(trimmed, key=trimmed.get)
+    assert trimmed[name] <= TRAIN_UPDATE_RTOL, (
+        f"update of {name} differs by {trimmed[name]:.2e} (plain {tensors[name]:.2e})")
+    most = {k: parity_dim16.update_max_in_lr[k] for k in tensors}
+    name = max(most, key=most.get)
+    assert most[name] <= TRAIN_UPDATE_FLIP_LR, f"an element of {name} moved {most[name]:.2f} lr apart"
     name = max(scalars, key=scalars.get)
     assert scalars[name] <= TRAIN_SCALAR_FINAL_RTOL, f"final {name} differs by {scalars[name]:.2e}"
 

@@ -151,14 +151,31 @@ TRAIN_WEIGHTS_RTOL = 1e-3
 # The stricter check: each tensor's update (final - initial), relative L2. 20 steps at lr
 # 1e-5 move a weight by ~1e-4 of its size, so the final weights alone would hide errors of
 # the update up to ~10x its size.
-# Measured (2-core AMD EPYC, dim 16, 20 steps, batch 2, 32x32): median 2.3e-5, worst 8e-5
-# over all tensors with more than one element; 1e-3 leaves 12x.
-TRAIN_UPDATE_RTOL = 1e-3
+# Adam divides each gradient by its running RMS, so an element whose gradient is ~0
+# moves by about +-lr per step whatever its size: where rounding flips such a gradient's
+# sign in one framework, that element's update differs by ~2 lr, however exact the rest.
+# So the relative L2 leaves out each tensor's largest TRAIN_UPDATE_FLIP_FRACTION of
+# element differences (at least one element), and those elements are held instead to
+# TRAIN_UPDATE_FLIP_LR x lr.
+# Measured (dim 16, 20 steps, batch 2, 32x32), plain relative L2 over tensors with more
+# than one element: one 2-core AMD EPYC gave median 2.3e-5, worst 8e-5, no flip; a later
+# 2-core AMD EPYC gave median 8.3e-5 and 2 of feat2.conv.kernel's 4608 elements flipped
+# (1.99 lr apart each, 99.5% of that tensor's squared error; plain 2.45e-3). Trimmed
+# there: worst 8.3e-4 (feat_out_1.conv2.conv_Decoder.conv.kernel), the largest element
+# difference elsewhere 0.37 lr. So the CPU's kernels move these figures by ~4x; 3e-3
+# leaves 3.6x over the worst seen (not measured: how far a defect of the step, e.g. a
+# wrong loss term or Adam moments, would move them).
+TRAIN_UPDATE_RTOL = 3e-3
+TRAIN_UPDATE_FLIP_FRACTION = 1e-3
+TRAIN_UPDATE_FLIP_LR = 4.0   # two steps' worth of sign flips; seen 1.99
 # Scalar tensors (the PReLU slopes): 20 steps move a slope of ~0.25 by only ~200 float32
 # ulps, so one ulp apart is 5e-3 of its update (seen: 4.9e-3): an update limit cannot be
-# met there by float32 itself. Each scalar must instead end within 4 float32 ulps
-# (relative 4 * 2^-23 = 4.8e-7) of torch's; seen: at most 1.2e-7 (one ulp).
-TRAIN_SCALAR_FINAL_RTOL = 4 * 2.0 ** -23
+# met there by float32 itself. Each scalar must instead end within 32 float32 ulps
+# (relative 32 * 2^-23 = 3.8e-6) of torch's. Seen: at most 1.2e-7 (one ulp) on one 2-core
+# AMD EPYC, 1.11e-6 (9 ulps, feat_out_1.conv2.conv_Decoder's slope) on a later one: Adam
+# scales a slope's small, sign-changing gradient up to ~lr per step, so the CPU's kernels
+# show through; 32 leaves 3.5x over the worst seen.
+TRAIN_SCALAR_FINAL_RTOL = 32 * 2.0 ** -23
 # Data parallel: the same global batch on 1 and on N devices; only the order of the
 # float32 reductions across devices differs.
 DATA_PARALLEL_LOSS_RTOL = 1e-5

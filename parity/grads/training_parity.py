@@ -34,6 +34,7 @@ from core.config import DLNConfig
 from core.recipe import AUTHORS_RECIPE
 from core.report_files import write_report
 from parity.engine.tolerance import (DATA_PARALLEL_LOSS_RTOL, TRAIN_LOSS_RTOL, TRAIN_WEIGHTS_RTOL,
+                                     TRAIN_UPDATE_FLIP_FRACTION,
                                      relative_l2)
 from parity.trainers import make_trainer
 from parity.workers import run_worker
@@ -62,6 +63,10 @@ class TrainingParityResult:
     # JAX on N host devices (data parallel), first DATA_PARALLEL_STEPS steps; [] if not run
     losses_jax_data_parallel: list[float] = dataclasses.field(default_factory=list)
     data_parallel_devices: int = 0
+    # per tensor: update_rel without its largest TRAIN_UPDATE_FLIP_FRACTION of element
+    # differences, and the largest element difference of the update in units of lr
+    update_rel_trimmed: dict[str, float] = dataclasses.field(default_factory=dict)
+    update_max_in_lr: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def data_parallel_rel(self) -> list[float]:
@@ -243,15 +248,32 @@ def training_parity(config: DLNConfig = DLNConfig(), steps: int = LOSS_STEPS, ba
                    "data_parallel_devices": int(data_parallel_devices)}
         torch_side = _run_worker({**request, "framework": "torch"}, workdir)
         jax_side = _run_worker({**request, "framework": "jax"}, workdir, env)
-    weight_rel, update_rel = {}, {}
+    weight_rel, update_rel, trimmed, most = {}, {}, {}, {}
     for name, start in initial.items():
         w_t, w_j = torch_side[f"w/{name}"], jax_side[f"w/{name}"]
         weight_rel[name] = relative_l2(w_j, w_t)
         update_rel[name] = relative_l2(w_j - start, w_t - start)
+        trimmed[name], most[name] = _trimmed_update(w_j - start, w_t - start, lr)
     return TrainingParityResult(
         config, steps, batch, patch, lr, [float(x) for x in torch_side["losses"]],
         [float(x) for x in jax_side["losses"]], weight_rel, update_rel,
-        [float(x) for x in jax_side.get("losses_data_parallel", [])], int(data_parallel_devices))
+        [float(x) for x in jax_side.get("losses_data_parallel", [])], int(data_parallel_devices),
+        trimmed, most)
+
+
+def _trimmed_update(update_jax: np.ndarray, update_torch: np.ndarray, lr: float
+                    ) -> tuple[float, float]:
+    """(relative L2 of the update without its largest TRAIN_UPDATE_FLIP_FRACTION of element
+    differences, at least one; the largest element difference in units of lr)."""
+    a = np.asarray(update_jax, np.float64).ravel()
+    r = np.asarray(update_torch, np.float64).ravel()
+    diff = np.abs(a - r)
+    most = float(diff.max() / lr) if diff.size else 0.0
+    if diff.size < 2:
+        return relative_l2(a, r), most
+    drop = max(1, int(diff.size * TRAIN_UPDATE_FLIP_FRACTION))
+    keep = np.argsort(diff)[:diff.size - drop]
+    return relative_l2(a[keep], r[keep]), most
 
 
 if __name__ == "__main__":

@@ -120,6 +120,22 @@ def test_folder_plan_merges_buckets_only_while_compilations_cost_more_than_paddi
                    for c, s in zip(covers, shapes)), (plan, covers)
     # shapes compiled before cost nothing: a warm plan keeps them instead of merging
     assert plan_buckets(shapes, compile_pixels=10**9, compiled=set(own)) == own
+    # each image counts, whatever shape in its own bucket it has: one more 240x320-like
+    # image per bucket weighs the same as a copy of the bucket's first image
+    assert plan_buckets(shapes + [(250, 310)], 150_000) == \
+        plan_buckets(shapes + [(240, 320)], 150_000)
+
+
+def test_a_folder_of_too_many_distinct_buckets_is_left_unmerged():
+    from core.tiling import PLAN_MAX_BUCKETS, plan_buckets
+
+    sides = [bucket_side(n) for n in range(200, 3000, 7)]
+    ladder = sorted(set(sides))
+    shapes = [(h, w) for h in ladder for w in ladder if h <= w][:PLAN_MAX_BUCKETS + 10]
+    # compiling this dear would merge everything into one bucket; above the cap the
+    # greedy search (minutes at 150 buckets) is not run and each keeps its own
+    assert plan_buckets(shapes, compile_pixels=10**9) == sorted(shapes)
+    assert len(plan_buckets(shapes[:PLAN_MAX_BUCKETS], compile_pixels=10**9)) == 1
 
 
 def test_a_merged_or_transposed_bucket_gives_the_plain_forward(tmp_path):

@@ -30,7 +30,7 @@ from core.config import DLNConfig
 from core.errors import InputError
 from core.progress import progress
 from core.atomic_files import write_text_atomic
-from core.tiling import (DEFAULT_TILE, HALO_LBP, TiledPlan, bucket_shape, check_tile, landscape,
+from core.tiling import (DEFAULT_TILE, HALO_LBP, TiledPlan, check_tile, landscape,
                          map_bytes, plan_buckets, run_tiled, smallest_cover, tile_count)
 
 # Peak resident memory of one forward pass, measured with ru_maxrss on this project's
@@ -165,6 +165,7 @@ class BucketIndex:
 
         self.path = Path(folder) / BUCKET_INDEX
         self.key = f"jax-{jax.__version__}-{config.to_json()}"
+        self._known: set[tuple[int, int, int]] = set()  # entries seen on disk this process
 
     def _read(self) -> dict:
         try:
@@ -178,9 +179,12 @@ class BucketIndex:
         return {(int(h), int(w)) for n, h, w in entries if int(n) == batch}
 
     def add(self, batch: int, bucket: tuple[int, int]) -> None:
+        entry = (int(batch), int(bucket[0]), int(bucket[1]))
+        if entry in self._known:  # every later batch of a bucket: no read, no write
+            return
         data = self._read()
         entries = {tuple(e) for e in data.get(self.key, [])}
-        entry = (int(batch), int(bucket[0]), int(bucket[1]))
+        self._known.add(entry)
         if entry in entries:
             return
         data[self.key] = sorted(entries | {entry})
@@ -234,9 +238,10 @@ class Engine:
         size."""
         if self.backend != "jax":
             return (height, width)
-        shape = landscape(height, width)
-        bucket = smallest_cover(self._buckets, shape) or bucket_shape(*shape)
-        return bucket + (height > width,)
+        from port.tiled import whole_group_key
+
+        planned = smallest_cover(self._buckets, landscape(height, width))
+        return planned + (height > width,) if planned else whole_group_key(height, width)
 
     def whole(self, images: list[np.ndarray], key: tuple | None = None) -> list[np.ndarray]:
         """Images of one group_key, whole; outputs cropped to each image."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,6 +45,7 @@ from weights.spec import nest_dotted
 from port.inference import PARITY_PRECISION, make_apply
 from port.losses import dln_loss
 from port.model import DLN
+from port.pointwise import pointwise_conv_as_dot
 
 DATA_AXIS = "data"
 
@@ -77,15 +79,27 @@ def nested_arrays(flat: dict[str, np.ndarray]) -> dict:
 
 @functools.lru_cache(maxsize=16)
 def make_train_step(config: DLNConfig, recipe: TrainingRecipe, mesh: Mesh,
-                    precision: str = PARITY_PRECISION) -> Callable:
+                    precision: str = PARITY_PRECISION, pointwise_as_dot: bool = True
+                    ) -> Callable:
     """jit(params, opt_state, low, high, lr) -> (params, opt_state, loss), sharded over mesh,
     with the recipe's Adam settings and loss weight, traced at `precision`. Cached, so
-    trainers of one process with the same settings share one compilation."""
+    trainers of one process with the same settings share one compilation.
+
+    pointwise_as_dot: the 1 x 1 convolutions (and so their gradients) are computed as
+    matrix products (port/pointwise.py), as the port's inference does: the same
+    arithmetic to float32 summation order, and the CPU step ~15-25% faster (measured
+    on a 2-core AMD EPYC at batch 4 x 96^2: 4.29 s vs 4.98 s per step on one core,
+    3.21 s vs 4.25 s on two)."""
     model = DLN(config)
     tx = adam(recipe.beta1, recipe.beta2, recipe.eps)
 
     def loss_fn(params, low, high):
-        return dln_loss(model.apply({"params": params}, low), high, recipe.tv_weight)
+        if pointwise_as_dot:
+            with nn.intercept_methods(pointwise_conv_as_dot):
+                pred = model.apply({"params": params}, low)
+        else:
+            pred = model.apply({"params": params}, low)
+        return dln_loss(pred, high, recipe.tv_weight)
 
     def step(params, opt_state, low, high, lr):
         with jax.default_matmul_precision(precision):

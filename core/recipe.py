@@ -17,6 +17,12 @@ is written down once, here:
 - augmentation, the same for both images of a pair: one random crop, then a vertical
   flip, a horizontal mirror and a rotation by 180 degrees, each with probability 0.5.
 
+One addition that the authors' code does not have, off by default: `ema_decay`, an
+exponential moving average of the weights kept beside the optimiser's (the model a run
+hands out is then the average). After step t (counted from 1) the average moves by
+(1 - d_t) towards the weights, d_t = min(ema_decay, 1 - 1/t): a plain running mean of
+every step's weights until the mean's horizon reaches 1 / (1 - ema_decay) steps.
+
 Framework-neutral: plain numbers, no framework imported.
 """
 
@@ -55,6 +61,7 @@ class TrainingRecipe:
     seed: int = 123
     tv_weight: float = 0.001    # loss = (1 - SSIM) + tv_weight * TV
     flip_probability: float = 0.5  # each of: vertical flip, mirror, 180-degree rotation
+    ema_decay: float = 0.0      # weight average (module docstring); 0: none, the authors'
 
     def decay_after_epochs(self, total_epochs: int) -> tuple[int, ...]:
         """Epochs after which the rate is divided by lr_decay_factor, for a run of
@@ -63,6 +70,12 @@ class TrainingRecipe:
             raise ValueError(f"lr decay must be one of {', '.join(LR_DECAYS)}, "
                              f"got {self.lr_decay!r}")
         return authors_decay_epochs(total_epochs) if self.lr_decay == "authors" else ()
+
+    def average_decay(self, step: int) -> float:
+        """d_t of the weight average after step t (1-based): min(ema_decay, 1 - 1/t)."""
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema decay must be in [0, 1), got {self.ema_decay!r}")
+        return min(self.ema_decay, 1.0 - 1.0 / max(1, int(step)))
 
     def adam_text(self) -> str:
         return "Adam " + "/".join(short_number(v) for v in (self.beta1, self.beta2, self.eps))
@@ -81,7 +94,9 @@ class TrainingRecipe:
         return (f"{self.adam_text()}, lr {short_number(self.lr)} {self.decay_text()}, "
                 f"batch {self.batch}, patch {self.patch}, {self.epochs} epochs, "
                 f"seed {self.seed}, loss {self.loss_text()}, crop + flips + 180-degree rotation "
-                f"(p {short_number(self.flip_probability)} each)")
+                f"(p {short_number(self.flip_probability)} each)"
+                + (f", weights averaged (EMA {short_number(self.ema_decay)})"
+                   if self.ema_decay else ""))
 
 
 AUTHORS_RECIPE = TrainingRecipe()

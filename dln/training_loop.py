@@ -1,9 +1,9 @@
 """Training DLN, framework-neutral: settings, the authors' schedule, and the one loop.
 
 The loop is shared by both frameworks; a framework only supplies a trainer with
-`step(low, high, lr) -> loss`, `loss_value(loss) -> float`, `export() -> TrainingCheckpoint`,
-`enhancer() -> (HWC image -> HWC output)` and `describe() -> str` (port/trainer.py,
-reference_torch/trainer.py). Batches are a pure function of (seed, step) (core/data.py),
+`step(low, high, lr) -> loss`, `loss_value(loss) -> float`, `weights() -> flat arrays`,
+`export() -> TrainingCheckpoint`, `enhancer(weights=None) -> (HWC image -> HWC output)`
+and `describe() -> str` (port/trainer.py, reference_torch/trainer.py). Batches are a pure function of (seed, step) (core/data.py),
 so a resumed run repeats exactly what an uninterrupted run would have done.
 
 The recipe (Adam settings, learning rate and its decay, batch, patch, epochs, seed,
@@ -13,6 +13,11 @@ schedule is the authors' float test (core.recipe.authors_decay_epochs: never fir
 with their default 500 epochs). Their loop runs epochs 0..nEpochs, one more than
 asked; here `--epochs N` runs N epochs. With `--steps S` the epoch count is
 ceil(S / steps_per_epoch).
+
+With `--ema D` the loop also keeps an exponential moving average of the weights, in
+numpy after every step (core.recipe: d_t = min(D, 1 - 1/t)), so both frameworks
+average with the same arithmetic; held-out checks and OUT/weights.safetensors are
+then the average's.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from core.errors import UserError
 from core.config import DLNConfig, parse_variant
 from core.recipe import AUTHORS_RECIPE, LR_DECAYS, TrainingRecipe
@@ -38,7 +45,7 @@ PRECISIONS = ("highest", "default")
 # Settings that determine the trajectory: a resumed run must match the stored ones.
 TRAJECTORY_FIELDS = ("framework", "data", "init", "batch", "patch", "lr", "lr_decay", "beta1",
                      "beta2", "eps", "tv_weight", "seed", "variant", "zero_last_conv",
-                     "precision", "devices")
+                     "precision", "devices", "ema")
 LOG_WRITE_SECONDS = 30.0  # log.csv / log.json are rewritten at most this often mid-run
 
 
@@ -65,6 +72,7 @@ class TrainSettings:
     seed: int = AUTHORS_RECIPE.seed
     variant: str | None = None
     zero_last_conv: bool = False
+    ema: float = AUTHORS_RECIPE.ema_decay  # weight average decay; 0: none
     heldout: str = "auto"
     eval_every: int = 0
     save_every: int = 1000
@@ -93,6 +101,9 @@ class TrainSettings:
             raise TrainError(f"--patch must be at least 11 (the SSIM window), got {self.patch}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TrainError(f"--lr must be a positive number, got {self.lr}")
+        if not (0.0 <= self.ema < 1.0):
+            raise TrainError(f"--ema must be 0 (off) or a decay below 1, e.g. 0.995; "
+                             f"got {self.ema}")
         if self.workers < -1:
             raise TrainError("--workers must be -1 (auto) or more")
         for name in ("eval_every", "save_every", "devices"):
@@ -110,7 +121,7 @@ class TrainSettings:
         return dataclasses.replace(
             AUTHORS_RECIPE, beta1=self.beta1, beta2=self.beta2, eps=self.eps, lr=self.lr,
             lr_decay=self.lr_decay, batch=self.batch, patch=self.patch, seed=self.seed,
-            tv_weight=self.tv_weight,
+            tv_weight=self.tv_weight, ema_decay=self.ema,
             epochs=self.epochs if self.epochs is not None else AUTHORS_RECIPE.epochs)
 
 
@@ -177,6 +188,18 @@ def make_trainer(settings: TrainSettings, config: DLNConfig, state: TrainingChec
 
 
 # ---- the loop ---------------------------------------------------------------------------
+def update_average(average: dict[str, np.ndarray] | None, weights: dict[str, np.ndarray],
+                   decay: float) -> dict[str, np.ndarray]:
+    """One step of the weight average, in float32 numpy: a + (1 - decay) (w - a); the
+    first step (average None) starts it at the weights."""
+    if average is None:
+        return {k: np.array(v, np.float32) for k, v in weights.items()}
+    rate = np.float32(1.0 - decay)
+    for name, value in weights.items():
+        average[name] += rate * (np.asarray(value, np.float32) - average[name])
+    return average
+
+
 @dataclasses.dataclass
 class TrainResult:
     out: Path
@@ -189,8 +212,10 @@ class TrainResult:
 
 
 def check_resumable(stored: dict, settings: TrainSettings) -> None:
-    differ = [f"{k} ({stored.get(k)!r} then, {getattr(settings, k)!r} now)"
-              for k in TRAJECTORY_FIELDS if stored.get(k) != getattr(settings, k)]
+    defaults = TrainSettings(out="")  # a field a run stored before it existed: its default
+    then = {k: stored.get(k, getattr(defaults, k)) for k in TRAJECTORY_FIELDS}
+    differ = [f"{k} ({then[k]!r} then, {getattr(settings, k)!r} now)"
+              for k in TRAJECTORY_FIELDS if then[k] != getattr(settings, k)]
     if differ:
         raise TrainError("cannot resume with different settings: " + "; ".join(differ))
 
@@ -250,7 +275,12 @@ def train(settings: TrainSettings, echo: Callable[[str], None] | None = None,
     echo(f"data: {data.description}; {schedule.steps_per_epoch} step(s) per epoch")
     echo(f"{trainer.describe()}; {schedule.total_steps} steps, lr {settings.lr:g}"
          + (f", /10 after epoch(s) {list(schedule.decay_after_epochs)}"
-            if schedule.decay_after_epochs else ", no decay"))
+            if schedule.decay_after_epochs else ", no decay")
+         + (f", weights averaged (EMA {settings.ema:g})" if settings.ema else ""))
+    recipe = settings.recipe()
+    average = None  # the weight average (--ema), resumed from the checkpoint if kept
+    if settings.ema and state.average is not None:
+        average = {k: np.array(v, np.float32) for k, v in state.average.items()}
     header = {"title": f"dln train --framework {settings.framework}",
               "settings": json.loads(settings.to_json()), "config": json.loads(config.to_json()),
               "data": data.description, "total_steps": schedule.total_steps,
@@ -259,14 +289,19 @@ def train(settings: TrainSettings, echo: Callable[[str], None] | None = None,
     def evaluate(step: int):
         if not data.heldout:
             return None
-        result = evaluate_heldout(trainer.enhancer(), data.heldout)
+        result = evaluate_heldout(trainer.enhancer(average), data.heldout)
         log.add_eval(step, result)
         echo(f"step {step}: {result.text()}")
         return result
 
+    def snapshot():
+        exported = trainer.export()
+        exported.average = average
+        return exported
+
     def save() -> Path:
         header["summary"] = {"steps_done": done}
-        path = save_state(out, config, trainer.export(), settings.to_json())
+        path = save_state(out, config, snapshot(), settings.to_json())
         log.write(out, header)
         return path
 
@@ -298,6 +333,8 @@ def train(settings: TrainSettings, echo: Callable[[str], None] | None = None,
             lr = schedule.lr(step)
             pending.append((step, lr, trainer.step(low, high, lr)))
             done = step + 1
+            if settings.ema:
+                average = update_average(average, trainer.weights(), recipe.average_decay(done))
             if len(pending) >= settings.log_every:
                 flush()
             if done < schedule.total_steps:
@@ -316,7 +353,7 @@ def train(settings: TrainSettings, echo: Callable[[str], None] | None = None,
     header["summary"] = {"steps_done": done, "seconds_this_run": round(seconds, 2),
                          "final_loss": log.rows[-1]["loss"] if log.rows else None,
                          "heldout": heldout.as_dict() if heldout else None}
-    weights = save_state(out, config, trainer.export(), settings.to_json())
+    weights = save_state(out, config, snapshot(), settings.to_json())
     log.write(out, header)
     final = log.rows[-1]["loss"] if log.rows else float("nan")
     return TrainResult(out, weights, done, final, seconds, heldout, log)

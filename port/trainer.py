@@ -171,18 +171,25 @@ class JaxTrainer:
     def loss_value(loss) -> float:
         return float(jax.device_get(loss))
 
+    def weights(self) -> dict[str, np.ndarray]:
+        """The current weights, flat Flax names, float32 numpy."""
+        return flat_arrays(jax.device_get(self.params))
+
     def export(self) -> TrainingCheckpoint:
         params, opt = jax.device_get((self.params, self.opt_state))
         return TrainingCheckpoint(flat_arrays(params), flat_arrays(opt.mu), flat_arrays(opt.nu),
                                   int(opt.count))
 
-    def enhancer(self) -> Callable[[np.ndarray], np.ndarray]:
-        """HWC float32 image -> network output, with the current weights, on one device."""
+    def enhancer(self, weights: dict[str, np.ndarray] | None = None
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+        """HWC float32 image -> network output, with the current weights (or `weights`,
+        flat Flax names), on one device."""
         if self._apply is None:
             self._apply = make_apply(self.config, pointwise_as_dot=False,
                                      precision=self.precision)
         device = self.mesh.devices.flat[0]
-        params = jax.device_put(jax.device_get(self.params), device)
+        tree = jax.device_get(self.params) if weights is None else nested_arrays(weights)
+        params = jax.device_put(tree, device)
         apply = self._apply
 
         def enhance(image: np.ndarray) -> np.ndarray:

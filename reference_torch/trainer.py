@@ -89,6 +89,10 @@ class TorchTrainer:
         return {name: fn(param).detach().cpu().numpy().copy()
                 for name, param in self.model.named_parameters()}
 
+    def weights(self) -> dict[str, np.ndarray]:
+        """The current weights, flat Flax names and layouts, float32 numpy."""
+        return torch_to_flax_state(self._named(lambda p: p), self.config)
+
     def export(self) -> TrainingCheckpoint:
         params = self._named(lambda p: p)
         if not self.optimizer.state:
@@ -99,8 +103,16 @@ class TorchTrainer:
                                   torch_to_flax_state(mu, self.config),
                                   torch_to_flax_state(nu, self.config), self.count)
 
-    def enhancer(self) -> Callable[[np.ndarray], np.ndarray]:
+    def enhancer(self, weights: dict[str, np.ndarray] | None = None
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+        """HWC float32 image -> network output, with the current weights (or `weights`,
+        flat Flax names, in a copy of the model)."""
         model = self.model
+        if weights is not None:
+            model = DLN(self.config).to(self.device)
+            state = flax_to_torch_state(weights, self.config)
+            model.load_state_dict({k: _tensor(v, self.device) for k, v in state.items()},
+                                  strict=True)
 
         def enhance(image: np.ndarray) -> np.ndarray:
             x = _tensor(np.asarray(image, np.float32).transpose(2, 0, 1)[None], self.device)

@@ -11,7 +11,9 @@ Files in the output folder:
   weights.safetensors (the weights, in the `dln-flax-params` format every `dln`
   command reads, plus the training step in its metadata) and optimizer.safetensors
   (Adam's first and second moments `mu/<name>`, `nu/<name>`, the step, the network
-  config and the run's settings). The previous step folder is removed only after
+  config and the run's settings). A run that averages its weights (--ema) keeps the
+  average in weights.safetensors, since that is the model the run hands out, and the
+  optimiser's own weights as `params/<name>` in optimizer.safetensors. The previous step folder is removed only after
   the new one is published, so a kill, power loss or full disk at any moment leaves
   at least one complete checkpoint; `--resume` takes the latest complete one.
 - weights.safetensors and optimizer.safetensors beside it: the latest step's files
@@ -44,12 +46,19 @@ OPTIMIZER_FORMAT_VERSION = "1"
 
 @dataclasses.dataclass
 class TrainingCheckpoint:
-    """Weights and Adam moments (flat Flax names and layouts) after `count` steps."""
+    """Weights and Adam moments (flat Flax names and layouts) after `count` steps, and
+    the running average of the weights when the run keeps one."""
 
     params: dict[str, np.ndarray]
     mu: dict[str, np.ndarray] | None = None
     nu: dict[str, np.ndarray] | None = None
     count: int = 0
+    average: dict[str, np.ndarray] | None = None
+
+    @property
+    def model_params(self) -> dict[str, np.ndarray]:
+        """The weights the run hands out: the average when there is one."""
+        return self.params if self.average is None else self.average
 
 
 def flax_to_torch_state(flat: dict[str, np.ndarray], config: DLNConfig) -> dict[str, np.ndarray]:
@@ -98,13 +107,17 @@ def _write_pair(folder: Path, config: DLNConfig, state: TrainingCheckpoint,
     if state.mu is not None and state.nu is not None:
         arrays = {f"mu/{k}": v for k, v in state.mu.items()}
         arrays.update({f"nu/{k}": v for k, v in state.nu.items()})
+        if state.average is not None:
+            arrays.update({f"params/{k}": v for k, v in state.params.items()})
         save_safetensors(arrays, folder / OPTIMIZER_FILE, {
             "format": OPTIMIZER_FORMAT, "format_version": OPTIMIZER_FORMAT_VERSION,
             "step": str(state.count), "config": config.to_json(), "settings": settings_json,
             "layout": "Adam moments under the Flax names and layouts of weights.safetensors"})
-    ckpt = checkpoint_from_torch_state(flax_to_torch_state(state.params, config), config)
+    ckpt = checkpoint_from_torch_state(flax_to_torch_state(state.model_params, config), config)
     metadata = safetensors_metadata(ckpt)
     metadata.update({"train_step": str(state.count), "train_settings": settings_json})
+    if state.average is not None:
+        metadata["train_weights"] = "exponential moving average of the training weights"
     save_safetensors(ckpt.flax_params, folder / WEIGHTS_FILE, metadata)
 
 
@@ -181,14 +194,19 @@ def _load_pair(folder: Path, out: Path) -> tuple[DLNConfig, TrainingCheckpoint, 
     names = set(ckpt.flax_params)
     mu = {k[3:]: v for k, v in arrays.items() if k.startswith("mu/")}
     nu = {k[3:]: v for k, v in arrays.items() if k.startswith("nu/")}
-    if set(mu) != names or set(nu) != names:
+    raw = {k[7:]: v for k, v in arrays.items() if k.startswith("params/")}
+    if set(mu) != names or set(nu) != names or (raw and set(raw) != names):
         raise CheckpointError(f"{optimizer_path}: moments do not match the weights' tensors")
     for name in names:
-        if mu[name].shape != ckpt.flax_params[name].shape or nu[name].shape != mu[name].shape:
+        shape = ckpt.flax_params[name].shape
+        if any(group[name].shape != shape for group in (mu, nu, raw) if group):
             raise CheckpointError(f"{optimizer_path}: moment {name!r} has the wrong shape")
     try:
         settings = json.loads(meta["settings"])
     except (KeyError, json.JSONDecodeError):
         raise CheckpointError(f"{optimizer_path}: stored settings are unreadable") from None
-    state = TrainingCheckpoint(dict(ckpt.flax_params), mu, nu, int(meta["step"]))
+    if raw:  # an averaging run: weights.safetensors holds the average
+        state = TrainingCheckpoint(raw, mu, nu, int(meta["step"]), dict(ckpt.flax_params))
+    else:
+        state = TrainingCheckpoint(dict(ckpt.flax_params), mu, nu, int(meta["step"]))
     return ckpt.config, state, settings

@@ -43,6 +43,11 @@ def register(sub) -> None:
                    help="network switches, e.g. dim=16,brightness=off,residual_sign=paper")
     p.add_argument("--zero-last-conv", action="store_true",
                    help="start the final conv at zero, so the untrained network is the identity")
+    p.add_argument("--ema", type=float, default=recipe.ema_decay, metavar="DECAY",
+                   help="also keep an exponential moving average of the weights with this decay "
+                        "(e.g. 0.995; a plain running mean until its horizon 1/(1-DECAY) steps "
+                        "is reached); held-out checks and OUT/weights.safetensors are then the "
+                        "average's (default 0: off, as the authors)")
     p.add_argument("--heldout", default="auto",
                    help="pairs for the held-out PSNR: auto (built-in held-out photographs for "
                         "builtin data, eval15 for LOL), builtin, none, or a LOL-layout folder")
@@ -72,7 +77,7 @@ def run(args) -> int:
         out=args.out, framework=args.framework, data=args.data, init=args.init,
         epochs=args.epochs, steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
         lr_decay=args.lr_decay, seed=args.seed, variant=args.variant,
-        zero_last_conv=args.zero_last_conv, heldout=args.heldout, eval_every=args.eval_every,
+        zero_last_conv=args.zero_last_conv, ema=args.ema, heldout=args.heldout, eval_every=args.eval_every,
         save_every=args.save_every, log_every=args.log_every, workers=args.workers,
         precision=args.precision, devices=args.devices, resume=args.resume)
     result = train(settings)

@@ -3,8 +3,9 @@
 The loop is shared by both frameworks; a framework only supplies a trainer with
 `step(low, high, lr) -> loss`, `loss_value(loss) -> float`, `weights() -> flat arrays`,
 `export() -> TrainingCheckpoint`, `enhancer(weights=None) -> (HWC image -> HWC output)`
-and `describe() -> str` (port/trainer.py, reference_torch/trainer.py). Batches are a pure function of (seed, step) (core/data.py),
-so a resumed run repeats exactly what an uninterrupted run would have done.
+and `describe() -> str` (port/trainer.py, reference_torch/trainer.py). Batches are a
+pure function of (seed, step) (core/data.py), so a resumed run repeats exactly what an
+uninterrupted run would have done.
 
 The recipe (Adam settings, learning rate and its decay, batch, patch, epochs, seed,
 loss weight) is core.recipe.AUTHORS_RECIPE; TrainSettings' defaults are its values and

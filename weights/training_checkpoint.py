@@ -13,9 +13,10 @@ Files in the output folder:
   (Adam's first and second moments `mu/<name>`, `nu/<name>`, the step, the network
   config and the run's settings). A run that averages its weights (--ema) keeps the
   average in weights.safetensors, since that is the model the run hands out, and the
-  optimiser's own weights as `params/<name>` in optimizer.safetensors. The previous step folder is removed only after
-  the new one is published, so a kill, power loss or full disk at any moment leaves
-  at least one complete checkpoint; `--resume` takes the latest complete one.
+  optimiser's own weights as `params/<name>` in optimizer.safetensors. The previous
+  step folder is removed only after the new one is published, so a kill, power loss
+  or full disk at any moment leaves at least one complete checkpoint; `--resume`
+  takes the latest complete one.
 - weights.safetensors and optimizer.safetensors beside it: the latest step's files
   again (hard links, each published atomically after its step folder), so that
   `dln enhance --weights OUT/weights.safetensors` always reads a whole file.

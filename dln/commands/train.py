@@ -77,7 +77,8 @@ def run(args) -> int:
         out=args.out, framework=args.framework, data=args.data, init=args.init,
         epochs=args.epochs, steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
         lr_decay=args.lr_decay, seed=args.seed, variant=args.variant,
-        zero_last_conv=args.zero_last_conv, ema=args.ema, heldout=args.heldout, eval_every=args.eval_every,
+        zero_last_conv=args.zero_last_conv, ema=args.ema, heldout=args.heldout,
+        eval_every=args.eval_every,
         save_every=args.save_every, log_every=args.log_every, workers=args.workers,
         precision=args.precision, devices=args.devices, resume=args.resume)
     result = train(settings)

@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/dln demo --out out/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 bench: $(STAMP)
 	$(BIN)/dln bench --profile --report out/bench

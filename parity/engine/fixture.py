@@ -9,7 +9,7 @@ writes two safetensors files (about 0.8 MB together):
   and the output of every block as `reference_torch` computes it (`block/<torch name>`,
   NHWC), with the execution order, config and torch version in the metadata.
 
-The test tests/test_parity_fixture.py compares the Flax port against these files
+The test tests/parity/test_parity_fixture.py compares the Flax port against these files
 block by block without running PyTorch. Everything is seeded, so regenerating on the
 same library versions gives the same values.
 """

@@ -11,7 +11,7 @@ import pytest
 
 from core.recipe import AUTHORS_RECIPE, TrainingRecipe, authors_decay_epochs
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # the recipe fields a `dln train` run may set (the rest are fixed parts of the recipe)
 RUN_FIELDS = ("beta1", "beta2", "eps", "lr", "lr_decay", "batch", "patch", "seed", "tv_weight")
 

@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image
 
 from dln.cli import main
-from tests.test_security_bad_checkpoints import broken_pth_variants
-from tests.test_security_checkpoints import hostile_paths
+from tests.weights.test_hostile_broken_checkpoints import broken_pth_variants
+from tests.weights.test_hostile_code_carrying_checkpoints import hostile_paths
 
 
 def _run(argv, capsys):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # samples/ is data only (the bundled PNG pairs, package data with an empty __init__)
 LAYERS = {"samples": 0, "core": 0, "weights": 1, "port": 2, "reference_torch": 2, "examples": 2,
           "parity": 3, "dln": 4}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("core", "dln", "port", "reference_torch", "weights", "parity", "samples")
 BUNDLED = ["weights/sample/dln_sample.pth", "weights/sample/README.md"] + [
     f"samples/{side}/{name}.png" for side in ("low", "high")
@@ -88,7 +88,7 @@ def test_installed_package_finds_its_data_inside_the_install_not_the_checkout(in
 def test_installed_dln_demo_runs_from_an_unrelated_folder(installed, tmp_path):
     """The installed `dln` script with its default (installed) weights, from a folder that
     has no checkout. The pairs are 48x64 crops of the installed samples, which keeps the
-    full-width network to seconds; the full demo's numbers are tests/test_sample_model.py's."""
+    full-width network to seconds; the full demo's numbers are tests/dln/test_sample_model.py's."""
     import numpy as np
     from PIL import Image
 

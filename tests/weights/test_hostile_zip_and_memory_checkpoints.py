@@ -32,7 +32,7 @@ from weights.files import safetensors_bytes
 from weights.spec import tensor_specs
 from weights.synthetic import random_torch_state
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CFG16 = DLNConfig(dim=16)
 PEAK_RSS_LIMIT_MIB = 1024  # the bound SECURITY.md promises for `dln convert`
 

@@ -26,7 +26,7 @@ from dln.cli import main
 from tests.conftest import write_authors_pth
 from weights.synthetic import random_torch_state
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # In the child: the first fsync (the temporary file, complete, before its rename)
 # announces itself through a file and then waits for the parent's signal.

@@ -17,7 +17,7 @@ from PIL import Image
 from dln.cli import main
 from weights.training_checkpoint import load_state
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["--variant", "dim=16", "--batch", "2", "--patch", "24", "--lr", "1e-4",
         "--data", "builtin:grass,gravel,coins", "--heldout", "none", "--workers", "0"]
 

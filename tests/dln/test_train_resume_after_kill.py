@@ -19,7 +19,7 @@ import numpy as np
 from weights.convert import load_checkpoint
 from weights.training_checkpoint import load_state
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["train", "--framework", "torch", "--variant", "dim=16", "--batch", "2", "--patch", "24",
         "--lr", "1e-4", "--data", "builtin:grass,gravel,coins", "--heldout", "none",
         "--workers", "0", "--steps", "4", "--save-every", "2"]

@@ -7,7 +7,7 @@ from xml.etree import ElementTree
 
 from dln.cli import main
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tiny_unet"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny_unet"
 TORCH = f"{EXAMPLE / 'torch_model.py'}:build"
 FLAX = f"{EXAMPLE / 'flax_model.py'}:build"
 

@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FORBIDDEN = re.compile("|".join(["dln" + "_facts", "porting" + "_facts", "shared/" + "arch",
                                  "architecture" + r"\.md", "the " + "issue"]), re.IGNORECASE)
 SKIP_PARTS = {".venv", "fixtures", "__pycache__", ".git", "build", "out", ".hypothesis"}

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from core.images import ImageError, load_image
-from tests.test_fuzz_checkpoints import EDITS, mutate
-from tests.test_images_robust import write_png16
+from tests.weights.test_hostile_fuzzed_checkpoints import EDITS, mutate
+from tests.core.test_images_robust import write_png16
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -14,7 +14,7 @@ from dln.enhance import (TILED_BYTES_PER_PIXEL, estimated_bytes, pixel_limit, ti
                          tile_working_bytes)
 from core.images import quantize
 from parity.engine.tolerance import assert_pngs_match
-from tests.test_images_robust import png_header_only, write_png16
+from tests.core.test_images_robust import png_header_only, write_png16
 
 RNG = np.random.default_rng(8)
 

@@ -35,13 +35,12 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from flax.traverse_util import flatten_dict
 
 from core.config import DLNConfig
 from core.errors import UserError
 from core.recipe import AUTHORS_RECIPE, TrainingRecipe
 from weights.training_checkpoint import TrainingCheckpoint
-from weights.spec import nest_dotted
+from weights.trees import flatten_tree, nest_tree
 from port.inference import PARITY_PRECISION, make_apply
 from port.losses import dln_loss
 from port.model import DLN
@@ -69,12 +68,12 @@ def adam(beta1: float, beta2: float, eps: float) -> optax.GradientTransformation
 
 def flat_arrays(tree: dict) -> dict[str, np.ndarray]:
     """A nested params / moments tree -> flat dotted Flax names, float32 numpy."""
-    return {k: np.asarray(v, np.float32) for k, v in flatten_dict(tree, sep=".").items()}
+    return {k: np.asarray(v, np.float32) for k, v in flatten_tree(tree, sep=".").items()}
 
 
 def nested_arrays(flat: dict[str, np.ndarray]) -> dict:
     """Flat dotted Flax names -> the nested tree, float32 numpy."""
-    return nest_dotted({k: np.asarray(v, np.float32) for k, v in flat.items()})
+    return nest_tree({k: np.asarray(v, np.float32) for k, v in flat.items()}, sep=".")
 
 
 @functools.lru_cache(maxsize=16)

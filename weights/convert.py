@@ -18,9 +18,9 @@ from core.config import ConfigError, DLNConfig
 from weights.errors import CheckpointError
 from weights.files import (is_safetensors_path, load_pth, load_safetensors, save_pth,
                            save_safetensors, sha256_of)
-from weights.spec import (flax_to_torch_array, nest_dotted, parameter_count, tensor_specs,
-                          torch_to_flax_array)
+from weights.spec import flax_to_torch_array, parameter_count, tensor_specs, torch_to_flax_array
 from weights.state_dict import check_against_spec, infer_config
+from weights.trees import nest_tree
 
 FORMAT_NAME = "dln-flax-params"
 FORMAT_VERSION = "1"
@@ -41,7 +41,7 @@ class Checkpoint:
 
     def flax_tree(self) -> dict:
         """Nested dict for `model.apply({'params': tree}, x)`."""
-        return nest_dotted(self.flax_params)
+        return nest_tree(self.flax_params, sep=".")
 
 
 def _spelled(value) -> str:

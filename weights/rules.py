@@ -2,7 +2,7 @@
 
 Each rule takes one torch module (its own parameters and buffers, not its children's)
 and says, for every tensor, which Flax collection, variable name and layout it
-becomes. Module names follow one rename rule (`a.b.0` -> Flax path `a/b_0`) unless a
+becomes. Module names follow the rename rule of weights/trees.py (`a.b.0` -> `a/b_0`) unless a
 mapping names the path.
 
     torch module kind            tensor -> Flax variable (layout)
@@ -29,12 +29,12 @@ modules they are given.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Callable
 
 import numpy as np
 
 from core.errors import UserError
+from weights.trees import flax_path_candidates, nest_tree, shape_mismatch
 
 
 class NoConverterRule(UserError, ValueError):
@@ -61,6 +61,11 @@ class TensorRule:
     def flax_name(self) -> str:
         """Dotted Flax name within the collection (`enc.conv.kernel`)."""
         return ".".join([*filter(None, self.flax_path.split("/")), self.leaf])
+
+    @property
+    def key(self) -> str:
+        """The variable's flat key, collection first (`params/enc/conv/kernel`)."""
+        return "/".join([self.collection, *filter(None, self.flax_path.split("/")), self.leaf])
 
     @property
     def flax_shape(self) -> tuple[int, ...]:
@@ -107,24 +112,6 @@ def to_torch(kind: str, value: np.ndarray, torch_shape: tuple[int, ...] | None =
 
 
 # ---- rules per torch module kind --------------------------------------------------------
-_SEQUENTIAL_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
-
-
-def rename(torch_module: str) -> str:
-    """The Flax path of a torch module name: `a.b.0` -> `a/b_0`."""
-    return _SEQUENTIAL_INDEX.sub(r"_\1", torch_module).replace(".", "/")
-
-
-def flax_path_candidates(torch_module: str) -> list[str]:
-    """Paths a torch module may have in a Flax port: the rename rule first, then the
-    same module inside a Flax nn.Sequential (`a.0` -> `a/layers_0`)."""
-    if torch_module == "":
-        return [""]
-    first = rename(torch_module)
-    sequential = _SEQUENTIAL_INDEX.sub(r"/layers_\1", torch_module).replace(".", "/")
-    return [first] if sequential == first else [first, sequential]
-
-
 def _own_tensors(module) -> dict[str, np.ndarray]:
     tensors = {}
     for name, p in module.named_parameters(recurse=False):
@@ -238,39 +225,6 @@ def plan_conversion(torch_model, mapping: dict[str, str] | None = None,
     return ConversionPlan(planned, dropped)
 
 
-def _flat_key(rule: TensorRule) -> str:
-    return "/".join([rule.collection, *filter(None, rule.flax_path.split("/")), rule.leaf])
-
-
-def flatten_variables(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
-    """{'params': {'a': {'kernel': v}}} -> {'params/a/kernel': v}."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, dict) or hasattr(value, "items"):
-            flat.update(flatten_variables(dict(value.items()), name))
-        else:
-            flat[name] = value
-    return flat
-
-
-def nest_variables(flat: dict[str, np.ndarray]) -> dict:
-    """Inverse of flatten_variables."""
-    tree: dict = {}
-    for name, value in flat.items():
-        node = tree
-        *parents, leaf = name.split("/")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
-
-def _listing(names: list[str], limit: int = 12) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" ... ({len(names)} in all)" if len(names) > limit else "")
-
-
 def convert_model(torch_model, expected: dict[str, tuple[int, ...]] | None = None,
                   mapping: dict[str, str] | None = None,
                   flax_modules: dict[str, object] | None = None,
@@ -289,27 +243,19 @@ def convert_model(torch_model, expected: dict[str, tuple[int, ...]] | None = Non
             state[f"{name}.{tensor_name}" if name else tensor_name] = value
     if expected is not None:
         plan = _adopt_prelu_names(plan, expected)
-    flat = {_flat_key(r): np.asarray(to_flax(r.kind, state[r.torch_name]), np.float32)
+    flat = {r.key: np.asarray(to_flax(r.kind, state[r.torch_name]), np.float32)
             for r in plan.rules}
-    if expected is not None:
-        missing = sorted(set(expected) - set(flat))
-        unexpected = sorted(set(flat) - set(expected))
-        misshapen = sorted(f"{k} (torch gives {tuple(flat[k].shape)}, Flax expects "
-                           f"{tuple(expected[k])})" for k in set(flat) & set(expected)
-                           if tuple(flat[k].shape) != tuple(expected[k]))
-        problems = [f"{label}: {_listing(items)}" for label, items in
-                    (("missing", missing), ("unexpected", unexpected),
-                     ("misshapen", misshapen)) if items]
-        if problems:
-            raise ConversionMismatch("converted weights do not fit the Flax model: " +
-                                     "; ".join(problems))
-    return nest_variables(flat), plan
+    problems = expected is not None and shape_mismatch(
+        {k: v.shape for k, v in flat.items()}, expected)
+    if problems:
+        raise ConversionMismatch(f"converted weights do not fit the Flax model: {problems}")
+    return nest_tree(flat), plan
 
 
 def _adopt_prelu_names(plan: ConversionPlan, expected: dict) -> ConversionPlan:
     rules = []
     for r in plan.rules:
-        if r.kind == "prelu" and _flat_key(r) not in expected:
+        if r.kind == "prelu" and r.key not in expected:
             prefix = "/".join(["params", *filter(None, r.flax_path.split("/"))]) + "/"
             leaves = [k[len(prefix):] for k in expected
                       if k.startswith(prefix) and "/" not in k[len(prefix):]]

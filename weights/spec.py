@@ -92,11 +92,3 @@ def torch_to_flax_array(kind: str, value: np.ndarray) -> np.ndarray:
 def flax_to_torch_array(kind: str, value: np.ndarray) -> np.ndarray:
     """Inverse of torch_to_flax_array."""
     return to_torch(kind, value)
-
-
-def nest_dotted(flat: dict) -> dict:
-    """{'a.b.kernel': v} -> {'a': {'b': {'kernel': v}}}: dotted Flax names as the params tree
-    (flax.traverse_util, imported only here: every caller goes on to run the Flax model)."""
-    from flax.traverse_util import unflatten_dict
-
-    return unflatten_dict(flat, sep=".")

@@ -11,6 +11,7 @@ import numpy as np
 from core.config import ConfigError, DLNConfig
 from weights.errors import CheckpointError
 from weights.spec import tensor_specs
+from weights.trees import listing, shape_mismatch
 
 DATAPARALLEL_PREFIX = "module."
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net", "params")
@@ -24,11 +25,6 @@ def strip_dataparallel(keys_to_values: dict) -> dict:
     return dict(keys_to_values)
 
 
-def _shorten(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
 def require_dln_keys(state: dict) -> None:
     """Refuse, before any tensor is looked at, a state dict of another network.
 
@@ -39,7 +35,7 @@ def require_dln_keys(state: dict) -> None:
     if "feat1.conv.weight" not in state:
         raise CheckpointError(
             f"not a DLN checkpoint: no feat1.conv.weight among its {len(state)} entries "
-            f"(first keys: {_shorten(sorted(map(str, state)), 5) or 'none'})")
+            f"(first keys: {listing(sorted(map(str, state)), 5) or 'none'})")
 
 
 def infer_config(state: dict[str, np.ndarray], overrides: dict) -> DLNConfig:
@@ -55,7 +51,7 @@ def infer_config(state: dict[str, np.ndarray], overrides: dict) -> DLNConfig:
     if feat1 is None or feat2 is None or np.ndim(feat1) != 4 or np.ndim(feat2) != 4:
         raise CheckpointError(
             "not a DLN checkpoint: it has no 4-D feat1.conv.weight / feat2.conv.weight "
-            f"(first keys: {_shorten(sorted(state), 5) or 'none'})")
+            f"(first keys: {listing(sorted(state), 5) or 'none'})")
     implied = {"dim": int(feat2.shape[0])}
     in_channels = int(feat1.shape[1])
     if in_channels not in (3, 4):
@@ -81,22 +77,9 @@ def check_against_spec(state: dict[str, np.ndarray], cfg: DLNConfig, naming: str
 
     naming: "torch" or "flax", which of the two name columns the keys use.
     """
-    specs = tensor_specs(cfg)
     expected = {(s.torch_name if naming == "torch" else s.flax_name):
-                (s.torch_shape if naming == "torch" else s.flax_shape) for s in specs}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(f"{k} {tuple(np.shape(state[k]))} != expected {expected[k]}"
-                   for k in set(expected) & set(state)
-                   if tuple(np.shape(state[k])) != expected[k])
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing: {_shorten(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {_shorten(unexpected)}")
-    if wrong:
-        problems.append(f"{len(wrong)} wrong shape: {_shorten(wrong, 4)}")
+                (s.torch_shape if naming == "torch" else s.flax_shape) for s in tensor_specs(cfg)}
+    problems = shape_mismatch({k: np.shape(v) for k, v in state.items()}, expected)
     if problems:
         raise CheckpointError(
-            f"checkpoint does not match DLN({cfg.variant_string()}, dim={cfg.dim}): "
-            + "; ".join(problems))
+            f"checkpoint does not match DLN({cfg.variant_string()}, dim={cfg.dim}): {problems}")

@@ -129,7 +129,7 @@ def flax_census(flax_module, inputs, apply_kwargs: dict | None = None) -> FlaxCe
     import flax.linen as nn
     import jax
 
-    from weights.rules import flatten_variables
+    from weights.trees import flatten_tree
 
     modules: dict[str, object] = {}
 
@@ -143,7 +143,7 @@ def flax_census(flax_module, inputs, apply_kwargs: dict | None = None) -> FlaxCe
 
     shapes = jax.eval_shape(init, *[jax.ShapeDtypeStruct(x.shape, np.float32)
                                     for x in flax_inputs(inputs)])
-    flat = {k: tuple(v.shape) for k, v in flatten_variables(dict(shapes)).items()
+    flat = {k: tuple(v.shape) for k, v in flatten_tree(dict(shapes)).items()
             if not k.startswith("intermediates/")}
     return FlaxCensus(modules, flat)
 
@@ -173,7 +173,8 @@ def infer_mapping(torch_model, census: FlaxCensus, mapping: dict[str, str] | Non
     compact method): such modules are paired, in order, with the first unclaimed Flax
     module whose variables have exactly the converted shapes. Torch-only modules stay
     unpaired (and are refused by the strict conversion)."""
-    from weights.rules import flax_path_candidates, plan_conversion
+    from weights.rules import plan_conversion
+    from weights.trees import flax_path_candidates
 
     mapping = dict(mapping or {})
     plan = plan_conversion(torch_model, mapping, census.modules)

@@ -15,26 +15,22 @@ Flax), or "missing in JAX" (a failure) when the caller chose the modules to comp
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections import OrderedDict
 
 import numpy as np
 
 from parity.engine.hooks import PREDICTION
 from parity.engine.tolerance import FORWARD_ATOL, compare
-from weights.rules import flax_path_candidates  # noqa: F401  (the Sequential fallback)
+from weights.trees import flax_path_candidates, rename
 
 PASS, FAIL, SHAPE, MISSING = "pass", "fail", "shape mismatch", "missing in JAX"
 ONLY_TORCH, ONLY_FLAX = "only in torch", "only in flax"
 FAILING = (FAIL, SHAPE, MISSING)
-_SEQUENTIAL_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
 
 
 def flax_path(torch_name: str) -> str:
     """The Flax module path ('a/b/fc_0') of a torch module name ('a.b.fc.0')."""
-    if torch_name == PREDICTION:
-        return PREDICTION
-    return _SEQUENTIAL_INDEX.sub(r"_\1", torch_name).replace(".", "/")
+    return PREDICTION if torch_name == PREDICTION else rename(torch_name)
 
 
 @dataclasses.dataclass(frozen=True)

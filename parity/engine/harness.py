@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from core.config import DLNConfig
-from weights.spec import nest_dotted
+from weights.trees import nest_tree
 from parity.engine.block_compare import LayerReport, compare_blocks
 from parity.engine.tolerance import FORWARD_ATOL
 
@@ -135,7 +135,7 @@ def run_jax_side(ckpt, x: np.ndarray, block_names, defect: str | None = None) ->
     side = zoo.inject(defect, ckpt.config, ckpt.flax_params) if defect else None
     config = side.config if side else ckpt.config
     params = side.params if side else ckpt.flax_params
-    outputs = capture_flax(config, nest_dotted(params), x, interceptor=side.interceptor if side else None,
+    outputs = capture_flax(config, nest_tree(params, sep="."), x, interceptor=side.interceptor if side else None,
                            wanted={flax_path(name) for name in block_names})
     return JaxSide(config, outputs, side.notes if side else [],
                    side.defect.summary if side else None)

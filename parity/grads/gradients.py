@@ -52,6 +52,7 @@ from core.recipe import AUTHORS_RECIPE
 from parity.engine.tolerance import ADAM_STEP_RTOL, GRAD_RTOL, relative_l2
 from parity.workers import finish_worker, start_worker
 from weights.spec import flax_to_torch_array, tensor_specs, torch_to_flax_array
+from weights.trees import flatten_tree, nest_tree
 
 WORKER_FLAG = "--float64-worker"
 WORKER_TIMEOUT_S = 600
@@ -160,10 +161,7 @@ def torch_adam_step(state: dict[str, np.ndarray], grads: dict[str, np.ndarray]
 
 # ---- JAX -------------------------------------------------------------------------------------------
 def flatten(tree: dict) -> dict[str, np.ndarray]:
-    """A nested Flax tree -> numpy arrays under dotted names (flax.traverse_util)."""
-    from flax.traverse_util import flatten_dict
-
-    return {k: np.asarray(v) for k, v in flatten_dict(tree, sep=".").items()}
+    return {k: np.asarray(v) for k, v in flatten_tree(tree, sep=".").items()}
 
 
 def jax_gradients(flax_params: dict[str, np.ndarray], config: DLNConfig, x: np.ndarray,
@@ -175,7 +173,6 @@ def jax_gradients(flax_params: dict[str, np.ndarray], config: DLNConfig, x: np.n
 
     from port.inference import PARITY_PRECISION
     from port.model import DLN
-    from weights.spec import nest_dotted
 
     model = DLN(config)
 
@@ -183,7 +180,7 @@ def jax_gradients(flax_params: dict[str, np.ndarray], config: DLNConfig, x: np.n
         with jax.default_matmul_precision(PARITY_PRECISION):  # true float32 (no TF32)
             return loss_fn(model.apply({"params": params}, jnp.asarray(x)), jnp.asarray(target))
 
-    params = jax.tree_util.tree_map(jnp.asarray, nest_dotted(flax_params))
+    params = jax.tree_util.tree_map(jnp.asarray, nest_tree(flax_params, sep="."))
     loss, grads = jax.jit(jax.value_and_grad(loss_of))(params)
     return float(loss), flatten(jax.device_get(grads))
 
@@ -208,11 +205,10 @@ def optax_adam_step(flax_params: dict[str, np.ndarray], grads: dict[str, np.ndar
     """One optax.adam step in float32 (lr: the recipe's unless given)."""
     import jax
 
-    from weights.spec import nest_dotted
 
     as32 = (lambda tree: {k: np.asarray(v, np.float32) for k, v in tree.items()})
     step = _optax_adam_step_fn(AUTHORS_RECIPE.lr if lr is None else lr)
-    return flatten(jax.device_get(step(nest_dotted(as32(flax_params)), nest_dotted(as32(grads)))))
+    return flatten(jax.device_get(step(nest_tree(as32(flax_params), sep="."), nest_tree(as32(grads), sep="."))))
 
 
 def start_float64_worker(flax_params: dict[str, np.ndarray], config: DLNConfig, x: np.ndarray,

@@ -18,7 +18,8 @@ from typing import Callable
 import numpy as np
 
 from parity.engine.tolerance import MODEL_GRAD_TOL, compare
-from weights.rules import flatten_variables, to_torch
+from weights.rules import to_torch
+from weights.trees import flatten_tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +109,7 @@ def model_gradient_parity(torch_model, flax_module, variables: dict, inputs, pla
                                                **(apply_kwargs or {})))
 
     loss_j, grads = jax.jit(jax.value_and_grad(loss_of))(variables["params"])
-    flat = flatten_variables({"params": jax.device_get(grads)})
+    flat = flatten_tree({"params": jax.device_get(grads)})
     rows = []
     for rule in plan.rules:
         if rule.collection != "params" or rule.torch_name not in grads_t:

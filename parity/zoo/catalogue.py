@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from weights.rules import flatten_variables, nest_variables
+from weights.trees import flatten_tree, nest_tree
 
 CONV = ("Conv1d", "Conv2d", "Conv3d")
 CONV_TRANSPOSE = ("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
@@ -81,14 +81,14 @@ def _key(rule) -> str:
 
 
 def _replaced(port, changes: dict[str, np.ndarray]) -> dict:
-    flat = flatten_variables(port.variables)
+    flat = flatten_tree(port.variables)
     flat.update({k: np.asarray(v, np.float32) for k, v in changes.items()})
-    return nest_variables(flat)
+    return nest_tree(flat)
 
 
 def _param_mutation(port, site, leaf: str, change: Callable) -> Mutation:
     """Replace the site's `leaf` variable by change(flax value, torch value, rule)."""
-    flat = flatten_variables(port.variables)
+    flat = flatten_tree(port.variables)
     state = port.torch_state()
     changes = {}
     for rule in _rules(port, site, leaf):

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from parity.engine.api import (FlaxCensus, flax_census, flax_inputs, torch_capture)
-from parity.engine.block_compare import flax_path_candidates
+from weights.trees import flax_path_candidates
 from parity.engine.hooks import TorchCapture, make_flax_apply
 from parity.engine.tolerance import FORWARD_ATOL
 

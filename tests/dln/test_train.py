@@ -129,7 +129,7 @@ def test_zero_last_conv_makes_the_untrained_network_the_identity():
     from core.config import DLNConfig
     from weights.initial import authors_initial_state
     from weights.training_checkpoint import torch_to_flax_state
-    from weights.spec import nest_dotted
+    from weights.trees import nest_tree
     from port.model import DLN as FlaxDLN
     from reference_torch.inference import model_from_state
 
@@ -137,7 +137,7 @@ def test_zero_last_conv_makes_the_untrained_network_the_identity():
     state = authors_initial_state(config, seed=1, zero_last_conv=True)
     x = np.random.default_rng(0).random((1, 20, 28, 3), dtype=np.float32)
     apply = jax.jit(FlaxDLN(config).apply)
-    flax_out = apply({"params": nest_dotted(torch_to_flax_state(state, config))}, jnp.asarray(x))
+    flax_out = apply({"params": nest_tree(torch_to_flax_state(state, config), sep=".")}, jnp.asarray(x))
     assert np.array_equal(np.asarray(flax_out), x), "JAX: untrained network is not the identity"
     with torch.no_grad():
         torch_out = model_from_state(state, config)(torch.from_numpy(x.transpose(0, 3, 1, 2)))

@@ -12,7 +12,7 @@ from core.config import DLNConfig
 from parity.engine.capture import (PREDICTION, capture_flax, capture_torch, flax_path,
                             torch_block_names, torch_threads)
 from parity.engine.harness import image_inputs, random_inputs, run_parity
-from weights.spec import nest_dotted
+from weights.trees import nest_tree
 from parity.engine.block_compare import compare_blocks
 from weights.convert import checkpoint_from_torch_state
 from weights.synthetic import random_torch_state
@@ -135,7 +135,7 @@ def test_bad_input_exits_2_with_one_line(argv, words, capsys):
 
 
 def test_nest_builds_the_flax_tree_from_dotted_names():
-    tree = nest_dotted({"a.b.kernel": 1, "a.c": 2, "d": 3})
+    tree = nest_tree({"a.b.kernel": 1, "a.c": 2, "d": 3}, sep=".")
     assert tree == {"a": {"b": {"kernel": 1}, "c": 2}, "d": 3}
 
 

@@ -111,7 +111,7 @@ def test_strict_conversion_lists_missing_unexpected_and_misshapen_sorted():
     text = str(info.value)
     assert "missing: params/z/bias, params/z/kernel" in text
     assert "unexpected: params/a/bias, params/a/kernel" in text
-    assert "misshapen: params/b/bias" in text and text.index("params/b/bias") < \
+    assert "wrong shape: params/b/bias" in text and text.index("params/b/bias") < \
         text.index("params/b/kernel")
 
 

@@ -1,0 +1,73 @@
+"""Names of tensors between the frameworks: the one rename rule, flat and nested variable
+trees, and the one strict comparison of two tables of tensor shapes.
+
+- Rename rule: a torch module name `a.b.0` is the Flax module path `a/b_0` (an index
+  of an nn.Sequential / ModuleList becomes `_0`); a Flax `nn.Sequential` puts the same
+  module at `a/b/layers_0`, the second candidate.
+- Trees: `{'params': {'a': {'kernel': v}}}` <-> `{'params/a/kernel': v}` (or, with
+  sep='.', dotted names such as `feat1.conv.kernel`).
+- `shape_mismatch` lists missing, unexpected and wrongly shaped tensors, sorted, in
+  one line: every strict check of the toolkit (checkpoints, converted weights, a
+  user's state dict, a fixture's variables) words its refusal this way.
+Importing this module starts no framework.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SEQUENTIAL_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
+
+
+def rename(torch_module: str) -> str:
+    """The Flax path of a torch module name: `a.b.0` -> `a/b_0` ('' stays the root)."""
+    return _SEQUENTIAL_INDEX.sub(r"_\1", torch_module).replace(".", "/")
+
+
+def flax_path_candidates(torch_module: str) -> list[str]:
+    """Paths a torch module may have in a Linen port: the rename rule first, then the
+    same module inside a Flax nn.Sequential (`a.0` -> `a/layers_0`)."""
+    first = rename(torch_module)
+    sequential = _SEQUENTIAL_INDEX.sub(r"/layers_\1", torch_module).replace(".", "/")
+    return [first] if sequential == first else [first, sequential]
+
+
+def flatten_tree(tree, sep: str = "/", prefix: str = "") -> dict:
+    """A nested mapping -> {'a/b/leaf': value} (keys joined by sep)."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if hasattr(value, "items"):
+            flat.update(flatten_tree(value, sep, name))
+        else:
+            flat[name] = value
+    return flat
+
+
+def nest_tree(flat: dict, sep: str = "/") -> dict:
+    """Inverse of flatten_tree."""
+    tree: dict = {}
+    for name, value in flat.items():
+        node = tree
+        *parents, leaf = name.split(sep)
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def listing(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def shape_mismatch(got: dict[str, tuple], expected: dict[str, tuple]) -> str:
+    """'' when both tables hold the same names with the same shapes, else one line:
+    `N missing: ...; N unexpected: ...; N wrong shape: name (got) != expected (shape)`."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = sorted(f"{k} {tuple(got[k])} != expected {tuple(expected[k])}"
+                   for k in set(expected) & set(got) if tuple(got[k]) != tuple(expected[k]))
+    return "; ".join(f"{len(items)} {label}: {listing(items, limit)}" for label, items, limit in
+                     (("missing", missing, 8), ("unexpected", unexpected, 8),
+                      ("wrong shape", wrong, 4)) if items)

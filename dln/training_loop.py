@@ -38,7 +38,7 @@ import numpy as np
 from core.errors import UserError
 from core.config import DLNConfig, parse_variant
 from core.recipe import AUTHORS_RECIPE, LR_DECAYS, TrainingRecipe
-from parity.trainers import FRAMEWORKS
+from frameworks.trainers import FRAMEWORKS
 from dln.training_log import TrainLog
 from weights.training_checkpoint import TrainingCheckpoint, holds_a_run
 
@@ -181,8 +181,8 @@ def initial_state(settings: TrainSettings) -> tuple[DLNConfig, TrainingCheckpoin
 
 
 def make_trainer(settings: TrainSettings, config: DLNConfig, state: TrainingCheckpoint):
-    """The settings' framework's trainer (parity.trainers), with the run's recipe."""
-    from parity.trainers import make_trainer as trainer_for
+    """The settings' framework's trainer (frameworks.trainers), with the run's recipe."""
+    from frameworks.trainers import make_trainer as trainer_for
 
     return trainer_for(settings.framework, config, state, settings.recipe(),
                        precision=settings.precision, devices=settings.devices or None)

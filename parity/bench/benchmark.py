@@ -29,7 +29,7 @@ import numpy as np
 from parity.bench.worker import REPLY_PREFIX
 from parity.bench.flops import network_flops
 from parity.bench.backends import BACKENDS
-from parity.workers import start_worker
+from core.workers import start_worker
 
 PEAK_LIBRARIES = ("numpy", "torch", "jax")
 DEFAULT_SIZE = (400, 600)          # height x width: a LOL image (600 wide, 400 tall)

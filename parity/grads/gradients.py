@@ -29,7 +29,7 @@ Which precision proves what:
   on one dim-64 tensor).
 
 The torch side always finishes before JAX computes any gradient, and JAX runs in
-float64 only in a subprocess (parity.workers): both frameworks' gradient machinery in
+float64 only in a subprocess (core.workers): both frameworks' gradient machinery in
 one process, or JAX float64 beside torch, has crashed inside XLA. The JAX gradients
 are traced at "highest" matmul precision (port.inference.PARITY_PRECISION), scoped to
 that computation.
@@ -50,7 +50,7 @@ import numpy as np
 from core.config import DLNConfig
 from core.recipe import AUTHORS_RECIPE
 from parity.engine.tolerance import ADAM_STEP_RTOL, GRAD_RTOL, relative_l2
-from parity.workers import finish_worker, start_worker
+from core.workers import finish_worker, start_worker
 from weights.spec import flax_to_torch_array, tensor_specs, torch_to_flax_array
 from weights.trees import flatten_tree, nest_tree
 

@@ -14,7 +14,7 @@ With `data_parallel_devices=N` the JAX worker also reruns the first steps on N d
 --xla_force_host_platform_device_count=N) and compares those losses with one device's.
 
 Both sides train with core.recipe.AUTHORS_RECIPE (the learning rate may be given).
-Worker entry point (used by the subprocesses, started by parity.workers):
+Worker entry point (used by the subprocesses, started by core.workers):
 `python -m parity.grads.training_parity REQUEST.json`.
 """
 
@@ -36,8 +36,8 @@ from core.report_files import write_report
 from parity.engine.tolerance import (DATA_PARALLEL_LOSS_RTOL, TRAIN_LOSS_RTOL, TRAIN_WEIGHTS_RTOL,
                                      TRAIN_UPDATE_FLIP_FRACTION,
                                      relative_l2)
-from parity.trainers import make_trainer
-from parity.workers import run_worker
+from frameworks.trainers import make_trainer
+from core.workers import run_worker
 
 LOSS_STEPS = 20
 DATA_PARALLEL_STEPS = 3

@@ -1,6 +1,6 @@
-"""Worker subprocesses: how every parity check starts `python -m <module>` in a fresh process.
+"""Worker subprocesses: how the toolkit starts `python -m <module>` in a fresh process.
 
-Parity keeps the two frameworks apart in separate processes where sharing one has
+Framework-neutral (it only starts processes). Parity keeps the two frameworks apart in separate processes where sharing one has
 crashed (JAX float64 beside torch inside XLA), or where a measurement needs a clean
 process of its own (one benchmark backend per process). All of them start here, the
 same way: this interpreter (`sys.executable -m module args...`), run from the folder

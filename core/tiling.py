@@ -38,6 +38,7 @@ from typing import Protocol
 import numpy as np
 
 from core.errors import InputError
+from core.units import format_bytes
 
 HALO_F1 = 2
 HALO_LBP = 9
@@ -188,8 +189,8 @@ class MapStore:
         where = scratch_dir or tempfile.gettempdir()
         free = shutil.disk_usage(where).free
         if free < need * 1.05:
-            raise InputError(f"tiled inference needs {need / 2**30:.1f} GiB of scratch space "
-                             f"in {where}, which has {free / 2**30:.1f} GiB free (set TMPDIR "
+            raise InputError(f"tiled inference needs {format_bytes(need)} of scratch space "
+                             f"in {where}, which has {format_bytes(free)} free (set TMPDIR "
                              "to a roomier folder)")
         self._dir = tempfile.mkdtemp(prefix="dln-tiles-", dir=where)
         self._path = os.path.join(self._dir, "maps.f32")

@@ -28,6 +28,7 @@ from core.images import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, ImageTo
                          OutputExistsError, header_size, list_images, load_image, quantize,
                          write_png_atomic)
 from core.progress import progress
+from core.units import format_bytes
 from dln.inference_plan import (BYTES_PER_PIXEL_PER_DIM, MEMORY_FRACTION,  # noqa: F401
                                 TILED_BYTES_PER_PIXEL, Engine, available_memory,
                                 bytes_per_pixel, estimated_bytes, plan_image,
@@ -68,11 +69,7 @@ def pixel_limit(config: DLNConfig, backend: str, max_pixels: int | None = None) 
     if fits >= DEFAULT_MAX_PIXELS:
         return PixelLimit(DEFAULT_MAX_PIXELS, "the default --max-pixels")
     return PixelLimit(max(fits, 1), f"what fits in {MEMORY_FRACTION:.0%} of the "
-                                    f"{_gib(available)} of memory available")
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+                                    f"{format_bytes(available)} of memory available")
 
 
 def too_large_line(err: ImageTooLargeError, config: DLNConfig, backend: str,
@@ -80,9 +77,9 @@ def too_large_line(err: ImageTooLargeError, config: DLNConfig, backend: str,
     need = tiled_estimate(err.pixels, config, backend)
     size = f"{err.size[0]}x{err.size[1]} = " if err.size else ""
     return (f"{err.path}: refused before decoding: {size}{err.pixels / 1e6:.2f} MP would need "
-            f"about {_gib(need)} for the tiled {backend} forward pass (dim {config.dim}); the "
+            f"about {format_bytes(need)} for the tiled {backend} forward pass (dim {config.dim}); the "
             f"limit is {limit.pixels / 1e6:.2f} MP (about "
-            f"{_gib(tiled_estimate(limit.pixels, config, backend))}, {limit.reason}); "
+            f"{format_bytes(tiled_estimate(limit.pixels, config, backend))}, {limit.reason}); "
             "--max-pixels changes it")
 
 

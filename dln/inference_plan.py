@@ -32,6 +32,7 @@ from core.progress import progress
 from core.atomic_files import write_text_atomic
 from core.tiling import (DEFAULT_TILE, HALO_LBP, TiledPlan, check_tile, landscape,
                          map_bytes, plan_buckets, run_tiled, smallest_cover, tile_count)
+from core.units import format_bytes
 
 # Peak resident memory of one forward pass, measured with ru_maxrss on this project's
 # CPU builds (torch 2.13, jax 0.10.2) at dim 16 / 64 / 128 and 256^2 to 1024^2 pixels:
@@ -115,14 +116,10 @@ class ImagePlan:
 
     def describe(self) -> str:
         if self.mode == "whole":
-            return f"whole image, about {_mib(self.estimate_bytes)} of working memory"
+            return f"whole image, about {format_bytes(self.estimate_bytes)} of working memory"
         where = "in memory" if self.maps_in_memory else "in a scratch file"
-        return (f"tiled {self.tile}x{self.tile}, about {_mib(self.estimate_bytes)} of "
+        return (f"tiled {self.tile}x{self.tile}, about {format_bytes(self.estimate_bytes)} of "
                 f"working memory, stage maps {where}")
-
-
-def _mib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def plan_image(height: int, width: int, config: DLNConfig, backend: str,

@@ -5,8 +5,8 @@ under `jax.default_matmul_precision(precision)`, by default PARITY_PRECISION ("h
 true float32 convolutions and matmuls). Parity with PyTorch is measured at that
 precision; on GPUs XLA's default would use TF32 / bf16 passes and no float32 tolerance
 would hold. Importing this module changes no JAX setting. The other places that trace
-the port scope the same way: port/trainer.py (the train step), parity/engine/capture.py
-(per-block capture) and parity/grads/gradients.py (gradient parity).
+the port scope the same way: port/trainer.py (the train step), parity/engine/linen.py
+(per-block capture) and parity/grads/model_gradients.py (gradient parity).
 """
 
 from __future__ import annotations

@@ -162,8 +162,8 @@ def _check_declared_tensor(name: str, value, torch) -> None:
     _check_plain_tensor(name, value, torch)
     dtype = str(value.dtype).replace("torch.", "")
     if dtype not in ("float32",) + FLOAT_DTYPES_CONVERTED:
-        raise CheckpointError(f"tensor {name!r} has dtype {dtype}; DLN weights are "
-                              "floating point")
+        raise CheckpointError(f"tensor {name!r} has dtype {dtype}; only floating-point "
+                              "tensors are read as weights")
 
 
 def _check_materialised_size(state: dict, declared) -> None:

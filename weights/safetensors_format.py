@@ -95,8 +95,8 @@ def _declared_tensors(header: dict, body_size: int) -> dict[str, DeclaredArray]:
             raise unreadable(f"tensor {name!r} has no dtype")
         code, shape, offsets = entry["dtype"], entry.get("shape"), entry.get("data_offsets")
         if code not in SAFETENSORS_DTYPES:
-            raise CheckpointError(f"tensor {name!r} has dtype {code}; DLN weights are "
-                                  "floating point")
+            raise CheckpointError(f"tensor {name!r} has dtype {code}; only floating-point "
+                                  "tensors are read as weights")
         if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
             raise unreadable(f"tensor {name!r} has no valid shape")
         if not isinstance(offsets, list) or len(offsets) != 2 or \

@@ -56,8 +56,8 @@ class FloatConversions:
     def to_float32(self, name: str, array: np.ndarray, dtype: str) -> np.ndarray:
         """A finite float32 copy of `array` (whose original dtype is `dtype`)."""
         if dtype not in ("float32",) + FLOAT_DTYPES_CONVERTED:
-            raise CheckpointError(f"tensor {name!r} has dtype {dtype}; DLN weights are "
-                                  "floating point")
+            raise CheckpointError(f"tensor {name!r} has dtype {dtype}; only floating-point "
+                                  "tensors are read as weights")
         finite = np.isfinite(array)
         if not finite.all():
             bad = int(finite.size - np.count_nonzero(finite))

@@ -1,8 +1,10 @@
-"""`dln check`: any PyTorch model against its Flax port, module by module; mutants.
+"""`dln check`: any PyTorch model against its Flax port, module by module; mutants; fixtures.
 
-Exit 0: every compared row passes (and no mutant is missed, and with --gradients
-every parameter's gradient agrees); 1: a divergence or a missed mutant; 2: bad input (a factory, shape or file that cannot be used, or a
-torch module kind the converter has no rule for). The logic is parity.engine.check.
+Exit 0: a full comparison in which every compared row passes (and no mutant is missed,
+and with --gradients every parameter's gradient agrees); 1: a divergence or a missed
+mutant; 2: bad input (a factory, shape or file that cannot be used, user code that
+fails or exits, a torch module kind the converter has no rule for). The logic is
+parity.engine.check; the report format is the one `dln parity` writes.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from core.errors import UserError
+from dln.arguments import positive_float, seed
 
 ORDER = 31
 
@@ -24,28 +27,41 @@ def register(sub) -> None:
                     "Flax capture_intermediates), align them by name (torch a.b.0 <-> Flax "
                     "a/b_0) and report each row and the first divergence. --mutants injects "
                     "known porting defects into the Flax side and checks that each is caught "
-                    "where it was put. Exit 0: all pass, no mutant missed; 1: divergence or "
+                    "where it was put. --save-fixture stores the torch run, so that CI can "
+                    "check the port with --fixture where PyTorch is not installed. "
+                    "FILE.py factories are imported and called: their code runs, so name only "
+                    "files you trust. Exit 0: all pass, no mutant missed; 1: divergence or "
                     "missed mutant; 2: bad input.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  dln check --torch examples/tiny_unet/torch_model.py:build \\\n"
-               "            --flax examples/tiny_unet/flax_model.py:build --input-shape 2,3,16,16\n"
+               "  dln check --torch parity/examples/tiny_unet/torch_model.py:build \\\n"
+               "            --flax parity/examples/tiny_unet/flax_model.py:build "
+               "--input-shape 2,3,16,16\n"
                "  dln check --torch net.py:make --flax port.py:make --input-shape 1,3,32,32 \\\n"
-               "            --mutants all --report out/check --junit out/check.xml")
-    p.add_argument("--torch", required=True, metavar="FILE.py:FUNC",
+               "            --mutants all --report out/check --junit out/check.xml\n"
+               "  dln check --torch net.py:make --flax port.py:make --input-shape 1,3,32,32 \\\n"
+               "            --save-fixture net.safetensors\n"
+               "  dln check --fixture net.safetensors --flax port.py:make   # no torch needed")
+    p.add_argument("--torch", default=None, metavar="FILE.py:FUNC",
                    help="function returning the torch model (FILE.py:FUNC or pkg.mod:FUNC); "
                         "it is put in eval mode")
     p.add_argument("--flax", required=True, metavar="FILE.py:FUNC",
-                   help="function returning the Flax module (linen)")
-    p.add_argument("--input-shape", required=True, metavar="N,C,H,W",
+                   help="function returning the Flax model (linen)")
+    p.add_argument("--input-shape", default=None, metavar="N,C,H,W",
                    help="input shape in the torch layout, e.g. 2,3,32,32")
+    p.add_argument("--fixture", default=None, metavar="FILE",
+                   help="check --flax against a fixture written by --save-fixture instead of "
+                        "running torch (PyTorch is never imported)")
+    p.add_argument("--save-fixture", default=None, metavar="FILE",
+                   help="also write the inputs, converted weights and every torch module's "
+                        "output to FILE (safetensors) for --fixture")
     p.add_argument("--weights", default=None, metavar="FILE",
                    help="torch state dict (.pth/.pt or .safetensors with torch names) loaded "
                         "into the torch model first (default: its own weights)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the uniform [0, 1) inputs")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the uniform [0, 1) inputs")
     p.add_argument("--mutants", default=None, metavar="all|NAME,...",
                    help="inject porting defects into the Flax side at every applicable site")
-    p.add_argument("--tol", type=float, default=FORWARD_ATOL,
+    p.add_argument("--tol", type=positive_float, default=FORWARD_ATOL,
                    help=f"per-row tolerance relative to max(1, max|torch|) (default "
                         f"{FORWARD_ATOL:g})")
     p.add_argument("--gradients", action="store_true",
@@ -60,35 +76,51 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    import contextlib
     import json
     import sys
     from pathlib import Path
 
-    from parity.engine.block_compare import escape_text, format_table, verdict_line
-    from parity.engine.check import parse_input_shape, run_check
-    from parity.engine.check_report import report_dict, write_check_report, write_junit
+    from parity.engine.check import parse_input_shape, run_check, run_fixture_check
+    from parity.engine.report import report_dict, write_junit, write_report
+    from parity.engine.rows import escape_text, format_table, verdict_line
 
-    if not args.tol > 0:
-        raise UserError(f"--tol must be positive, got {args.tol}")
     if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
         raise UserError(f"--report {args.report}: exists and is not a folder")
-    shape = parse_input_shape(args.input_shape)
+    if args.fixture is not None:
+        if args.torch or args.input_shape or args.weights or args.mutants or args.gradients \
+                or args.save_fixture:
+            raise UserError("--fixture takes the torch side, weights and inputs from the file: "
+                            "drop --torch/--input-shape/--weights/--mutants/--gradients/"
+                            "--save-fixture")
+    elif not args.torch or not args.input_shape:
+        raise UserError("--torch and --input-shape are required (or --fixture FILE)")
+    stdout = sys.stdout
     out = sys.stderr if args.json else sys.stdout
     progress = (lambda m: print(f"mutant {m.defect} at {escape_text(m.site)}: {m.status}",
                                 file=out)) if args.mutants else None
-    result = run_check(args.torch, args.flax, shape, args.weights, args.seed, args.mutants,
-                       args.tol, progress, gradients=args.gradients)
+    # what the user's code prints never mixes into the JSON on stdout
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        if args.fixture is not None:
+            result = run_fixture_check(args.fixture, args.flax, tol=args.tol)
+        else:
+            result = run_check(args.torch, args.flax, parse_input_shape(args.input_shape),
+                               weights=args.weights, seed=args.seed, mutants=args.mutants,
+                               tol=args.tol, progress=progress, gradients=args.gradients,
+                               save_fixture=args.save_fixture)
     print("\n".join(format_table(result.report)), file=out)
     print(verdict_line(result.report), file=out)
     if result.mutants is not None:
         print(result.mutants.summary(), file=out)
     if result.gradients is not None:
         print(result.gradients.summary(), file=out)
+    if args.save_fixture:
+        print(f"fixture: {args.save_fixture}", file=out)
     if args.report:
-        paths = write_check_report(result, args.report)
-        print("report: " + ", ".join(str(p) for p in paths), file=out)
+        print("report: " + ", ".join(str(p) for p in write_report(result, args.report)),
+              file=out)
     if args.junit:
         print(f"junit: {write_junit(result, args.junit)}", file=out)
     if args.json:
-        print(json.dumps(report_dict(result), indent=2))
+        print(json.dumps(report_dict(result), indent=2), file=stdout)
     return 0 if result.passed else 1

@@ -1,26 +1,26 @@
-"""`dln parity`: PyTorch reference vs Flax port, block by block; optional bug-zoo defect.
+"""`dln parity`: DLN's preset of the parity engine (parity.presets.dln), block by block.
 
 Exit 0 when every block agrees within --tol, 1 when something diverges, 2 on bad input.
-The command is a thin layer over parity.engine.harness / parity.engine.report: it builds the weights
-and inputs, runs, prints, writes. New modes (e.g. a training comparison) add their
-flags in `register` and a branch at the top of `run`, reusing `load_weights`.
+The command builds the weights and inputs, calls the preset, prints, and writes the one
+report format (parity.engine.report), as `dln check` does for any model.
 """
 
 from __future__ import annotations
 
-from core.errors import UserError
-
 import argparse
+import dataclasses
+import time
 
-from core.config import parse_variant
+from core.errors import UserError
+from dln.arguments import positive_float, positive_int, seed
 
 ORDER = 30
 
 
 def register(sub) -> None:
-    from parity.engine.harness import DEFAULT_BATCH, DEFAULT_SEED, DEFAULT_SIZE
     from parity.engine.tolerance import FORWARD_ATOL
-    from parity.zoo.defects import defect_names
+    from parity.presets.dln import DEFAULT_BATCH, DEFAULT_SEED, DEFAULT_SIZE
+    from parity.presets.dln_defects import DEFECTS
 
     p = sub.add_parser(
         "parity", help="compare the Flax port with the PyTorch reference, block by block",
@@ -30,7 +30,7 @@ def register(sub) -> None:
                     "scale and pass/fail, plus the first divergence in execution order. "
                     "Exit 0: all pass; 1: diverges; 2: bad input.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="defects for --inject (JAX side only): " + ", ".join(defect_names()) +
+        epilog="defects for --inject (JAX side only): " + ", ".join(DEFECTS) +
                "\nexamples:\n"
                "  dln parity --weights DLN_pretrained.pth --size 61x93 --batch 3\n"
                "  dln parity --variant brightness=off,residual_sign=paper,dim=16\n"
@@ -44,7 +44,7 @@ def register(sub) -> None:
     source.add_argument("--size", default=None, metavar="HxW",
                         help=f"size of seeded random inputs (default "
                              f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]})")
-    p.add_argument("--batch", type=int, default=None,
+    p.add_argument("--batch", type=positive_int, default=None,
                    help=f"batch size (random inputs: default {DEFAULT_BATCH}; "
                         "--images: the first N images)")
     p.add_argument("--variant", default=None,
@@ -54,10 +54,12 @@ def register(sub) -> None:
                    help="apply a known porting defect to the JAX side only (see below)")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="write report.json, report.md and per_layer_error.png here")
-    p.add_argument("--tol", type=float, default=FORWARD_ATOL,
+    p.add_argument("--junit", default=None, metavar="FILE",
+                   help="write JUnit XML: one testcase per block")
+    p.add_argument("--tol", type=positive_float, default=FORWARD_ATOL,
                    help=f"per-block tolerance relative to max(1, max|torch|) "
                         f"(default {FORWARD_ATOL:g})")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+    p.add_argument("--seed", type=seed, default=DEFAULT_SEED,
                    help="seed of random weights and inputs")
     p.add_argument("--list-defects", action="store_true", help="list the bug zoo and exit")
     p.add_argument("--gradients", action="store_true",
@@ -69,46 +71,39 @@ def register(sub) -> None:
                         "lr 1e-5, batch --batch or 2, 48 x 48 crops of textured built-in photos) "
                         "from the same weights and batches; losses must agree to 1e-4 relative "
                         "(first 20 steps) and final weights to 1e-3")
-    p.add_argument("--steps", type=int, default=20, help="with --training: steps (default 20)")
+    p.add_argument("--steps", type=positive_int, default=20,
+                   help="with --training: steps (default 20)")
     p.add_argument("--json", action="store_true",
                    help="print the report JSON to stdout (the table goes to stderr)")
-    p.add_argument("--fixture", nargs="?", const="", default=None, metavar="DIR",
-                   help="check the Flax port against the committed regression fixture (stored "
-                        "PyTorch outputs of every block; default tests/fixtures) without "
-                        "running PyTorch")
+    p.add_argument("--fixture", nargs="?", const="", default=None, metavar="FILE",
+                   help="check the Flax port against a DLN fixture (stored PyTorch outputs of "
+                        "every block; default: the committed one) without importing PyTorch")
     p.set_defaults(run=run)
 
 
-def load_weights(args):
-    """(Checkpoint, label) from --weights/--variant, or seeded random weights."""
-    from core.config import DLNConfig
+def load_weights(args, size: tuple[int, int], batch: int):
+    """(Checkpoint, label) from --weights/--variant, or seeded random weights; the memory
+    the run needs is checked before random weights are drawn."""
+    from core.config import DLNConfig, parse_variant
+    from parity.presets.dln import check_memory
     from weights.convert import checkpoint_from_torch_state, load_checkpoint
     from weights.synthetic import random_torch_state
 
     overrides = parse_variant(args.variant)
     if args.weights:
         ckpt = load_checkpoint(args.weights, overrides)
+        if not args.images:
+            check_memory(ckpt.config, batch, *size)
         return ckpt, args.weights
     config = DLNConfig(**overrides)
+    if not args.images:
+        check_memory(config, batch, *size)
     state = random_torch_state(config, seed=args.seed)
     return checkpoint_from_torch_state(state, config), f"seeded random weights (seed {args.seed})"
 
 
-def _inputs(args, config):
-    from core.images import parse_image_size
-    from parity.engine.harness import (DEFAULT_BATCH, DEFAULT_SIZE, check_memory, image_inputs,
-                                       random_inputs)
-
-    if args.images:
-        return image_inputs(args.images, args.batch)
-    size = parse_image_size(args.size) if args.size else DEFAULT_SIZE
-    batch = DEFAULT_BATCH if args.batch is None else args.batch
-    check_memory((batch, *size), config)  # before allocating the inputs
-    return random_inputs(size, batch, args.seed)
-
-
 def _list_defects() -> int:
-    from parity.zoo.defects import DEFECTS
+    from parity.presets.dln_defects import DEFECTS
 
     width = max(map(len, DEFECTS))
     for name, defect in DEFECTS.items():
@@ -119,86 +114,82 @@ def _list_defects() -> int:
 def run(args) -> int:
     from pathlib import Path
 
-    from parity.zoo.defects import DEFECTS
+    from core.images import parse_image_size
+    from parity.presets import dln
+    from parity.presets.dln_defects import DEFECTS
 
+    args.started = time.perf_counter()
     if args.list_defects:
         return _list_defects()
-    if not args.tol > 0:
-        raise UserError(f"--tol must be positive, got {args.tol}")
     if args.inject is not None and args.inject not in DEFECTS:
         raise UserError(f"unknown defect {args.inject!r} (known: {', '.join(DEFECTS)})")
     if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
         raise UserError(f"--report {args.report}: exists and is not a folder")
     if args.fixture is not None:
-        return _run_fixture(args)
-    ckpt, label = load_weights(args)
+        if args.weights or args.images or args.size or args.gradients or args.training:
+            raise UserError("--fixture takes its weights and inputs from the fixture; drop "
+                            "--weights/--images/--size/--gradients/--training")
+        return _finish(args, dln.run_fixture(args.fixture or None, tol=args.tol,
+                                             defect=args.inject))
+    if (args.gradients or args.training) and (args.inject or args.images):
+        raise UserError("--gradients and --training take --weights/--variant/--size/--batch, "
+                        "not --inject or --images")
+    size = parse_image_size(args.size) if args.size else \
+        (dln.GRADIENT_SIZE if args.gradients else dln.DEFAULT_SIZE)
+    batch = args.batch or dln.DEFAULT_BATCH
+    ckpt, label = load_weights(args, (48, 48) if args.training else size, batch)
     if args.training:
         return _run_training(args, ckpt, label)
     if args.gradients:
-        return _run_gradients(args, ckpt, label)
-    return _run_forward(args, ckpt, label)
+        return _run_gradients(args, ckpt, label, size, batch)
+    inputs = dln.image_inputs(args.images, args.batch, ckpt.config) if args.images else \
+        dln.random_inputs(size, batch, args.seed)
+    return _finish(args, dln.run_parity(ckpt, inputs, tol=args.tol, defect=args.inject,
+                                        weights_label=label))
 
 
-def _run_forward(args, ckpt, label) -> int:
-    from parity.engine.harness import run_parity
-
-    inputs = _inputs(args, ckpt.config)
-    run_result = run_parity(ckpt, inputs, tol=args.tol, defect=args.inject, weights_label=label)
-    return _print_and_write(args, run_result, ckpt, label, inputs.description)
-
-
-def _print_and_write(args, run_result, ckpt, label, description) -> int:
+def _finish(args, result) -> int:
+    """Print the result (stderr with --json), write the reports; the exit code."""
     import json
     import sys
 
-    from parity.engine.block_compare import escape_text, format_table, verdict_line
-    from parity.engine.report import report_dict, write_report
+    from parity.engine.report import report_dict, write_junit, write_report
+    from parity.engine.rows import escape_text, format_table, verdict_line
 
     out = sys.stderr if args.json else sys.stdout
-    print(f"weights: {escape_text(label)}; {ckpt.config.variant_string()}, dim {ckpt.config.dim}",
-          file=out)
-    print(f"inputs: {escape_text(description)}", file=out)
-    if args.inject:
-        print(f"injected into JAX only: {args.inject}: {run_result.defect_summary}", file=out)
-    for note in run_result.notes:
+    details = result.details
+    config = details.get("config")
+    if config is not None:
+        print(f"weights: {escape_text(details['weights'])}; dim {config['dim']}, "
+              f"brightness={'on' if config['brightness'] else 'off'}, gamma={config['gamma']:g}, "
+              f"residual_sign={config['residual_sign']}", file=out)
+    inputs = details.get("inputs")
+    if inputs:
+        print(f"inputs: {escape_text(inputs.get('description', inputs))}", file=out)
+    if details.get("defect"):
+        print(f"injected into JAX only: {details['defect']['name']}: "
+              f"{details['defect']['summary']}", file=out)
+    for note in result.notes:
         print(f"note: {escape_text(note)}", file=out)
-    print("\n".join(format_table(run_result.layers)), file=out)
-    print(verdict_line(run_result.layers), file=out)
-    if run_result.seconds.get("total"):
-        print(f"time: torch {run_result.seconds['torch']:.1f} s, "
-              f"JAX {run_result.seconds['jax']:.1f} s", file=out)
+    if result.report is not None:
+        print("\n".join(format_table(result.report)), file=out)
+        print(verdict_line(result.report), file=out)
+    if result.gradients is not None:
+        print("\n".join(result.gradients.summary_lines()), file=out)
+    print(f"time: {time.perf_counter() - args.started:.1f} s", file=out)
     if args.report:
-        try:
-            paths = write_report(run_result, args.report)
-        except OSError as err:
-            raise UserError(f"--report {args.report}: cannot write ({err.strerror or err})") \
-                from None
-        print("report: " + ", ".join(str(p) for p in paths), file=out)
+        print("report: " + ", ".join(str(p) for p in write_report(result, args.report)),
+              file=out)
+    if args.junit:
+        print(f"junit: {write_junit(result, args.junit)}", file=out)
     if args.json:
-        print(json.dumps(report_dict(run_result), indent=2))
-    return 0 if run_result.passed else 1
-
-
-def _run_fixture(args) -> int:
-    """The port against the stored reference outputs (no PyTorch run)."""
-    from pathlib import Path
-
-    from parity.engine.fixture import DEFAULT_DIR, run_fixture_check
-
-    if args.weights or args.images or args.size or args.gradients or args.training:
-        raise UserError("--fixture takes its weights and inputs from the fixture; drop "
-                        "--weights/--images/--size/--gradients/--training")
-    folder = Path(args.fixture) if args.fixture else DEFAULT_DIR
-    run_result, ckpt = run_fixture_check(folder, tol=args.tol, defect=args.inject)
-    return _print_and_write(args, run_result, ckpt, run_result.weights,
-                            run_result.inputs.description)
+        print(json.dumps(report_dict(result), indent=2))
+    return 0 if result.passed else 1
 
 
 def _run_training(args, ckpt, label) -> int:
     from parity.grads.training_parity import training_parity
 
-    if args.steps < 1 or (args.batch is not None and args.batch < 1):
-        raise UserError("--steps and --batch must be at least 1")
     print(f"weights: {label}; {ckpt.config.variant_string()}, dim {ckpt.config.dim}")
     result = training_parity(ckpt.config, steps=args.steps, batch=args.batch or 2,
                              seed=args.seed, initial=ckpt.flax_params)
@@ -209,25 +200,15 @@ def _run_training(args, ckpt, label) -> int:
     return 0 if result.passed else 1
 
 
-def _run_gradients(args, ckpt, label) -> int:
-    from parity.grads.gradients import gradient_batch, gradient_parity
-    from core.images import parse_image_size
-    from parity.engine.report import write_gradient_report
+def _run_gradients(args, ckpt, label, size, batch) -> int:
+    from parity.engine.report import CheckResult
+    from parity.presets import dln
 
-    if args.inject or args.images:
-        raise UserError("--gradients takes --weights/--variant/--size/--batch, not "
-                        "--inject or --images")
-    size = parse_image_size(args.size) if args.size else (24, 36)
-    batch = 2 if args.batch is None else args.batch
-    if min(size) < 11 or batch < 1:
-        raise UserError("--gradients needs at least 11x11 pixels (the authors' SSIM window) "
-                        "and --batch >= 1")
-    x, target = gradient_batch(size, batch, args.seed)
-    print(f"weights: {label}; {ckpt.config.variant_string()}, dim {ckpt.config.dim}")
-    print(f"batch: {batch} seeded dark image(s) {size[0]}x{size[1]} and brighter targets")
-    report = gradient_parity(ckpt, x, target)
-    print("\n".join(report.summary_lines()))
-    if args.report:
-        paths = write_gradient_report(report, args.report)
-        print("report: " + ", ".join(str(p) for p in paths))
-    return 0 if report.passed else 1
+    if min(size) < 11:
+        raise UserError("--gradients needs at least 11x11 pixels (the authors' SSIM window)")
+    x, target = dln.gradient_batch(size, batch, args.seed)
+    description = f"{batch} seeded dark image(s) {size[0]}x{size[1]} and brighter targets"
+    details = {"config": dataclasses.asdict(ckpt.config), "weights": label,
+               "inputs": {"shape": list(x.shape), "layout": "NCHW", "description": description}}
+    return _finish(args, CheckResult("DLN gradient parity: PyTorch vs Flax", details,
+                                     gradients=dln.run_gradients(ckpt, x, target)))

@@ -1,63 +1,79 @@
 """`dln check`'s logic: any torch model and its Flax port, from two factory functions.
 
-A factory is `FILE.py:FUNC` or `package.module:FUNC`; it is called with no arguments
-and returns the torch model (used in eval mode) or the Flax module. Without a
-weights file the torch model's own weights are converted by the rules of
-weights/rules.py; with one (a torch state dict, .pth/.pt or .safetensors with torch
-names) it is loaded into the torch model strictly first. Inputs are seeded uniform
-[0, 1) in the torch layout (NCHW).
+A factory is `FILE.py:FUNC` or `package.module:FUNC`; the file is imported and the
+function called with no arguments (their code runs: only name files you trust). It
+returns the torch model (used in eval mode) or the Flax model. Importing, calling and
+the first run of both models happen inside a guard: an exception, SystemExit (even
+sys.exit(0)), KeyboardInterrupt or RecursionError there is one user error, and what
+the user's code prints goes to stderr. Without a weights file the torch model's own
+weights are converted by the rules of weights/rules.py; with one (a torch state dict,
+.pth/.pt or .safetensors with torch names) it is loaded into the torch model strictly
+first. Inputs are seeded uniform [0, 1) in the torch layout (NCHW); the memory a run
+needs is estimated before any input is made (parity.engine.memory).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import importlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from core.errors import UserError
-from parity.engine.api import Report, compare
+from parity.engine.report import CheckResult
 from parity.engine.tolerance import FORWARD_ATOL
+
+TITLE = "Parity check: PyTorch model vs Flax port"
 
 
 class CheckInputError(UserError, ValueError):
     """A factory, shape, weights file or mutant name `dln check` cannot use."""
 
 
+@contextlib.contextmanager
+def user_code(what: str) -> Iterator[None]:
+    """Run the user's code: its prints go to stderr, and whatever it raises (SystemExit
+    and KeyboardInterrupt included) becomes one CheckInputError naming `what`."""
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    except UserError:
+        raise
+    except (Exception, SystemExit, KeyboardInterrupt) as err:  # noqa: BLE001 - user code
+        detail = str(err).splitlines()[0] if str(err).strip() else ""
+        raise CheckInputError(f"{what}: {type(err).__name__}"
+                              + (f": {detail[:200]}" if detail else "")) from None
+
+
 def load_factory(spec: str) -> Callable:
-    """FILE.py:FUNC or package.module:FUNC -> the function."""
+    """FILE.py:FUNC or package.module:FUNC -> the function (the module is imported)."""
     where, sep, func = spec.rpartition(":")
     if not sep or not where or not func:
         raise CheckInputError(f"{spec!r}: expected FILE.py:FUNC or package.module:FUNC")
+    if where.endswith(".py"):
+        path = Path(where).resolve()
+        if not path.is_file():
+            raise CheckInputError(f"{where}: no such file")
+        folder, name = str(path.parent), f"_dln_check_{path.stem}_{abs(hash(str(path)))}"
+    else:
+        # like `python -m`: modules of the current folder are importable
+        folder, name = str(Path.cwd()), where
+    sys.path.insert(0, folder)  # a file's sibling imports work
     try:
-        if where.endswith(".py"):
-            path = Path(where).resolve()
-            if not path.is_file():
-                raise CheckInputError(f"{where}: no such file")
-            name = f"_dln_check_{path.stem}_{abs(hash(str(path)))}"
-            spec_obj = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec_obj)
-            sys.path.insert(0, str(path.parent))  # its sibling imports work
-            try:
+        with user_code(f"{where}: cannot import"):
+            if where.endswith(".py"):
+                spec_obj = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec_obj)
                 sys.modules[name] = module
                 spec_obj.loader.exec_module(module)
-            finally:
-                sys.path.remove(str(path.parent))
-        else:
-            # like `python -m`: modules of the current folder are importable
-            sys.path.insert(0, str(Path.cwd()))
-            try:
+            else:
                 module = importlib.import_module(where)
-            finally:
-                sys.path.remove(str(Path.cwd()))
-    except CheckInputError:
-        raise
-    except Exception as err:  # noqa: BLE001 - the user's file failed to import
-        raise CheckInputError(f"{where}: cannot import ({type(err).__name__}: {err})") from None
+    finally:
+        sys.path.remove(folder)
     factory = getattr(module, func, None)
     if not callable(factory):
         raise CheckInputError(f"{where} has no function {func!r}")
@@ -80,59 +96,44 @@ def seeded_inputs(shape: tuple[int, ...], seed: int) -> np.ndarray:
 
 
 def load_weights_into(torch_model, path: str) -> None:
-    """A torch state dict file into the model, strictly (sorted lists on mismatch)."""
+    """A torch state dict file into the model, strictly (the one shape diff on mismatch)."""
     import torch
 
     from weights.files import is_safetensors_path, load_pth, load_safetensors
+    from weights.trees import shape_mismatch
 
     state = load_safetensors(path)[0] if is_safetensors_path(path) else \
         load_pth(path, expect_dln=False)[0]
     own = torch_model.state_dict()
     counters = {k for k in own if k.endswith("num_batches_tracked")}  # not weights: kept
     state = {**{k: own[k].numpy() for k in counters}, **state}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    misshapen = sorted(k for k in set(own) & set(state)
-                       if tuple(own[k].shape) != tuple(np.shape(state[k])))
-    if missing or unexpected or misshapen:
-        parts = [f"{label}: {', '.join(items[:12])}" for label, items in
-                 (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen))
-                 if items]
-        raise CheckInputError(f"{path}: does not fit the torch model: " + "; ".join(parts))
+    problems = shape_mismatch({k: np.shape(v) for k, v in state.items()},
+                              {k: tuple(v.shape) for k, v in own.items()})
+    if problems:
+        raise CheckInputError(f"{path}: does not fit the torch model: {problems}")
     torch_model.load_state_dict({k: torch.as_tensor(np.asarray(state[k])).to(own[k].dtype)
                                  for k in own}, strict=True)
 
 
-@dataclasses.dataclass
-class CheckResult:
-    report: Report
-    mutants: object | None          # parity.zoo.mutation.MutationReport
-    input_shape: tuple[int, ...]
-    seed: int
-    torch_spec: str
-    flax_spec: str
-    weights: str
-    gradients: object | None = None  # parity.grads.model_gradients.GradientComparison
-
-    @property
-    def passed(self) -> bool:
-        return self.report.passed and (self.mutants is None or not self.mutants.missed) and \
-            (self.gradients is None or self.gradients.passed)
+def build(spec: str, expected: str, is_model: Callable):
+    factory = load_factory(spec)
+    with user_code(f"{spec} failed"):
+        model = factory()
+    if not is_model(model):
+        raise CheckInputError(f"{spec} returned {type(model).__name__}, not a {expected}")
+    return model
 
 
-def build_models(torch_spec: str, flax_spec: str):
-    import flax.linen as fnn
+def build_torch(spec: str):
     import torch
 
-    torch_model = load_factory(torch_spec)()
-    if not isinstance(torch_model, torch.nn.Module):
-        raise CheckInputError(f"{torch_spec} returned {type(torch_model).__name__}, not a "
-                              "torch.nn.Module")
-    flax_module = load_factory(flax_spec)()
-    if not isinstance(flax_module, fnn.Module):
-        raise CheckInputError(f"{flax_spec} returned {type(flax_module).__name__}, not a "
-                              "flax.linen.Module")
-    return torch_model.eval(), flax_module
+    return build(spec, "torch.nn.Module", lambda m: isinstance(m, torch.nn.Module)).eval()
+
+
+def build_flax(spec: str):
+    import flax.linen as fnn
+
+    return build(spec, "flax.linen.Module", lambda m: isinstance(m, fnn.Module))
 
 
 def mutant_names(text: str | None) -> list[str] | None:
@@ -150,34 +151,60 @@ def mutant_names(text: str | None) -> list[str] | None:
     return names
 
 
-def run_check(torch_spec: str, flax_spec: str, input_shape: tuple[int, ...],
+def run_check(torch_spec: str, flax_spec: str, input_shape: tuple[int, ...], *,
               weights: str | None = None, seed: int = 0, mutants: str | None = None,
-              tol: float = FORWARD_ATOL, progress=None, gradients: bool = False
-              ) -> CheckResult:
+              tol: float = FORWARD_ATOL, progress=None, gradients: bool = False,
+              save_fixture: str | None = None) -> CheckResult:
+    from parity.engine.fixture import write_fixture
+    from parity.engine.memory import capture_bytes, check_memory
+    from parity.engine.prepared import prepare_port
     from parity.zoo.mutation import run_zoo
-    from parity.zoo.port import prepare_port
 
     names = mutant_names(mutants)
-    torch_model, flax_module = build_models(torch_spec, flax_spec)
+    if save_fixture and (Path(save_fixture).exists() or Path(save_fixture).is_symlink()):
+        raise CheckInputError(f"--save-fixture {save_fixture}: exists (remove it first)")
+    torch_model = build_torch(torch_spec)
+    flax_model = build_flax(flax_spec)
     if weights:
         load_weights_into(torch_model, weights)
+    shown = ",".join(map(str, input_shape))
+    check_memory(capture_bytes(torch_model, [input_shape]), f"inputs of shape {shown}",
+                 "use a smaller --input-shape")
     x = seeded_inputs(input_shape, seed)
-    try:
-        port = prepare_port(torch_model, flax_module, x, tol=tol)
-    except UserError:
-        raise
-    except Exception as err:  # noqa: BLE001 - a model that cannot run these inputs
-        raise CheckInputError(f"the models cannot run inputs of shape "
-                              f"{','.join(map(str, input_shape))}: {type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''}") from None
-    report = compare(torch_model, flax_module, port.variables, x, tol=tol, mapping=port.mapping,
-                     reference=port.reference, apply_fn=port.base_apply)
-    zoo = run_zoo(port, names, baseline=report, progress=progress) if names else None
+    with user_code(f"the models cannot run inputs of shape {shown}"):
+        port = prepare_port(torch_model, flax_model, x, tol=tol)
+        report = port.compare()
+    if save_fixture:
+        write_fixture(save_fixture, port, overwrite=False)
+    zoo = run_zoo(port, names=names, baseline=report, progress=progress) if names else None
     grads = None
     if gradients:
-        from parity.grads.model_gradients import model_gradient_parity
+        from parity.grads.model_gradients import gradient_parity
 
-        grads = model_gradient_parity(torch_model, flax_module, port.variables, x, port.plan,
-                                      tol=tol)
-    label = weights or "the torch model's own weights, converted by the rules"
-    return CheckResult(report, zoo, input_shape, seed, torch_spec, flax_spec, label, grads)
+        grads = gradient_parity(torch_model, flax_model, port.variables, x, plan=port.plan,
+                                tol=tol)
+    details = {"torch": torch_spec, "flax": flax_spec,
+               "weights": weights or "the torch model's own weights, converted by the rules",
+               "inputs": {"shape": list(input_shape), "layout": "torch (channels first)",
+                          "distribution": "uniform [0, 1)", "seed": seed}}
+    if save_fixture:
+        details["fixture_written"] = save_fixture
+    return CheckResult(TITLE, details, report, zoo, grads)
+
+
+def run_fixture_check(fixture: str, flax_spec: str, *, tol: float | None = None) -> CheckResult:
+    """A Flax port against a fixture written by `dln check --save-fixture` (no torch)."""
+    from parity.engine.fixture import fixture_port, load_fixture
+
+    if not Path(fixture).is_file():
+        raise CheckInputError(f"--fixture {fixture}: no such file")
+    stored = load_fixture(fixture)
+    flax_model = build_flax(flax_spec)
+    with user_code("the Flax model cannot run the fixture's inputs"):
+        port = fixture_port(stored, flax_model, tol=tol, where=fixture)
+        report = port.compare()
+    shapes = [list(x.shape) for x in port.inputs]
+    details = {"fixture": fixture, "flax": flax_spec, "weights": "the fixture's",
+               "inputs": {"shape": shapes[0] if len(shapes) == 1 else shapes,
+                          "layout": "torch (channels first)", "source": "the fixture's"}}
+    return CheckResult(TITLE, details, report)

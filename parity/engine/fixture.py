@@ -1,128 +1,135 @@
-"""The CI regression fixture: PyTorch reference outputs of every block, stored in tests/.
+"""A CI fixture for any model: what the torch model computed, kept so that its port can be
+checked where PyTorch is not installed.
 
-    python -m parity.engine.fixture --out tests/fixtures
+    save_fixture("net.safetensors", torch_model, flax_model, x)   # where torch runs
+    report = check_fixture("net.safetensors", flax_model)          # needs no torch
 
-writes two safetensors files (about 0.8 MB together):
-- parity_dim16_weights.safetensors: seeded random weights (dim 16, authors' code
-  variant) in Flax names/layouts, written by the converter (`dln convert` format);
-- parity_dim16_reference.safetensors: the input batch (`input`, NHWC 2 x 9 x 11 x 3)
-  and the output of every block as `reference_torch` computes it (`block/<torch name>`,
-  NHWC), with the execution order, config and torch version in the metadata.
-
-The test tests/parity/test_parity_fixture.py compares the Flax port against these files
-block by block without running PyTorch. Everything is seeded, so regenerating on the
-same library versions gives the same values.
+One safetensors file (written atomically and verified, core.atomic_files) holds the
+inputs (`input/0`, ..., torch layout), the converted weights (`variable/<collection/path/
+leaf>`, the Flax layout) and the output of every captured torch module (`output/<i>`,
+3- to 5-D arrays channels-last, as the engine compares them). Its metadata holds, as
+JSON: the rows (torch module and output suffix) in finish order, each module's kind and
+first input shape, the pairing of torch modules with Flax paths, the tolerance, the
+layouts, the torch version and whether the modules were chosen (then a missing
+counterpart fails). Checking reads the file with the toolkit's safe safetensors reader
+and runs the Flax side only: `import torch` never happens.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
+import os
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
-from core.config import DLNConfig
+from core.errors import UserError
+from parity.engine.frontend import as_input_tuple, frontend_for
+from parity.engine.prepared import PreparedPort, prepare_port
+from parity.engine.rows import Report
+from parity.engine.tolerance import FORWARD_ATOL
+from parity.engine.torch_side import TorchCapture
+from weights.trees import shape_mismatch
 
-CONFIG = DLNConfig(dim=16)
-WEIGHTS_SEED = 16
-INPUT_SEED = 9
-SHAPE = (2, 9, 11, 3)  # batch > 1, odd and non-square, small enough to keep the files small
-WEIGHTS_FILE = "parity_dim16_weights.safetensors"
-REFERENCE_FILE = "parity_dim16_reference.safetensors"
-BLOCK_PREFIX = "block/"
-REGENERATE = "python -m parity.engine.fixture --out tests/fixtures"
-DEFAULT_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
-
-
-def fixture_input() -> np.ndarray:
-    return np.random.default_rng(INPUT_SEED).random(SHAPE, dtype=np.float32)
+FORMAT, FORMAT_VERSION = "parity-fixture", "1"
+LAYOUTS = {"inputs": "torch (channels first)", "variables": "Flax (flat keys collection/path/"
+           "leaf)", "outputs": "channels-last for 3-, 4- and 5-D arrays, as they are otherwise"}
 
 
-def build(out_dir: str | Path = DEFAULT_DIR) -> tuple[Path, Path]:
-    """Write both fixture files into out_dir; returns their paths."""
+class FixtureError(UserError, ValueError):
+    """A fixture file that cannot be read, or that does not fit the port."""
+
+
+@dataclasses.dataclass
+class Fixture:
+    inputs: tuple[np.ndarray, ...]
+    variables: dict[str, np.ndarray]        # flat keys
+    reference: TorchCapture
+    mapping: dict[str, str]                 # torch module -> Flax path
+    chosen: bool
+    tol: float
+    extra: dict                             # a preset's own items (e.g. DLN's config)
+
+
+def save_fixture(path: str | os.PathLike, torch_model, flax_model, inputs, *,
+                 mapping: dict[str, str] | None = None, torch_modules: list[str] | None = None,
+                 apply_kwargs: dict | None = None, tol: float = FORWARD_ATOL,
+                 extra: dict | None = None, overwrite: bool = True) -> Path:
+    """Run the torch model on `inputs`, convert its weights for `flax_model`, and write
+    the fixture file; returns its path."""
+    port = prepare_port(torch_model, flax_model, inputs, mapping=mapping,
+                        apply_kwargs=apply_kwargs, tol=tol, torch_modules=torch_modules)
+    return write_fixture(path, port, extra, overwrite)
+
+
+def write_fixture(path: str | os.PathLike, port: PreparedPort, extra: dict | None = None,
+                  overwrite: bool = True) -> Path:
     import torch
 
-    from parity.engine.capture import capture_torch
-    from reference_torch.inference import model_from_state
-    from weights.convert import checkpoint_from_torch_state, save_checkpoint
     from weights.files import save_safetensors
-    from weights.synthetic import random_torch_state
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = random_torch_state(CONFIG, seed=WEIGHTS_SEED)
-    ckpt = checkpoint_from_torch_state(
-        state, CONFIG, source=f"random_torch_state(dim={CONFIG.dim}, seed={WEIGHTS_SEED})")
-    weights_path = out_dir / WEIGHTS_FILE
-    save_checkpoint(ckpt, weights_path)
-
-    x = fixture_input()
-    outputs = capture_torch(model_from_state(state, CONFIG), x)
-    tensors = {"input": x, **{BLOCK_PREFIX + name: value for name, value in outputs.items()}}
-    metadata = {
-        "config": CONFIG.to_json(),
-        "block_order": json.dumps(list(outputs)),
-        "layout": "NHWC (dense outputs (N, C)); keys block/<torch module name>",
-        "made_by": f"reference_torch.model.DLN, torch {torch.__version__}",
-        "weights_file": WEIGHTS_FILE,
-        "regenerate": REGENERATE,
-    }
-    reference_path = out_dir / REFERENCE_FILE
-    save_safetensors(tensors, reference_path, metadata)
-    return weights_path, reference_path
+    rows = list(port.reference.outputs)
+    pairing = {name: port.flax_path_of(name) for name in [""] + list(port.reference.kinds)}
+    description = {
+        "rows": [list(key) for key in rows], "kinds": port.reference.kinds,
+        "input_shapes": {k: list(v) for k, v in port.reference.input_shapes.items()},
+        "mapping": {k: v for k, v in pairing.items() if v is not None},
+        "chosen": port.chosen, "tolerance": port.tol, "layouts": LAYOUTS,
+        "frontend": port.frontend.kind, "made_by": f"torch {torch.__version__}",
+        "extra": extra or {}}
+    tensors = {**{f"input/{i}": x for i, x in enumerate(port.inputs)},
+               **{f"variable/{k}": np.asarray(v) for k, v in
+                  port.frontend.flat(port.variables).items()},
+               **{f"output/{i}": port.reference.outputs[key] for i, key in enumerate(rows)}}
+    save_safetensors(tensors, path, {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                     "fixture": json.dumps(description, sort_keys=True)},
+                     overwrite)
+    return Path(path)
 
 
-def load_reference(folder: str | Path = DEFAULT_DIR):
-    """(input NHWC, OrderedDict torch name -> reference output, metadata)."""
-    from collections import OrderedDict
-
+def load_fixture(path: str | os.PathLike) -> Fixture:
     from weights.files import load_safetensors
 
-    arrays, metadata = load_safetensors(Path(folder) / REFERENCE_FILE)
-    order = json.loads(metadata["block_order"])
-    outputs = OrderedDict((name, arrays[BLOCK_PREFIX + name]) for name in order)
-    return arrays["input"], outputs, metadata
-
-
-def run_fixture_check(folder: str | Path = DEFAULT_DIR, tol: float | None = None,
-                      defect: str | None = None):
-    """(ParityRun, Checkpoint): the Flax port against the stored reference of every block
-    (`dln parity --fixture`); no PyTorch run. FixtureError when the files are unusable."""
-    from core.errors import UserError
-    from parity.engine.block_compare import compare_blocks
-    from parity.engine.harness import ParityInputs, ParityRun, run_jax_side
-    from parity.engine.tolerance import FORWARD_ATOL
-    from weights.convert import load_checkpoint
-
-    folder = Path(folder)
-    for name in (WEIGHTS_FILE, REFERENCE_FILE):
-        if not (folder / name).is_file():
-            raise UserError(f"--fixture {folder}: no {name} there (make it with {REGENERATE})")
+    arrays, metadata = load_safetensors(path)
+    if (metadata.get("format"), metadata.get("format_version")) != (FORMAT, FORMAT_VERSION):
+        raise FixtureError(f"{path}: not a parity fixture (its metadata names format "
+                           f"{metadata.get('format')!r}, not {FORMAT} {FORMAT_VERSION})")
     try:
-        x, reference, metadata = load_reference(folder)
-    except (KeyError, ValueError) as err:
-        raise UserError(f"--fixture {folder}: not a parity fixture ({err})") from None
-    ckpt = load_checkpoint(folder / WEIGHTS_FILE)
-    side = run_jax_side(ckpt, x, list(reference), defect)
-    layers = compare_blocks(reference, side.outputs, FORWARD_ATOL if tol is None else tol)
-    inputs = ParityInputs(x, f"the fixture's input batch {x.shape[1]}x{x.shape[2]} "
-                             f"(stored outputs: {metadata.get('made_by', 'reference_torch')})")
-    run = ParityRun(layers, ckpt.config, side.config, str(folder / WEIGHTS_FILE), inputs, defect,
-                    side.defect_summary, list(ckpt.notes) + side.notes,
-                    {"torch": 0.0, "jax": 0.0, "total": 0.0})
-    return run, ckpt
+        d = json.loads(metadata["fixture"])
+        rows = [(str(module), str(suffix)) for module, suffix in d["rows"]]
+        outputs = OrderedDict((key, arrays[f"output/{i}"]) for i, key in enumerate(rows))
+        inputs = tuple(arrays[f"input/{i}"] for i in range(sum(k.startswith("input/")
+                                                                for k in arrays)))
+        reference = TorchCapture(outputs, dict(d["kinds"]),
+                                 {k: tuple(v) for k, v in d["input_shapes"].items()})
+        variables = {k[len("variable/"):]: v for k, v in arrays.items()
+                     if k.startswith("variable/")}
+        return Fixture(inputs, variables, reference, dict(d["mapping"]), bool(d["chosen"]),
+                       float(d["tolerance"]), dict(d.get("extra", {})))
+    except (KeyError, TypeError, ValueError) as err:
+        raise FixtureError(f"{path}: a damaged parity fixture ({type(err).__name__}: {err})") \
+            from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m parity.engine.fixture", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(DEFAULT_DIR), help="folder (default tests/fixtures)")
-    args = parser.parse_args(argv)
-    for path in build(args.out):
-        print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
-    return 0
+def fixture_port(fixture: Fixture, flax_model, *, apply_kwargs: dict | None = None,
+                 tol: float | None = None, where: str = "the fixture") -> PreparedPort:
+    """A prepared port of `flax_model` against the fixture's capture and weights (no torch
+    model); the weights must fit the Flax model's variables exactly."""
+    frontend = frontend_for(flax_model, apply_kwargs)
+    inputs = as_input_tuple(fixture.inputs)
+    census = frontend.census(inputs)
+    problems = shape_mismatch({k: v.shape for k, v in fixture.variables.items()}, census.shapes)
+    if problems:
+        raise FixtureError(f"{where}: its weights do not fit the Flax model: {problems}")
+    return PreparedPort(None, frontend, frontend.nested(fixture.variables), inputs, census,
+                        None, fixture.reference, fixture.mapping,
+                        fixture.tol if tol is None else tol, fixture.chosen)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def check_fixture(path: str | os.PathLike, flax_model, *, tol: float | None = None,
+                  apply_kwargs: dict | None = None) -> Report:
+    """The Flax model against the fixture's stored torch outputs, row by row."""
+    return fixture_port(load_fixture(path), flax_model, apply_kwargs=apply_kwargs, tol=tol,
+                        where=str(path)).compare()

@@ -1,87 +1,140 @@
-"""Writing a parity run for people: report.json, report.md and a per-block error plot."""
+"""The one report format of a parity check, for `dln check` and `dln parity` alike.
+
+A `CheckResult` holds what was compared (its `details`: models, weights, inputs, and a
+preset's own items such as DLN's config or injected defect), the forward rows, and, when
+run, the gradient rows and the mutants. It is written as report.json, report.md,
+per_layer_error.png (the first divergence ringed and named), gradient_error.png,
+mutants.json, and JUnit XML; every file goes through core.report_files.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 from pathlib import Path
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from parity.engine.block_compare import FAIL, PASS, escape_text, format_shape, verdict_line
 from core.atomic_files import save_figure_atomic
-from core.report_files import json_text
-from core.report_files import write_report as write_report_files
+from core.report_files import json_text, write_report as write_report_files
+from parity.engine.rows import FAIL, PASS, escape_text, format_shape, verdict_line
 
 PLOT_NAME = "per_layer_error.png"
+GRADIENT_PLOT_NAME = "gradient_error.png"
 PLOT_FLOOR = 1e-12  # exact agreement (0 error) is drawn here: a log axis has no zero
+RULE = "max|flax - torch| <= tol * max(1, max|torch|), per row"
 
 
-def report_dict(run) -> dict:
-    """Everything a script needs from a ParityRun (JSON-safe: non-finite numbers are null)."""
-    layers = run.layers
-    return {
-        "verdict": "pass" if run.passed else "diverges",
-        "passed": run.passed,
-        "first_divergence": layers.first_divergence,
-        "tolerance": layers.tol,
-        "tolerance_rule": "max|jax - torch| <= tol * max(1, max|torch|), per block",
-        "config": dataclasses.asdict(run.config),
-        "jax_config": dataclasses.asdict(run.jax_config),
-        "weights": run.weights,
-        "inputs": {"shape_nhwc": list(run.inputs.x.shape), "description": run.inputs.description},
-        "defect": None if run.defect is None else {"name": run.defect,
-                                                   "summary": run.defect_summary},
-        "blocks_compared": len(layers.rows),
-        "blocks_failing": len(layers.failures),
-        "notes": run.notes,
-        "blocks": [row.as_dict() for row in layers.rows],
-    }
+@dataclasses.dataclass
+class CheckResult:
+    title: str
+    details: dict                      # what was compared (JSON-safe values)
+    report: object | None = None       # parity.engine.rows.Report (forward rows)
+    mutants: object | None = None      # parity.zoo.mutation.MutationReport
+    gradients: object | None = None    # parity.grads.model_gradients.GradientParity
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return (self.report is None or self.report.passed) and \
+            (self.gradients is None or self.gradients.passed) and \
+            (self.mutants is None or (not self.mutants.missed and not self.mutants.not_scored))
+
+    @property
+    def first_divergence(self) -> str | None:
+        return None if self.report is None else self.report.first_divergence_module
+
+
+def report_dict(result: CheckResult) -> dict:
+    """Everything a script needs (JSON-safe: non-finite numbers are null)."""
+    out = {"title": result.title, "passed": result.passed,
+           "verdict": "pass" if result.passed else "diverges", **result.details,
+           "notes": result.notes}
+    layers = result.report
+    if layers is not None:
+        out.update({"first_divergence": layers.first_divergence_module,
+                    "first_divergence_row": layers.first_divergence, "tolerance": layers.tol,
+                    "tolerance_rule": RULE, "rows_compared": len(layers.compared),
+                    "rows_failing": len(layers.failures),
+                    "rows": [row.as_dict() for row in layers.rows]})
+    if result.gradients is not None:
+        out["gradients"] = result.gradients.as_dict()
+    if result.mutants is not None:
+        out["mutation_score"] = result.mutants.score
+        out["mutants_not_run"] = result.mutants.not_scored
+        out["mutants_missed"] = [f"{m.defect} at {m.site}" for m in result.mutants.missed]
+    return out
+
+
+def _md(text) -> str:
+    """Text for a Markdown table cell: one line, pipes escaped."""
+    return escape_text(text).replace("|", "\\|")
 
 
 def _cell(value) -> str:
     return "-" if value is None else f"{value:.2e}"
 
 
-def report_markdown(run) -> str:
-    layers = run.layers
-    lines = [
-        "# DLN parity report: PyTorch reference vs Flax port",
-        "",
-        f"**{verdict_line(layers)}**",
-        "",
-        f"- first divergence: `{layers.first_divergence}`" if layers.first_divergence
-        else "- first divergence: none",
-        f"- variant: `{run.config.variant_string()}`, dim {run.config.dim}",
-        f"- weights: {escape_text(run.weights)}",
-        f"- inputs: {escape_text(run.inputs.description)} (NHWC {format_shape(run.inputs.x.shape)})",
-        f"- tolerance: max\\|diff\\| <= {layers.tol:.0e} x max(1, max\\|torch\\|) per block",
-    ]
-    if run.defect:
-        lines.append(f"- injected defect (JAX side only): `{run.defect}`: {run.defect_summary}")
-    lines += [f"- note: {escape_text(note)}" for note in run.notes]
-    # run times are printed by `dln parity`, not written here: the same run gives
-    # byte-identical report files
-    lines += ["", f"![per-block error]({PLOT_NAME})", "",
-              "| # | block (torch name) | shape | max abs error | scale | relative to scale | status |",
-              "| ---: | --- | --- | ---: | ---: | ---: | --- |"]
-    for i, r in enumerate(layers.rows, 1):
-        status = r.status if r.status != PASS else "pass"
-        if r.jax_shape is not None and r.jax_shape != r.torch_shape:
-            status += f" (JAX {format_shape(r.jax_shape)})"
-        if r.name == layers.first_divergence:
-            status = f"**{status} (first divergence)**"
-        lines.append(f"| {i} | `{escape_text(r.name)}` | {format_shape(r.torch_shape)} | {_cell(r.max_abs)} | "
-                     f"{_cell(r.scale)} | {_cell(r.rel_to_scale)} | {status} |")
+def _plain(value) -> str:
+    """A detail for a Markdown line: a dict as `key value, ...`, a shape as `2x3x8x8`."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
+        return format_shape(tuple(value))
+    return str(value)
+
+
+def report_markdown(result: CheckResult) -> str:
+    layers = result.report
+    lines = [f"# {escape_text(result.title)}", ""]
+    if layers is not None:
+        first = layers.first_divergence_module
+        lines += [f"**{escape_text(verdict_line(layers))}**", "",
+                  f"- first divergence: `{escape_text(first)}`" if first
+                  else "- first divergence: none"]
+    lines += [f"- {escape_text(key)}: {escape_text(_plain(value))}" for key, value in
+              result.details.items() if value is not None]
+    if layers is not None:
+        lines.append(f"- tolerance: max\\|diff\\| <= {layers.tol:.0e} x max(1, max\\|torch\\|) "
+                     "per row")
+    lines += [f"- note: {escape_text(note)}" for note in result.notes]
+    if result.mutants is not None:
+        lines.append(f"- {escape_text(result.mutants.summary())}")
+    if result.gradients is not None:
+        lines += [f"- {escape_text(line)}" for line in result.gradients.summary_lines()]
+    # run times are printed, not written here: the same run gives byte-identical files
+    if layers is not None:
+        lines += ["", f"![per-row error]({PLOT_NAME})", "",
+                  "| # | torch module | Flax path | shape | max abs error | relative to scale "
+                  "| status |", "| ---: | --- | --- | --- | ---: | ---: | --- |"]
+        for i, r in enumerate(layers.rows, 1):
+            status = r.status
+            if r.jax_shape is not None and r.torch_shape is not None and \
+                    r.jax_shape != r.torch_shape:
+                status += f" (JAX {format_shape(r.jax_shape)})"
+            if r.failed and r.name == layers.first_divergence:
+                status = f"**{status} (first divergence)**"
+            shape = r.torch_shape if r.torch_shape is not None else r.jax_shape
+            lines.append(f"| {i} | `{_md(r.name) if r.module is not None else '-'}` | "
+                         f"`{_md(r.flax_name or '-')}` | {format_shape(shape)} | "
+                         f"{_cell(r.max_abs)} | {_cell(r.rel_to_scale)} | {status} |")
+    if result.gradients is not None:
+        g = result.gradients
+        lines += ["", f"## Gradients ({g.precision}, {g.rule})", "",
+                  f"![per-tensor error]({GRADIENT_PLOT_NAME})", "",
+                  "| tensor | kind | relative L2 | relative to scale |", "| --- | --- | ---: | ---: |"]
+        lines += [f"| `{_md(r.torch_name)}` | {r.kind} | {_cell(r.rel_l2)} | "
+                  f"{_cell(r.rel_to_scale)} |" for r in g.rows]
+    if result.mutants is not None and result.mutants.results:
+        lines += ["", "## Mutants (JAX side only)", "",
+                  "| defect | site | status | first divergence | max rel. error | note |",
+                  "| --- | --- | --- | --- | ---: | --- |"]
+        for m in result.mutants.results:
+            lines.append(f"| {m.defect} | {_md(m.site or '-')} | {m.status} | "
+                         f"{_md(m.first_divergence or '-')} | {_cell(m.max_rel_error)} | "
+                         f"{_md(m.note)} |")
     return "\n".join(lines) + "\n"
-
-
-def plot_errors(run, dst: Path) -> None:
-    """Relative error per block on a log axis, in execution order, with the tolerance."""
-    title = "per-block error, execution order"
-    if run.defect:
-        title += f" (injected: {run.defect})"
-    plot_rows(run.layers, dst, title)
 
 
 def plot_rows(layers, dst: Path, title: str) -> None:
@@ -119,6 +172,7 @@ def plot_rows(layers, dst: Path, title: str) -> None:
                        edgecolors="black", linewidths=1.5, zorder=4,
                        label=f"first divergence: {escape_text(rows[first].name)}")
             ax.axvline(first, color="black", linestyle=":", linewidth=0.8, zorder=0)
+            title += f"; first divergence: {escape_text(rows[first].name)}"
         ax.set_yscale("log")
         if any(v == 0 for v in rel):
             ax.text(0.01, 0.02, f"exact agreement (0) is drawn at {PLOT_FLOOR:.0e}",
@@ -129,8 +183,6 @@ def plot_rows(layers, dst: Path, title: str) -> None:
             if r.failed:
                 label.set_color("tab:red")
         ax.set_ylabel("max|jax - torch| / max(1, max|torch|)")
-        if layers.first_divergence:
-            title += f"; first divergence: {escape_text(layers.first_divergence)}"
         ax.set_title(title, fontsize=9, pad=24)
         ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8,
                   frameon=False, borderaxespad=0.2)
@@ -140,71 +192,40 @@ def plot_rows(layers, dst: Path, title: str) -> None:
         plt.close(fig)
 
 
-def write_report(run, folder: str | os.PathLike) -> list[Path]:
-    """report.json, report.md and per_layer_error.png in `folder` (created), in that order."""
-    return write_report_files(folder, {"report.json": json_text(report_dict(run)),
-                                       "report.md": report_markdown(run),
-                                       PLOT_NAME: lambda dst: plot_errors(run, dst)})
-
-
-# ---- gradient parity -----------------------------------------------------------------------
-GRADIENT_PLOT_NAME = "gradient_error.png"
-
-
-def gradient_report_dict(report) -> dict:
-    def rows(errors):
-        return None if errors is None else [
-            {"torch_name": e.torch_name, "kind": e.kind, "shape": list(e.shape),
-             "rel_l2": e.rel_l2, "reference_norm": e.reference_norm} for e in errors]
-
-    return {
-        "passed": report.passed,
-        "loss": report.loss_name,
-        "loss_float64": {"torch": report.loss_torch, "jax": report.loss_jax},
-        "limits": {"gradients_float64": report.grad_rtol, "adam_step": report.adam_rtol},
-        "worst": {label: None if errors is None else {
-            "torch_name": report.worst(errors).torch_name, "rel_l2": report.worst(errors).rel_l2}
-            for label, errors in (("gradients_float64", report.gradients),
-                                  ("adam_same_gradients", report.adam_same_gradients),
-                                  ("adam_own_gradients", report.adam_own_gradients),
-                                  ("gradients_float32", report.gradients_float32),
-                                  ("adam_own_float32", report.adam_own_float32))},
-        "gradients_float64": rows(report.gradients),
-        "adam_same_gradients": rows(report.adam_same_gradients),
-        "adam_own_gradients": rows(report.adam_own_gradients),
-        "gradients_float32": rows(report.gradients_float32),
-        "adam_own_float32": rows(report.adam_own_float32),
-    }
-
-
-def plot_gradient_errors(report, dst: Path) -> None:
-    """Per-tensor relative L2 error on a log axis: float64 gradients (checked), float32
-    gradients (reported) and the Adam step, with the two limits."""
+def plot_gradients(gradients, dst: Path) -> None:
+    """Per-tensor error on a log axis: the judged gradients, the float32 ones (reported)
+    and the Adam steps, with the limits."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [e.torch_name for e in report.gradients]
-    xs = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.12 * len(names) + 2), 5.0))
+    from parity.grads.model_gradients import RELATIVE_L2
+
+    rows = gradients.rows
+    xs = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.12 * len(rows) + 2), 5.0))
     try:
-        series = [("gradients float64 (checked)", report.gradients, "tab:blue"),
-                  ("gradients float32 (reported)", report.gradients_float32, "tab:orange"),
-                  ("Adam step, same gradients", report.adam_same_gradients, "tab:green")]
-        for label, errors, color in series:
-            if errors is not None:
-                ax.scatter(xs, [max(e.rel_l2, PLOT_FLOOR) for e in errors], s=10, color=color,
-                           label=label)
-        ax.axhline(report.grad_rtol, color="tab:blue", linestyle="--", linewidth=1,
-                   label=f"gradient limit {report.grad_rtol:.0e}")
-        ax.axhline(report.adam_rtol, color="tab:green", linestyle=":", linewidth=1,
-                   label=f"Adam limit {report.adam_rtol:.0e}")
+        series = [(f"gradients {gradients.precision} (judged)", rows, gradients.rule, "tab:blue"),
+                  ("gradients float32 (reported)", gradients.float32_rows, RELATIVE_L2,
+                   "tab:orange")]
+        series += [(f"Adam step, {label}", items, RELATIVE_L2, color) for (label, items), color
+                   in zip(gradients.adam.items(), ("tab:green", "tab:purple", "tab:gray"))]
+        for label, items, rule, color in series:
+            if items:
+                values = [r.rel_l2 if rule == RELATIVE_L2 else r.rel_to_scale for r in items]
+                ax.scatter(xs, [max(v, PLOT_FLOOR) if np.isfinite(v) else 1.0 for v in values],
+                           s=10, color=color, label=label)
+        ax.axhline(gradients.tol, color="tab:blue", linestyle="--", linewidth=1,
+                   label=f"gradient limit {gradients.tol:.0e}")
+        if gradients.adam:
+            ax.axhline(gradients.adam_tol, color="tab:green", linestyle=":", linewidth=1,
+                       label=f"Adam limit {gradients.adam_tol:.0e}")
         ax.set_yscale("log")
         ax.set_xticks(xs)
-        ax.set_xticklabels(names, rotation=90, fontsize=4)
-        ax.set_ylabel("||jax - torch|| / ||torch|| per tensor")
-        ax.set_title(f"gradient parity, {report.loss_name}", fontsize=9)
+        ax.set_xticklabels([escape_text(r.torch_name) for r in rows], rotation=90, fontsize=4)
+        ax.set_ylabel(f"{gradients.rule} per tensor")
+        ax.set_title(f"gradient parity, {escape_text(gradients.loss_name)}", fontsize=9)
         ax.legend(loc="upper left", fontsize=7)
         fig.tight_layout()
         save_figure_atomic(fig, dst)
@@ -212,23 +233,58 @@ def plot_gradient_errors(report, dst: Path) -> None:
         plt.close(fig)
 
 
-def write_gradient_report(report, folder: str | os.PathLike) -> list[Path]:
-    """gradients.json, gradients.md and gradient_error.png in `folder` (created), in that
-    order."""
-    return write_report_files(folder, {
-        "gradients.json": json_text(gradient_report_dict(report)),
-        "gradients.md": gradient_report_markdown(report),
-        GRADIENT_PLOT_NAME: lambda dst: plot_gradient_errors(report, dst)})
+def write_report(result: CheckResult, folder: str | os.PathLike) -> list[Path]:
+    """report.json, report.md and the plots (and mutants.json) in `folder` (created)."""
+    files = {"report.json": json_text(report_dict(result)),
+             "report.md": report_markdown(result)}
+    if result.report is not None:
+        files[PLOT_NAME] = lambda dst: plot_rows(result.report, dst,
+                                                 "per-row error, torch execution order")
+    if result.gradients is not None:
+        files[GRADIENT_PLOT_NAME] = lambda dst: plot_gradients(result.gradients, dst)
+    if result.mutants is not None:
+        files["mutants.json"] = json_text([m.as_dict() for m in result.mutants.results])
+    return write_report_files(folder, files)
 
 
-def gradient_report_markdown(report) -> str:
-    lines = ["# DLN gradient parity: PyTorch vs Flax", ""]
-    lines += [f"- {line}" for line in report.summary_lines()]
-    lines += ["", f"![per-tensor error]({GRADIENT_PLOT_NAME})", "",
-              "| tensor | kind | float64 rel. L2 | float32 rel. L2 | Adam step rel. L2 |",
-              "| --- | --- | ---: | ---: | ---: |"]
-    f32 = report.gradients_float32 or [None] * len(report.gradients)
-    for g, g32, a in zip(report.gradients, f32, report.adam_same_gradients):
-        lines.append(f"| `{g.torch_name}` | {g.kind} | {g.rel_l2:.2e} | "
-                     f"{'-' if g32 is None else f'{g32.rel_l2:.2e}'} | {a.rel_l2:.2e} |")
-    return "\n".join(lines) + "\n"
+def junit_xml(result: CheckResult) -> str:
+    """One testcase per row (compared or one-sided), per gradient tensor and per mutant."""
+    cases, failures, skipped = [], 0, 0
+
+    def case(group: str, name: str, failure: str | None = None, skip: str | None = None):
+        nonlocal failures, skipped
+        body = ""
+        if failure is not None:
+            body, failures = f"<failure message={quoteattr(escape_text(failure))}/>", failures + 1
+        elif skip is not None:
+            body, skipped = f"<skipped message={quoteattr(escape_text(skip))}/>", skipped + 1
+        cases.append(f'  <testcase classname="parity.{group}" name='
+                     f'{quoteattr(escape_text(name))}>{body}</testcase>')
+
+    for r in result.report.rows if result.report is not None else []:
+        case("rows", r.name,
+             f"{r.status}: relative to scale {_cell(r.rel_to_scale)}, torch "
+             f"{format_shape(r.torch_shape)} vs flax {format_shape(r.jax_shape)}"
+             if r.failed else None, r.status if not r.compared and not r.failed else None)
+    if result.gradients is not None:
+        g = result.gradients
+        for r in g.rows:
+            value = r.rel_l2 if g.rule == "relative L2" else r.rel_to_scale
+            case("gradients", r.torch_name,
+                 None if value <= g.tol else f"{g.rule} {_cell(value)} > {g.tol:.0e}")
+    mutants = result.mutants
+    if mutants is not None and mutants.not_scored:
+        case("mutants", "mutation zoo", f"not run: {mutants.not_scored}")
+    for m in mutants.results if mutants is not None else []:
+        case("mutants", f"{m.defect} at {m.site or '-'}",
+             (m.note or "missed") if m.status == "missed" else None,
+             f"{m.status}: {m.note}" if m.status not in ("caught", "missed") else None)
+    return ('<?xml version="1.0" encoding="utf-8"?>\n'
+            f'<testsuite name="parity" tests="{len(cases)}" failures="{failures}" '
+            f'skipped="{skipped}" errors="0">\n' + "\n".join(cases) + "\n</testsuite>\n")
+
+
+def write_junit(result: CheckResult, path: str | os.PathLike) -> Path:
+    """The JUnit XML file (its folder is created)."""
+    path = Path(path)
+    return write_report_files(path.parent, {path.name: junit_xml(result)})[0]

@@ -1,8 +1,8 @@
 """The one place that owns comparison tolerances.
 
 Every tolerance used by tests and harnesses is named here with the reason it is
-what it is. `compare` measures; `assert_close` fails with the max error in the
-message (timm style).
+what it is. `measure` applies the pass rule; `assert_close` fails with the max error
+in the message (timm style).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ METRIC_PSNR_ATOL_DB = 1e-4
 # absorbs the sample covariance exactly), so only float64 rounding is left (seen 2e-15).
 METRIC_F64_ATOL = 1e-12
 # Gradients of the training loss, per tensor, relative L2 norm, both frameworks in
-# FLOAT64 (parity/grads/gradients.py). Only float64 rounding (1.1e-16) is left, amplified
+# FLOAT64 (parity/grads/model_gradients.py). Only float64 rounding (1.1e-16) is left, amplified
 # by SSIM's cancellation (the loss itself agrees to ~1e-10, LOSS_F64_RTOL) and, for the
 # PReLU slopes, by the cancelling sum of x * dL/dy over every negative input. Measured
 # (2-core AMD EPYC, dim 16, 2 x 24 x 36): median 2.9e-10, worst 2.9e-8 (a PReLU slope);
@@ -88,7 +88,7 @@ class Comparison:
                 f"relative to scale {self.rel_to_scale:.3e}")
 
 
-def compare(actual, reference, tol: float = FORWARD_ATOL) -> Comparison:
+def measure(actual, reference, tol: float = FORWARD_ATOL) -> Comparison:
     """Scale-aware comparison: passes when max|a - r| <= tol * max(1, max|r|)."""
     a = np.asarray(actual, dtype=np.float64)
     r = np.asarray(reference, dtype=np.float64)
@@ -104,7 +104,7 @@ def compare(actual, reference, tol: float = FORWARD_ATOL) -> Comparison:
 
 
 def assert_close(actual, reference, tol: float = FORWARD_ATOL, what: str = "") -> Comparison:
-    result = compare(actual, reference, tol)
+    result = measure(actual, reference, tol)
     if not result.shape_ok:
         raise AssertionError(f"{what}: shape {np.shape(actual)} != reference {np.shape(reference)}")
     if not result.passed:

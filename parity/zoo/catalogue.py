@@ -1,15 +1,17 @@
 """The defect catalogue for any port: each defect names the layer kinds it applies to.
 
-A defect finds its sites in a port (torch modules of its kinds, or Flax function
-calls) and builds, per site, a mutation of the JAX side only:
+A defect finds its sites in a prepared port (parity.zoo.prepared: torch modules of its
+kinds, or Flax function calls); a site names the torch module where the defect must show
+first. Per site it builds a mutation of the JAX side only, through the port's frontend:
 - a parameter transform (what a wrong converter produces), on the converted
   variables at the site's Flax path, or
-- a Flax method interceptor that runs the site's module with one attribute changed
-  (module.clone(...)), or a stand-in for one function call (gelu, leaky_relu,
-  jax.image.resize) in the site's scope.
+- the site's module run with one attribute changed (a clone), or a stand-in for one
+  function call (gelu, leaky_relu, jax.image.resize) in the site's scope, or
+- another Flax model (a config a port got wrong).
 The model code is never changed. A mutation may say it is provably *equivalent*
 (the same function at these shapes: flipping a 1x1 kernel, SAME padding where it
-equals the explicit padding, dropping a bias that is zero).
+equals the explicit padding, dropping a bias that is zero). Models bring their own
+entries of the same kind (DLN's: parity/presets/dln_defects.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from typing import Callable
 
 import numpy as np
 
-from weights.trees import flatten_tree, nest_tree
 
 CONV = ("Conv1d", "Conv2d", "Conv3d")
 CONV_TRANSPOSE = ("ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
@@ -30,7 +31,7 @@ FLAX_LEAKY_SLOPE = 0.01   # jax.nn.leaky_relu's default negative_slope
 
 @dataclasses.dataclass(frozen=True)
 class Site:
-    torch_module: str          # the torch module the defect is expected to show at ('' root)
+    torch_module: str          # where the defect must show first (torch name, '' root)
     flax_path: str
     label: str                 # how the site is named in results
     call: object = None        # FunctionCall for function defects
@@ -41,10 +42,11 @@ class Mutation:
     variables: dict | None = None          # None: the port's own
     context: Callable | None = None        # context-manager factory for the Flax apply
     equivalent: str | None = None          # why it provably computes the same function
+    flax_model: object | None = None       # None: the port's own
 
 
 @dataclasses.dataclass(frozen=True)
-class GenericDefect:
+class Defect:
     name: str
     summary: str
     kinds: tuple[str, ...]                 # torch module kinds, or "call:<function>"
@@ -76,26 +78,23 @@ def _rules(port, site, leaf: str):
     return [r for r in port.plan.by_module().get(site.torch_module, []) if _is(r, leaf)]
 
 
-def _key(rule) -> str:
-    return "/".join([rule.collection, *filter(None, rule.flax_path.split("/")), rule.leaf])
-
-
-def _replaced(port, changes: dict[str, np.ndarray]) -> dict:
-    flat = flatten_tree(port.variables)
-    flat.update({k: np.asarray(v, np.float32) for k, v in changes.items()})
-    return nest_tree(flat)
+def replaced(port, changes: dict[str, np.ndarray]) -> dict:
+    """The port's variables with some replaced (flat keys) or, for None, removed."""
+    flat = {k: v for k, v in port.frontend.flat(port.variables).items()
+            if k not in changes or changes[k] is not None}
+    flat.update({k: np.asarray(v, np.float32) for k, v in changes.items() if v is not None})
+    return port.frontend.nested(flat)
 
 
 def _param_mutation(port, site, leaf: str, change: Callable) -> Mutation:
     """Replace the site's `leaf` variable by change(flax value, torch value, rule)."""
-    flat = flatten_tree(port.variables)
+    flat = port.frontend.flat(port.variables)
     state = port.torch_state()
     changes = {}
     for rule in _rules(port, site, leaf):
-        key = _key(rule)
-        changes[key] = change(np.asarray(flat[key]), state.get(rule.torch_name), rule)
+        changes[rule.key] = change(np.asarray(flat[rule.key]), state.get(rule.torch_name), rule)
     same = all(np.array_equal(np.asarray(flat[k]), v) for k, v in changes.items())
-    return Mutation(_replaced(port, changes), None,
+    return Mutation(replaced(port, changes), None,
                     "the changed tensor equals the correct one at these shapes" if same else None)
 
 
@@ -115,21 +114,10 @@ def _both(*needs):
     return lambda *a: all(n(*a) for n in needs)
 
 
-def _clone_call(site: Site, **changes) -> Callable:
-    """Interceptor context: the site's module runs as a clone with `changes`."""
-    def factory():
-        import flax.linen as nn
-
-        def interceptor(next_fun, args, kwargs, context):
-            if context.method_name == "__call__" and "/".join(context.module.path) == \
-                    site.flax_path:
-                module = context.module
-                clone = module.clone(parent=None, **changes)
-                out = clone.apply(dict(module.variables), *args, mutable=True, **kwargs)
-                return out[0]
-            return next_fun(*args, **kwargs)
-        return nn.intercept_methods(interceptor)
-    return factory
+def _clone_call(port, site: Site, **changes) -> Callable:
+    """A context: the site's module runs as a clone with `changes`."""
+    return port.frontend.modules_changed(
+        lambda path, module: changes if path == site.flax_path else None)
 
 
 def _flax_default(cls_name: str, field: str):
@@ -200,7 +188,7 @@ def _same_padding(port, site) -> Mutation:
             total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
             same &= (total // 2, total - total // 2) == (p, p)
         equal = "SAME pads equal the explicit padding at this input size" if same else None
-    return Mutation(None, _clone_call(site, padding="SAME"), equal)
+    return Mutation(None, _clone_call(port, site, padding="SAME"), equal)
 
 
 def _strided(port, name, module, path):
@@ -211,7 +199,7 @@ def _eps_clone(cls_name: str):
     def mutate(port, site) -> Mutation:
         current = float(port.census.modules[site.flax_path].epsilon)
         default = float(_flax_default(cls_name, "epsilon"))
-        return Mutation(None, _clone_call(site, epsilon=default if current != default
+        return Mutation(None, _clone_call(port, site, epsilon=default if current != default
                                           else current * 10))
     return mutate
 
@@ -230,31 +218,29 @@ def _call_sites(function: str, need: Callable | None = None):
     return find
 
 
-def _call_mutation(site: Site, replace: Callable, equivalent: str | None = None) -> Mutation:
-    def factory():
-        from parity.zoo.port import patched_functions
-
-        def on_call(function, original, scope, index, args, kwargs):
-            if function == site.call.function and scope == site.flax_path and \
-                    index == site.call.index:
-                return replace(original, args, dict(kwargs))
-            return original(*args, **kwargs)
-        return patched_functions(on_call)
-    return Mutation(None, factory, equivalent)
+def _call_mutation(port, site: Site, replace: Callable, equivalent: str | None = None
+                   ) -> Mutation:
+    def on_call(function, original, scope, index, args, kwargs):
+        if function == site.call.function and scope == site.flax_path and \
+                index == site.call.index:
+            return replace(original, args, dict(kwargs))
+        return original(*args, **kwargs)
+    return Mutation(None, port.frontend.calls_patched(on_call), equivalent)
 
 
 def _gelu_flip(port, site) -> Mutation:
     def replace(original, args, kwargs):
         approximate = kwargs.pop("approximate", args[1] if len(args) > 1 else True)
         return original(args[0], approximate=not approximate)
-    return _call_mutation(site, replace)
+    return _call_mutation(port, site, replace)
 
 
 def _leaky_default(port, site) -> Mutation:
     call = site.call
     slope = call.kwargs.get("negative_slope", call.args[0] if call.args else FLAX_LEAKY_SLOPE)
     equivalent = "the slope already is the default" if float(slope) == FLAX_LEAKY_SLOPE else None
-    return _call_mutation(site, lambda original, args, kwargs: original(args[0]), equivalent)
+    return _call_mutation(port, site, lambda original, args, kwargs: original(args[0]),
+                          equivalent)
 
 
 def _resize_method(call) -> str:
@@ -270,7 +256,7 @@ def _resize_other_method(port, site) -> Mutation:
         kwargs["method"] = other
         return original(args[0], args[1] if len(args) > 1 else kwargs.pop("shape"),
                         **{k: v for k, v in kwargs.items() if k != "shape"})
-    return _call_mutation(site, replace)
+    return _call_mutation(port, site, replace)
 
 
 def _resize_align_corners(port, site) -> Mutation:
@@ -283,66 +269,66 @@ def _resize_align_corners(port, site) -> Mutation:
         scale = jnp.array([(shape[i] - 1) / max(x.shape[i] - 1, 1) for i in dims], jnp.float32)
         return jax.image.scale_and_translate(x, shape, dims, scale, 0.5 - 0.5 * scale,
                                              method="linear", antialias=False)
-    return _call_mutation(site, replace)
+    return _call_mutation(port, site, replace)
 
 
 def _linear_resize(call) -> bool:
     return _resize_method(call) in ("linear", "bilinear", "trilinear")
 
 
-CATALOGUE: dict[str, GenericDefect] = {d.name: d for d in [
-    GenericDefect("kernel-flip", "conv kernels spatially flipped (convolution vs correlation)",
+CATALOGUE: dict[str, Defect] = {d.name: d for d in [
+    Defect("kernel-flip", "conv kernels spatially flipped (convolution vs correlation)",
                   CONV, _module_sites(CONV, _has("kernel")),
                   lambda port, site: _param_mutation(port, site, "kernel", _flip_spatial)),
-    GenericDefect("conv-kernel-reshaped", "conv kernel reshaped from torch's (O, I, kh, kw) "
+    Defect("conv-kernel-reshaped", "conv kernel reshaped from torch's (O, I, kh, kw) "
                   "to (kh, kw, I, O) instead of transposed", CONV,
                   _module_sites(CONV, _has("kernel")),
                   lambda port, site: _param_mutation(port, site, "kernel", _reshaped)),
-    GenericDefect("dense-untransposed", "Linear weight reshaped from (out, in) to (in, out) "
+    Defect("dense-untransposed", "Linear weight reshaped from (out, in) to (in, out) "
                   "instead of transposed", ("Linear",), _module_sites(("Linear",), _has("kernel")),
                   lambda port, site: _param_mutation(port, site, "kernel", _reshaped)),
-    GenericDefect("bias-dropped", "the layer's bias dropped (use_bias=False)",
+    Defect("bias-dropped", "the layer's bias dropped (use_bias=False)",
                   CONV + CONV_TRANSPOSE + ("Linear",),
                   _module_sites(CONV + CONV_TRANSPOSE + ("Linear",), _has("bias")),
                   lambda port, site: _param_mutation(port, site, "bias", _zeros)),
-    GenericDefect("prelu-default-slope", "PReLU slopes left at Flax's nn.PReLU default (0.01)",
+    Defect("prelu-default-slope", "PReLU slopes left at Flax's nn.PReLU default (0.01)",
                   ("PReLU",), _module_sites(("PReLU",), _has("negative_slope")),
                   lambda port, site: _param_mutation(port, site, "negative_slope",
                                                      _prelu_flax_default)),
-    GenericDefect("leaky-relu-default-slope", "leaky_relu called with Flax's default slope "
+    Defect("leaky-relu-default-slope", "leaky_relu called with Flax's default slope "
                   "(0.01)", ("call:leaky_relu",), _call_sites("leaky_relu"), _leaky_default),
-    GenericDefect("same-padding-strided", "a strided conv with padding='SAME' instead of "
+    Defect("same-padding-strided", "a strided conv with padding='SAME' instead of "
                   "torch's explicit symmetric padding", CONV,
                   _module_sites(CONV, _both(_strided, _flax_attr("padding", "strides"))),
                   _same_padding),
-    GenericDefect("batchnorm-eps", "BatchNorm epsilon 1e-3 (Keras/TF) instead of torch's "
+    Defect("batchnorm-eps", "BatchNorm epsilon 1e-3 (Keras/TF) instead of torch's "
                   "(1e-5)", BATCHNORM, _module_sites(BATCHNORM, _has("var")), _bn_eps),
-    GenericDefect("batchnorm-batch-stats", "BatchNorm normalises with the batch's statistics "
+    Defect("batchnorm-batch-stats", "BatchNorm normalises with the batch's statistics "
                   "at inference (use_running_average=False)", BATCHNORM,
                   _module_sites(BATCHNORM, _both(_has("var"),
                                                  _flax_attr("use_running_average"))),
-                  lambda port, site: Mutation(None, _clone_call(site,
+                  lambda port, site: Mutation(None, _clone_call(port, site,
                                                                 use_running_average=False))),
-    GenericDefect("conv-transpose-unflipped", "ConvTranspose kernel not flipped (torch's "
+    Defect("conv-transpose-unflipped", "ConvTranspose kernel not flipped (torch's "
                   "transposed conv is the gradient of a conv)", CONV_TRANSPOSE,
                   _module_sites(CONV_TRANSPOSE, _has("kernel")),
                   lambda port, site: _param_mutation(port, site, "kernel", _flip_spatial)),
-    GenericDefect("upsample-method", "upsampling with the other method (nearest vs linear)",
+    Defect("upsample-method", "upsampling with the other method (nearest vs linear)",
                   ("call:resize",), _call_sites("resize"), _resize_other_method),
-    GenericDefect("upsample-align-corners", "linear upsampling with align_corners=True "
+    Defect("upsample-align-corners", "linear upsampling with align_corners=True "
                   "instead of half-pixel centres", ("call:resize",),
                   _call_sites("resize", _linear_resize), _resize_align_corners),
-    GenericDefect("flatten-order", "features flattened in NHWC order (H, W, C) before a "
+    Defect("flatten-order", "features flattened in NHWC order (H, W, C) before a "
                   "Linear that expects torch's (C, H, W)", ("Linear",),
                   _module_sites(("Linear",), lambda port, name, module, path:
                                 _flatten_shape(port, Site(name, path, name)) is not None),
                   lambda port, site: _flatten_mutation(port, site)),
-    GenericDefect("gelu-tanh", "GELU with the tanh approximation instead of erf (or the "
+    Defect("gelu-tanh", "GELU with the tanh approximation instead of erf (or the "
                   "reverse)", ("call:gelu",), _call_sites("gelu"), _gelu_flip),
-    GenericDefect("groupnorm-eps", "GroupNorm epsilon left at Flax's default (1e-6; torch "
+    Defect("groupnorm-eps", "GroupNorm epsilon left at Flax's default (1e-6; torch "
                   "1e-5)", ("GroupNorm",),
                   _module_sites(("GroupNorm",), _flax_attr("epsilon")), _eps_clone("GroupNorm")),
-    GenericDefect("layernorm-eps", "LayerNorm epsilon left at Flax's default (1e-6; torch "
+    Defect("layernorm-eps", "LayerNorm epsilon left at Flax's default (1e-6; torch "
                   "1e-5)", ("LayerNorm",),
                   _module_sites(("LayerNorm",), _flax_attr("epsilon")), _eps_clone("LayerNorm")),
 ]}

@@ -145,7 +145,7 @@ def test_a_merged_or_transposed_bucket_gives_the_plain_forward(tmp_path):
     from weights.convert import load_checkpoint
     from weights.synthetic import random_torch_state
     from core.config import DLNConfig
-    from parity.engine.tolerance import TILED_FORWARD_ATOL, compare
+    from parity.engine.tolerance import TILED_FORWARD_ATOL, measure
 
     ckpt = load_checkpoint(write_authors_pth(tmp_path / "w.pth",
                                              random_torch_state(DLNConfig(dim=16), seed=5)))
@@ -155,7 +155,7 @@ def test_a_merged_or_transposed_bucket_gives_the_plain_forward(tmp_path):
     for h, w, bucket in [(29, 41, (48, 64)), (41, 29, (48, 64)), (32, 40, (32, 40)),
                          (40, 32, None)]:
         image = rng.random((h, w, 3), dtype=np.float32) * 0.4
-        result = compare(runner.run([image], bucket)[0], plain(image), TILED_FORWARD_ATOL)
+        result = measure(runner.run([image], bucket)[0], plain(image), TILED_FORWARD_ATOL)
         assert result.passed, (h, w, bucket, result.max_abs)
 
 

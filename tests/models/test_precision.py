@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TRACING_MODULES = ("port.inference", "port.trainer", "port.tiled", "parity.engine.capture",
-                   "parity.engine.hooks", "parity.grads.gradients", "parity.grads.model_gradients",
+TRACING_MODULES = ("port.inference", "port.trainer", "port.tiled", "parity.engine.linen",
+                   "parity.grads.model_gradients",
                    "parity.bench.backends")
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from core.config import DLNConfig
 from core.tiling import HALO_F1, HALO_FINAL, HALO_LBP, MapStore, padded_region, tile_count
-from parity.engine.tiling import compare_tiled_with_whole
+from parity.engine.tiled_vs_whole import compare_tiled_with_whole
 from weights.convert import load_checkpoint
 
 

@@ -1,14 +1,15 @@
 """The engine on small models of its own: every module captured, one-sided rows kept,
-planted defects named at their module, output pytrees, 3-D layouts, meaningless runs
-refused."""
+planted defects named at their module, output pytrees, 3-D layouts, the final output
+always judged, meaningless runs refused."""
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from parity.engine.api import NothingCompared, OutputNotCompared, compare, convert_weights
-from parity.engine.block_compare import ONLY_FLAX, ONLY_TORCH
+from parity import compare, convert_weights
+from parity.engine.api import NothingCompared
+from parity.engine.rows import MISSING, ONLY_FLAX, ONLY_TORCH
 
 
 class TorchNet(nn.Module):
@@ -87,7 +88,7 @@ def test_modules_on_the_flax_side_only_are_rows_too(torch_net):
     assert report.passed
 
 
-def test_nothing_compared_and_output_not_compared_are_errors(torch_net):
+def test_an_output_on_one_side_only_fails_and_nothing_compared_is_an_error(torch_net):
     import flax.linen as fnn
 
     class Single(fnn.Module):
@@ -98,8 +99,11 @@ def test_nothing_compared_and_output_not_compared_are_errors(torch_net):
     import jax
 
     x = np.moveaxis(X, 1, -1)
-    with pytest.raises(OutputNotCompared):   # torch returns a pair, Flax one array
-        compare(torch_net, Single(), Single().init(jax.random.PRNGKey(0), x), X)
+    # torch returns a pair, Flax one array: the leaves without a counterpart fail
+    report = compare(torch_net, Single(), Single().init(jax.random.PRNGKey(0), x), X)
+    statuses = {r.name: r.status for r in report.rows if r.module == "" or r.name.startswith(
+        "prediction")}
+    assert not report.passed and statuses["prediction[0]"] == MISSING, statuses
     class ArgMax(nn.Module):           # integer outputs: nothing to compare
         def forward(self, x):
             return x.argmax(dim=1)
@@ -128,3 +132,27 @@ def test_conv1d_outputs_are_compared_channels_last():
     report = compare(model, Port(), convert_weights(model, Port(), x), x,
                      mapping={"0": "layers_0"})
     assert report.passed and {"0", "prediction"} <= {r.name for r in report.compared}
+
+
+def flax_subclass(post):
+    """A subclass of a correct port whose root `__call__` post-processes super().__call__."""
+    base = type(flax_net())
+
+    class PostProcessed(base):
+        def __call__(self, x):
+            y, logits = super().__call__(x)
+            return post(y), logits
+
+    return PostProcessed()
+
+
+@pytest.mark.parametrize("post", [lambda y: 2 * y, lambda y: y.at[0, 0, 0, 0].set(np.nan)],
+                         ids=["doubled", "nan"])
+def test_the_outermost_call_of_the_root_is_the_prediction(torch_net, post):
+    port = flax_subclass(post)
+    report = compare(torch_net, port, convert_weights(torch_net, flax_net(), X), X)
+    failing = [r.name for r in report.failures]
+    assert failing == ["prediction[0]"], [(r.name, r.status) for r in report.rows][-4:]
+    correct = compare(torch_net, flax_subclass(lambda y: y),
+                      convert_weights(torch_net, flax_net(), X), X)
+    assert correct.passed and {r.status for r in correct.rows} <= {"pass", ONLY_TORCH}

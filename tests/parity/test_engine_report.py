@@ -1,39 +1,49 @@
-"""Reports stay one line per row (names with control characters are escaped) and the
-plot marks the first divergence."""
+"""The one report format: rows stay one line (names with control characters escaped), the
+plot rings the first divergence, JUnit counts what failed."""
 
-import numpy as np
-from PIL import Image
+from xml.etree import ElementTree
 
-from core.config import DLNConfig
-from parity.engine.block_compare import BlockRow, LayerReport, escape_text, format_table
-from parity.engine.harness import image_inputs, run_parity
-from parity.engine.report import plot_rows, report_markdown
-from weights.convert import checkpoint_from_torch_state
-from weights.synthetic import random_torch_state
+from parity.engine.report import CheckResult, junit_xml, plot_rows, report_dict
+from parity.engine.rows import Report, Row, escape_text, format_table
 
 
-def test_a_file_name_with_a_newline_stays_on_one_report_line(tmp_path):
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (9, 11, 3), dtype=np.uint8)).save(folder / "a\nb.png")
-    cfg = DLNConfig(dim=16)
-    ckpt = checkpoint_from_torch_state(random_torch_state(cfg, 1), cfg)
-    run = run_parity(ckpt, image_inputs([str(folder)]))
-    markdown = report_markdown(run)
-    inputs_line = next(line for line in markdown.splitlines() if line.startswith("- inputs:"))
-    assert "a\\nb.png" in inputs_line
-    assert not any(line.startswith("b.png") for line in markdown.splitlines())
+def _report() -> Report:
+    return Report([Row("ok", (1, 2), (1, 2), 0.0, 1.0, 0.0, "pass", "ok", "ok"),
+                   Row("bad\nname", (1, 2), (1, 2), 1.0, 1.0, 1.0, "fail", "bad", "bad\nname"),
+                   Row("relu", (1, 2), None, None, None, None, "only in torch", None, "relu"),
+                   Row("nan", (1, 2), (1, 2), float("inf"), 1.0, float("inf"), "fail", "n",
+                       "nan")], 1e-5)
 
 
-def test_text_table_escapes_names_and_plot_marks_the_first_divergence(tmp_path):
-    rows = [BlockRow("ok", (1, 2), (1, 2), 0.0, 1.0, 0.0, "pass", "ok", "ok"),
-            BlockRow("bad\nname", (1, 2), (1, 2), 1.0, 1.0, 1.0, "fail", "bad", "bad\nname"),
-            BlockRow("relu", (1, 2), None, None, None, None, "only in torch", None, "relu")]
-    report = LayerReport(rows, 1e-5)
+def test_text_table_escapes_names_and_the_verdict_names_the_first_divergence():
+    report = _report()
     lines = format_table(report)
-    assert len(lines) == 4 and any("bad\\nname" in line for line in lines)
+    assert len(lines) == 5 and any("bad\\nname" in line for line in lines)
     assert escape_text("tab\there") == "tab\\there"
-    plot_rows(report, tmp_path / "plot.png", "rows")
-    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
     assert report.first_divergence_module == "bad\nname" and report.passed is False
+
+
+def test_plot_rings_the_first_divergence_and_names_it(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    drawn = {}
+    original = matplotlib.axes.Axes.scatter
+
+    def scatter(self, x, y, *args, **kwargs):
+        if kwargs.get("facecolors") == "none":      # the ring
+            drawn["ring"] = (list(x), kwargs.get("label"))
+        return original(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", scatter)
+    plot_rows(_report(), tmp_path / "plot.png", "rows")
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert drawn["ring"] == ([1], "first divergence: bad\\nname"), drawn
+
+
+def test_json_and_junit_of_a_failing_result():
+    result = CheckResult("t", {"weights": "w"}, _report())
+    data = report_dict(result)
+    assert data["passed"] is False and data["first_divergence"] == "bad\nname"
+    assert data["rows"][3]["rel_to_scale"] is None  # non-finite numbers are null in JSON
+    suite = ElementTree.fromstring(junit_xml(result))
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("4", "2", "1")

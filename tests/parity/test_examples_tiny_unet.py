@@ -5,11 +5,9 @@ import numpy as np
 import pytest
 
 from examples.tiny_unet import flax_model, torch_model
-from parity.engine.api import compare
+from parity import CATALOGUE, gradient_parity, prepare_port, run_zoo
 from parity.engine.tolerance import FORWARD_ATOL
-from parity.zoo.catalogue import CATALOGUE
-from parity.zoo.mutation import CAUGHT, NOT_APPLICABLE, run_zoo
-from parity.zoo.port import prepare_port
+from parity.zoo.mutation import CAUGHT, NOT_APPLICABLE
 
 X = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
 
@@ -20,8 +18,7 @@ def port():
 
 
 def test_forward_parity_of_every_module_at_the_forward_tolerance(port):
-    report = compare(port.torch_model, port.flax_module, port.variables, X,
-                     reference=port.reference, apply_fn=port.base_apply)
+    report = port.compare()
     assert report.passed, report.failures[:3]
     compared = {r.name for r in report.compared}
     assert {"stem.0", "stem.1", "stem.2", "bottleneck.down", "bottleneck.norm",
@@ -31,10 +28,8 @@ def test_forward_parity_of_every_module_at_the_forward_tolerance(port):
 
 
 def test_gradient_parity_per_parameter_at_the_forward_tolerance(port):
-    from parity.grads.model_gradients import model_gradient_parity
-
-    grads = model_gradient_parity(port.torch_model, port.flax_module, port.variables, X,
-                                  port.plan)
+    grads = gradient_parity(port.torch_model, port.flax_model, port.variables, X,
+                            plan=port.plan)
     assert len(grads.rows) == sum(1 for _ in port.torch_model.parameters())
     assert grads.passed, grads.summary()
 

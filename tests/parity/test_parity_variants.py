@@ -1,6 +1,7 @@
 """Paper-versus-code switches: layer parity for every combination, the variant travelling
 with the weights through `dln convert`, refusals, and gamma as inference-time strength."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,8 +15,8 @@ from PIL import Image
 from dln.cli import main
 from core.config import DLNConfig
 from core.paths import SAMPLE_IMAGES
-from parity.engine.capture import torch_threads
-from parity.engine.harness import random_inputs, run_parity
+from parity.engine.torch_side import torch_threads
+from parity.presets.dln import random_inputs, run_parity
 from tests.conftest import write_authors_pth
 from weights.convert import checkpoint_from_torch_state, load_checkpoint
 from weights.files import read_safetensors_metadata
@@ -31,11 +32,11 @@ def test_every_variant_passes_layer_parity_at_1e5(brightness, sign, gamma):
     cfg = DLNConfig(dim=16, brightness=brightness, residual_sign=sign, gamma=gamma)
     run = run_parity(checkpoint_from_torch_state(random_torch_state(cfg, 11), cfg),
                      random_inputs((13, 17), 2, seed=2), tol=1e-5)
-    worst = run.layers.worst
+    worst = run.report.worst
     assert run.passed, f"{cfg.variant_string()}: first divergence {run.first_divergence}"
-    assert run.jax_config == cfg and len(run.layers.rows) == 62
+    assert run.details["config"] == dataclasses.asdict(cfg) and len(run.report.rows) == 62
     assert worst.rel_to_scale <= 1e-5, f"{worst.name} {worst.rel_to_scale:.2e}"
-    feat1 = next(r for r in run.layers.rows if r.name == "feat1")
+    feat1 = next(r for r in run.report.rows if r.name == "feat1")
     assert feat1.torch_shape == (2, 13, 17, 32)
 
 

@@ -1,4 +1,4 @@
-"""The bug zoo: every defect makes `dln parity` exit 1 at the right first divergence.
+"""DLN's zoo entries: every defect makes `dln parity` exit 1 at the right first divergence.
 
 Expected first divergences are worked out from the network, not read from the code:
 blocks are listed as they finish (children before parents), so the first failing one
@@ -10,10 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from dln.cli import main
 from core.config import DLNConfig
-from parity.engine.harness import random_inputs, run_parity
-from parity.zoo.defects import DEFECTS, flax_prelu_default, inject
+from dln.cli import main
+from parity.presets import dln
+from parity.presets.dln_defects import DEFECTS, flax_prelu_default
+from parity.zoo.mutation import CAUGHT, EQUIVALENT, run_zoo
 from weights.convert import checkpoint_from_torch_state, load_checkpoint
 from weights.synthetic import random_torch_state
 
@@ -35,14 +36,10 @@ EXPECTED_FIRST_DIVERGENCE_DIM16 = {
 
 
 @pytest.fixture(scope="module")
-def ckpt16():
+def port16():
     cfg = DLNConfig(dim=16)
-    return checkpoint_from_torch_state(random_torch_state(cfg, seed=5), cfg)
-
-
-@pytest.fixture(scope="module")
-def inputs():
-    return random_inputs((13, 17), batch=2, seed=1)
+    ckpt = checkpoint_from_torch_state(random_torch_state(cfg, seed=5), cfg)
+    return dln.prepare(ckpt, dln.random_inputs((13, 17), batch=2, seed=1))
 
 
 def test_the_zoo_holds_every_defect_the_issue_names():
@@ -50,18 +47,25 @@ def test_the_zoo_holds_every_defect_the_issue_names():
 
 
 @pytest.mark.parametrize("defect", list(EXPECTED_FIRST_DIVERGENCE_DIM16))
-def test_defect_is_caught_at_its_first_divergence(defect, ckpt16, inputs):
-    run = run_parity(ckpt16, inputs, defect=defect)
-    expected = EXPECTED_FIRST_DIVERGENCE_DIM16[defect]
-    assert run.first_divergence == expected, (
-        f"{defect}: first divergence {run.first_divergence}, expected {expected}; "
-        f"failing: {[r.name for r in run.layers.failures][:5]}")
-    first = run.layers.failures[0]
+def test_defect_is_caught_at_its_first_divergence(defect, port16):
+    result = dln._run(port16, port16.flax_model.config, defect, {}, [])
+    layers, expected = result.report, EXPECTED_FIRST_DIVERGENCE_DIM16[defect]
+    assert layers.first_divergence == expected, (
+        f"{defect}: first divergence {layers.first_divergence}, expected {expected}; "
+        f"failing: {[r.name for r in layers.failures][:5]}")
+    assert result.details["defect"]["expected_first_divergence"] in (expected, f"{expected}.conv")
+    first = layers.failures[0]
     if defect == "feature-width":
         assert first.status == "shape mismatch" and first.jax_shape[-1] == 4 * 16, first
     else:
         assert first.rel_to_scale > 1e-3, f"{defect}: {first}"
-    assert run.layers.failures[-1].name == "prediction"  # and the output is wrong too
+    assert layers.failures[-1].name == "prediction"  # and the output is wrong too
+
+
+def test_the_engines_zoo_runs_dlns_catalogue_and_catches_every_entry_where_declared(port16):
+    zoo = run_zoo(port16, catalogue=DEFECTS)
+    assert {r.defect: r.status for r in zoo.results} == {name: CAUGHT for name in DEFECTS}
+    assert zoo.score == 1.0
 
 
 def test_cli_exits_1_and_writes_first_divergence_to_report(tmp_path):
@@ -76,47 +80,63 @@ def test_cli_exits_1_and_writes_first_divergence_to_report(tmp_path):
 def test_dense_untransposed_diverges_in_the_first_lbp_when_its_weights_are_not_vectors():
     cfg = DLNConfig(dim=32)  # feat_out_1's fc.0 is 2 x 32: reshape != transpose
     ckpt = checkpoint_from_torch_state(random_torch_state(cfg, seed=2), cfg)
-    run = run_parity(ckpt, random_inputs((9, 11), 2, seed=3), defect="dense-untransposed")
-    assert run.first_divergence == "feat_out_1.fusion.fc.0", run.first_divergence
+    result = dln.run_parity(ckpt, dln.random_inputs((9, 11), 2, seed=3),
+                            defect="dense-untransposed")
+    assert result.first_divergence == "feat_out_1.fusion.fc.0", result.first_divergence
 
 
-def test_defects_do_not_leak_into_a_following_clean_run(ckpt16, inputs):
-    assert not run_parity(ckpt16, inputs, defect="concat-order").passed
-    clean = run_parity(ckpt16, inputs)
-    assert clean.passed, clean.layers.worst
+def test_defects_do_not_leak_into_a_following_clean_run(port16):
+    assert not dln._run(port16, port16.flax_model.config, "concat-order", {}, []).passed
+    clean = port16.compare()
+    assert clean.passed, clean.worst
 
 
 def test_the_earlier_ports_three_structural_defects_give_its_421610_parameters():
-    """The report's port had 421,610 parameters (1-D convs,
-    a 4*dim feature block, an FA outlayer without bias) instead of 700,586."""
+    """The report's port had 421,610 parameters (1-D convs, a 4*dim feature block, an FA
+    outlayer without bias) instead of 700,586."""
+    from parity.engine.prepared import PreparedPort
+
     cfg = DLNConfig()
-    params = checkpoint_from_torch_state(random_torch_state(cfg, 0), cfg).flax_params
-    assert sum(v.size for v in params.values()) == 700_586
+    ckpt = checkpoint_from_torch_state(random_torch_state(cfg, 0), cfg)
+    port = PreparedPort(None, _frontend(cfg), {"params": ckpt.flax_tree()}, (), None, None,
+                        None)
+    assert sum(v.size for v in ckpt.flax_params.values()) == 700_586
     for name in ("feature-width", "conv1d-kernel", "fa-no-bias"):
-        params = DEFECTS[name].transform(params, cfg)
-    total = sum(int(np.size(v)) for v in params.values())
-    assert total == 421_610, total
-    assert params["feat1.conv.kernel"].shape == (3, 4, 128)  # what Conv(kernel_size=3) holds
+        port.variables = DEFECTS[name].mutate(port, None).variables
+    flat = port.frontend.flat(port.variables)
+    assert sum(int(np.size(v)) for v in flat.values()) == 421_610
+    assert flat["params/feat1/conv/kernel"].shape == (3, 4, 128)  # what Conv(kernel_size=3) holds
 
 
-def test_parameter_defects_change_what_they_claim(ckpt16):
-    p = ckpt16.flax_params
-    flipped = inject("kernel-flip", ckpt16.config, p).params
-    np.testing.assert_array_equal(flipped["feat1.conv.kernel"][0, 0], p["feat1.conv.kernel"][2, 2])
-    slopes = inject("prelu-default-slope", ckpt16.config, p).params
-    assert slopes["feat2.act.negative_slope"] == np.float32(0.01) == np.float32(flax_prelu_default())
-    dense = inject("dense-untransposed", ckpt16.config, p).params
-    torch_w = ckpt16.torch_state["feat_out_2.fusion.fc.0.weight"]  # (out 2, in 32)
-    np.testing.assert_array_equal(dense["feat_out_2.fusion.fc_0.kernel"], torch_w.reshape(32, 2))
+def _frontend(cfg):
+    from parity.engine.frontend import frontend_for
+
+    return frontend_for(dln.port_model(cfg))
 
 
-def test_fa_no_bias_on_zero_bias_weights_says_it_cannot_show(tmp_path):
+def test_parameter_defects_change_what_they_claim(port16):
+    flat = port16.frontend.flat(port16.variables)
+
+    def mutated(name):
+        return port16.frontend.flat(DEFECTS[name].mutate(port16, None).variables)
+
+    np.testing.assert_array_equal(mutated("kernel-flip")["params/feat1/conv/kernel"][0, 0],
+                                  flat["params/feat1/conv/kernel"][2, 2])
+    assert mutated("prelu-default-slope")["params/feat2/act/negative_slope"] == \
+        np.float32(0.01) == np.float32(flax_prelu_default())
+    torch_w = port16.torch_state()["feat_out_2.fusion.fc.0.weight"]  # (out 2, in 32)
+    np.testing.assert_array_equal(mutated("dense-untransposed")[
+        "params/feat_out_2/fusion/fc_0/kernel"], torch_w.reshape(32, 2))
+
+
+def test_fa_no_bias_on_zero_bias_weights_says_it_cannot_show():
     cfg = DLNConfig(dim=16)
     state = random_torch_state(cfg, 1)
     for i in (1, 2, 3):
         state[f"feat_out_{i}.fusion.outlayer.conv.bias"][:] = 0
-    side = inject("fa-no-bias", cfg, checkpoint_from_torch_state(state, cfg).flax_params)
-    assert side.notes and "zero" in side.notes[0]
+    port = dln.prepare(checkpoint_from_torch_state(state, cfg), dln.random_inputs((9, 11), 1))
+    zoo = run_zoo(port, names=["fa-no-bias"], catalogue=DEFECTS)
+    assert zoo.results[0].status == EQUIVALENT and "zero" in zoo.results[0].note
 
 
 def test_brightness_defect_without_brightness_channel_is_bad_input(capsys):
@@ -132,12 +152,15 @@ def test_unknown_defect_is_bad_input_listing_the_zoo(capsys):
     assert len(err.splitlines()) == 1 and "conv1d-kernel" in err, err
 
 
-def test_sample_checkpoint_is_loadable_for_the_zoo():
-    # the bundled checkpoint is trained (weights/sample/README.md); the zoo notes that
+def test_sample_checkpoint_fa_no_bias_is_equivalent_exactly_when_its_biases_are_zero():
+    # the bundled checkpoint is trained (weights/sample/README.md); the zoo says that
     # fa-no-bias cannot show on a checkpoint exactly when its FA outlayer biases are zero
     from core.paths import SAMPLE_CHECKPOINT
+    from parity.engine.prepared import PreparedPort
 
     ckpt = load_checkpoint(SAMPLE_CHECKPOINT)
-    side = inject("fa-no-bias", ckpt.config, ckpt.flax_params)
+    port = PreparedPort(None, _frontend(ckpt.config), {"params": ckpt.flax_tree()}, (), None,
+                        None, None)
+    mutation = DEFECTS["fa-no-bias"].mutate(port, None)
     biases = [v for k, v in ckpt.flax_params.items() if k.endswith("outlayer.conv.bias")]
-    assert bool(side.notes) == all(not np.any(b) for b in biases)
+    assert bool(mutation.equivalent) == all(not np.any(b) for b in biases)

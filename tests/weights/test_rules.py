@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from core.errors import UserError
-from parity.engine.api import convert_weights, flax_census
+from parity import convert_weights
+from parity.engine.frontend import frontend_for
 from parity.engine.tolerance import FORWARD_ATOL, assert_close
 from weights.rules import ConversionMismatch, NoConverterRule, plan_conversion, to_flax, to_torch
 
@@ -130,6 +131,6 @@ def test_dln_tensor_table_is_what_the_rules_give_for_dln():
 def test_census_sees_variables_and_modules_without_computing():
     import flax.linen as fnn
 
-    census = flax_census(fnn.Conv(4, (3, 3)), np.zeros((1, 3, 8, 8), np.float32))
+    census = frontend_for(fnn.Conv(4, (3, 3))).census(np.zeros((1, 3, 8, 8), np.float32))
     assert census.shapes == {"params/kernel": (3, 3, 3, 4), "params/bias": (4,)}
     assert "" in census.modules

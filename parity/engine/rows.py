@@ -1,43 +1,39 @@
-"""Aligning captured outputs by torch module name and finding the first divergence.
+"""Rows: captured outputs aligned by torch module name, judged, and the first divergence.
 
 Rows follow the torch execution order as captured (a module's row comes when it
 finishes, so children precede their parent). The first failing row is therefore the
 innermost module that fails first: if a child had failed it would have come earlier.
 
-Alignment: a torch module name maps to a Flax path by one rename rule
-(`a.b.0` -> `a/b_0`, see `flax_path`), unless a user mapping names the path; a
-Flax `nn.Sequential` (`a/b/layers_0`) is recognised too. Every output seen on one
-side only is a row of its own: "only in torch" / "only in flax" (informational when
-every module is captured: a torch `nn.ReLU` module is usually a function call in
-Flax), or "missing in JAX" (a failure) when the caller chose the modules to compare.
+Alignment: a torch module name maps to the port's paths by the frontend's rename rule
+(weights/trees.py for Linen), unless a user mapping names the path. Every output seen on
+one side only is a row of its own: "only in torch" / "only in flax" (informational when
+every module is captured: a torch `nn.ReLU` module is usually a function call in Flax),
+or "missing in JAX" (a failure) when the caller chose the modules to compare. The final
+output (the root, row `prediction`) is always judged: a leaf of it on one side only fails.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from typing import Callable
 
 import numpy as np
 
-from parity.engine.hooks import PREDICTION
-from parity.engine.tolerance import FORWARD_ATOL, compare
-from weights.trees import flax_path_candidates, rename
+from parity.engine.tolerance import FORWARD_ATOL, measure
+from weights.trees import flax_path_candidates
 
+PREDICTION = "prediction"  # the row of the model's final output (the root module)
 PASS, FAIL, SHAPE, MISSING = "pass", "fail", "shape mismatch", "missing in JAX"
-ONLY_TORCH, ONLY_FLAX = "only in torch", "only in flax"
-FAILING = (FAIL, SHAPE, MISSING)
-
-
-def flax_path(torch_name: str) -> str:
-    """The Flax module path ('a/b/fc_0') of a torch module name ('a.b.fc.0')."""
-    return PREDICTION if torch_name == PREDICTION else rename(torch_name)
+ONLY_TORCH, ONLY_FLAX, OUTPUT_ONLY_FLAX = "only in torch", "only in flax", "output only in flax"
+FAILING = (FAIL, SHAPE, MISSING, OUTPUT_ONLY_FLAX)
 
 
 @dataclasses.dataclass(frozen=True)
-class BlockRow:
+class Row:
     name: str                      # torch module name (+ output suffix), or "prediction"
     torch_shape: tuple[int, ...] | None   # None: only in flax
-    jax_shape: tuple[int, ...] | None     # None: the block is missing on the JAX side
+    jax_shape: tuple[int, ...] | None     # None: missing on the JAX side
     max_abs: float | None          # None when the shapes differ or one side is missing
     scale: float | None            # max |torch output|
     rel_to_scale: float | None     # max_abs / max(1, scale), compared with the tolerance
@@ -68,14 +64,14 @@ class BlockRow:
 
 
 @dataclasses.dataclass
-class LayerReport:
+class Report:
     """The rows of one comparison and the tolerance they were judged by."""
 
-    rows: list[BlockRow]
+    rows: list[Row]
     tol: float
 
     @property
-    def failures(self) -> list[BlockRow]:
+    def failures(self) -> list[Row]:
         return [row for row in self.rows if row.failed]
 
     @property
@@ -97,51 +93,40 @@ class LayerReport:
         return PREDICTION if module in ("", None) else module
 
     @property
-    def compared(self) -> list[BlockRow]:
+    def compared(self) -> list[Row]:
         return [row for row in self.rows if row.compared]
 
     @property
-    def worst(self) -> BlockRow | None:
+    def worst(self) -> Row | None:
         scored = [r for r in self.rows if r.rel_to_scale is not None]
         return max(scored, key=lambda r: r.rel_to_scale) if scored else None
 
     @property
     def max_rel_error(self) -> float | None:
-        """The largest block error relative to scale (inf for a shape mismatch)."""
+        """The largest row error relative to scale (inf for a shape mismatch)."""
         values = [float("inf") if r.status == SHAPE else r.rel_to_scale for r in self.rows
                   if r.status in (PASS, FAIL, SHAPE)]
         return max(values) if values else None
 
 
-def compare_block(name: str, reference: np.ndarray, actual: np.ndarray | None,
-                  tol: float, flax_name: str | None = None, module: str | None = None,
-                  missing: str = MISSING) -> BlockRow:
+def judge(name: str, reference: np.ndarray, actual: np.ndarray | None, tol: float,
+          flax_name: str | None = None, module: str | None = None,
+          missing: str = MISSING) -> Row:
     shape = tuple(np.shape(reference))
     if actual is None:
-        return BlockRow(name, shape, None, None, None, None, missing, None, module)
-    result = compare(actual, reference, tol)
+        return Row(name, shape, None, None, None, None, missing, None, module)
+    result = measure(actual, reference, tol)
     if not result.shape_ok and reference.ndim in (3, 4, 5):
         # a channels-first torch output that the port keeps channels-first too (or a
         # 3-D (N, L, D) sequence): compare it in the torch layout
         back = np.moveaxis(reference, -1, 1)
         if back.shape == np.shape(actual):
-            result = compare(actual, back, tol)
+            result = measure(actual, back, tol)
     if not result.shape_ok:
-        return BlockRow(name, shape, tuple(np.shape(actual)), None, None, None, SHAPE,
-                        flax_name, module)
-    return BlockRow(name, shape, tuple(np.shape(actual)), result.max_abs, result.scale,
-                    result.rel_to_scale, PASS if result.passed else FAIL, flax_name, module)
-
-
-def compare_blocks(torch_outputs: "OrderedDict[str, np.ndarray]",
-                   jax_outputs: dict[str, np.ndarray], tol: float = FORWARD_ATOL) -> LayerReport:
-    """One row per chosen torch block, in the torch order; JAX outputs are looked up by
-    the Flax path of each torch name. A block the JAX side lacks fails ("missing in
-    JAX"): the caller chose it."""
-    rows = [compare_block(name, ref, jax_outputs.get(flax_path(name)), tol, flax_path(name),
-                          name)
-            for name, ref in torch_outputs.items()]
-    return LayerReport(rows, tol)
+        return Row(name, shape, tuple(np.shape(actual)), None, None, None, SHAPE, flax_name,
+                   module)
+    return Row(name, shape, tuple(np.shape(actual)), result.max_abs, result.scale,
+               result.rel_to_scale, PASS if result.passed else FAIL, flax_name, module)
 
 
 def row_name(module: str, suffix: str) -> str:
@@ -150,36 +135,38 @@ def row_name(module: str, suffix: str) -> str:
 
 def align_rows(torch_outputs: "OrderedDict[tuple[str, str], np.ndarray]",
                flax_outputs: dict[tuple[str, str], np.ndarray], tol: float = FORWARD_ATOL,
-               mapping: dict[str, str] | None = None, chosen: bool = False) -> LayerReport:
+               mapping: dict[str, str] | None = None, chosen: bool = False,
+               paths_of: Callable[[str], list[str]] = flax_path_candidates) -> Report:
     """Rows for every captured output of either side (keys (module or path, suffix)).
 
-    mapping: torch module name -> Flax path (slashes or dots), overriding the rename
-    rule. chosen: the torch modules were chosen by the caller, so one missing in Flax
-    fails; otherwise it is an informational "only in torch" row.
+    mapping: torch module name -> Flax path, overriding the rename rule (`paths_of`).
+    chosen: the torch modules were chosen by the caller, so one missing in Flax fails;
+    otherwise it is an informational "only in torch" row. The root ('') always pairs
+    with the root, and its leaves fail when one side lacks them.
     """
-    mapping = {k: v.replace(".", "/") for k, v in (mapping or {}).items()}
+    mapping = mapping or {}
     flax_modules = {path for path, _ in flax_outputs}
-    resolved: dict[str, str | None] = {}
+    resolved: dict[str, str | None] = {"": ""}
     used: set[tuple[str, str]] = set()
     rows = []
     for (module, suffix), reference in torch_outputs.items():
         if module not in resolved:
-            candidates = [mapping[module]] if module in mapping else flax_path_candidates(module)
+            candidates = [mapping[module]] if module in mapping else paths_of(module)
             resolved[module] = next((c for c in candidates if c in flax_modules), None)
         path = resolved[module]
         key = None if path is None else (path, suffix)
         actual = flax_outputs.get(key) if key is not None else None
         if actual is not None:
             used.add(key)
-        flax_name = None if key is None or actual is None else row_name(path, suffix)
-        rows.append(compare_block(row_name(module, suffix), reference, actual, tol, flax_name,
-                                  module, MISSING if chosen else ONLY_TORCH))
+        flax_name = None if actual is None else row_name(path, suffix)
+        rows.append(judge(row_name(module, suffix), reference, actual, tol, flax_name, module,
+                          MISSING if chosen or module == "" else ONLY_TORCH))
     for (path, suffix), value in flax_outputs.items():
         if (path, suffix) not in used:
             name = row_name(path, suffix)
-            rows.append(BlockRow(name, None, tuple(np.shape(value)), None, None, None,
-                                 ONLY_FLAX, name, None))
-    return LayerReport(rows, tol)
+            rows.append(Row(name, None, tuple(np.shape(value)), None, None, None,
+                            OUTPUT_ONLY_FLAX if path == "" else ONLY_FLAX, name, None))
+    return Report(rows, tol)
 
 
 def format_shape(shape: tuple[int, ...] | None) -> str:
@@ -195,11 +182,11 @@ def escape_text(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
-def format_table(report: LayerReport) -> list[str]:
-    """The per-block table as text lines (for the terminal)."""
+def format_table(report: Report) -> list[str]:
+    """The per-row table as text lines (for the terminal)."""
     names = [escape_text(r.name) for r in report.rows]
     width = max([len(n) for n in names] + [5])
-    lines = [f"{'block':<{width}}  {'shape':<16} {'max|diff|':>9}  {'rel.scale':>9}  status"]
+    lines = [f"{'row':<{width}}  {'shape':<16} {'max|diff|':>9}  {'rel.scale':>9}  status"]
     for name, r in zip(names, report.rows):
         shape = format_shape(r.torch_shape if r.torch_shape is not None else r.jax_shape)
         status = r.status
@@ -210,14 +197,14 @@ def format_table(report: LayerReport) -> list[str]:
     return lines
 
 
-def verdict_line(report: LayerReport) -> str:
+def verdict_line(report: Report) -> str:
     worst = report.worst
     compared = len(report.compared)
-    one_side = len(report.rows) - compared - sum(r.status == MISSING for r in report.rows)
+    one_side = sum(not r.compared and not r.failed for r in report.rows)
     extra = f" ({one_side} on one side only, not compared)" if one_side else ""
     if report.passed:
         where = f"; worst {escape_text(worst.name)} at {worst.rel_to_scale:.2e}" if worst else ""
-        return (f"PASS: all {compared} blocks agree within {report.tol:.0e} "
+        return (f"PASS: all {compared} rows agree within {report.tol:.0e} "
                 f"relative to scale{where}{extra}")
     first = report.failures[0]
     detail = first.status if first.status != FAIL else \
@@ -225,5 +212,5 @@ def verdict_line(report: LayerReport) -> str:
     if first.status == SHAPE:
         detail += f": torch {format_shape(first.torch_shape)} vs JAX {format_shape(first.jax_shape)}"
     return (f"DIVERGES: first divergence at {escape_text(first.name)} ({detail}); "
-            f"{len(report.failures)} of {len(report.rows) - one_side} blocks fail at tol "
+            f"{len(report.failures)} of {len(report.rows) - one_side} rows fail at tol "
             f"{report.tol:.0e}{extra}")

@@ -16,7 +16,7 @@ import numpy as np
 from core.images import quantize
 from core.tiling import TiledPlan, bucket_batch, run_tiled
 from parity.engine.tolerance import (PNG_MAX_FRACTION_OFF_BY_ONE, TILED_FORWARD_ATOL,
-                                     compare)
+                                     measure)
 
 
 def _framework(ckpt, backend: str):
@@ -67,7 +67,7 @@ def compare_tiled_with_whole(ckpt, image: np.ndarray, tiles: tuple[int, ...],
             candidates[f"bucket {x.shape[1]}x{x.shape[2]}"] = out[:image.shape[0],
                                                                   :image.shape[1]]
         for path, output in candidates.items():
-            result = compare(output, reference, TILED_FORWARD_ATOL)
+            result = measure(output, reference, TILED_FORWARD_ATOL)
             worst, fraction = _png_fraction(output, reference)
             png_ok = worst <= 1 and fraction <= PNG_MAX_FRACTION_OFF_BY_ONE
             rows.append({"backend": backend, "path": path, "max_abs": result.max_abs,

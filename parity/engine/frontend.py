@@ -1,0 +1,103 @@
+"""The Flax side behind one small interface: everything above it works for any kind of port.
+
+A frontend wraps one Flax model (and the keyword arguments its apply takes) and offers:
+
+    path_candidates(torch_name)  Flax paths a torch module may have (the rename rule)
+    census(inputs)               every submodule by path, every variable's shape (flat keys
+                                 'collection/path/leaf'), from an abstract run
+    make_apply(wanted, context, jit)
+                                 fn(variables, *inputs) -> {(path, suffix): output}: every
+                                 submodule's output in the order they finish, and the
+                                 model's final output under the root path '' (always the
+                                 value the outermost call returns)
+    flat(variables) / nested(flat)
+    split(variables) / merge(params, rest)
+                                 the trainable parameters apart from the other collections
+    apply(variables, *inputs)    the plain output (gradients)
+    modules_changed(select)      a context: modules select(path, module) names run as clones
+                                 with attributes changed (the zoo, the JAX side only)
+    inputs_changed(path, fn)     a context: the module at path receives fn(input)
+    function_calls(variables, inputs) / calls_patched(on_call)
+                                 calls of gelu, leaky_relu, jax.image.resize a defect can alter
+
+A context is a factory of a context manager, entered while the apply is traced; the
+model's code is never changed. Linen is implemented in parity/engine/linen.py;
+`frontend_for` picks the implementation for a model. The torch side sits behind its
+own capture, parity/engine/torch_side.py. Outputs of any pytree shape (tuple, list,
+dict) give one entry per array leaf (`[0]`, `['key']`), and a module called several
+times one entry per call (`#2`, `#3`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+from core.errors import UserError
+
+
+class UnsupportedPort(UserError, TypeError):
+    """A Flax model of a kind no frontend reads."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionCall:
+    function: str
+    scope: str            # path of the innermost module making the call ('' root)
+    index: int            # 1 for the first call of `function` in that scope per apply
+    kwargs: dict          # keyword arguments of the call (method, approximate, ...)
+    args: tuple           # positional arguments after the first (shapes, slopes)
+
+
+@dataclasses.dataclass
+class Census:
+    modules: dict[str, Any]                  # path -> module ('' the root)
+    shapes: dict[str, tuple[int, ...]]       # 'params/a/kernel' -> shape
+
+
+def flatten_output(value: Any, to_numpy: Callable[[Any], np.ndarray | None],
+                   suffix: str = "") -> list[tuple[str, np.ndarray]]:
+    """(suffix, array) for every array leaf of an output pytree (tuple, list, dict)."""
+    if isinstance(value, dict):
+        return [leaf for key in value
+                for leaf in flatten_output(value[key], to_numpy, f"{suffix}[{key!r}]")]
+    if isinstance(value, (tuple, list)):
+        return [leaf for i, item in enumerate(value)
+                for leaf in flatten_output(item, to_numpy, f"{suffix}[{i}]")]
+    array = to_numpy(value)
+    return [] if array is None else [(suffix, array)]
+
+
+def call_suffix(call: int) -> str:
+    return "" if call == 1 else f"#{call}"
+
+
+def channels_last(array: np.ndarray) -> np.ndarray:
+    """NCL / NCHW / NCDHW -> NLC / NHWC / NDHWC; anything else unchanged."""
+    if array.ndim in (3, 4, 5):
+        return np.ascontiguousarray(np.moveaxis(array, 1, -1))
+    return array
+
+
+def as_input_tuple(inputs) -> tuple[np.ndarray, ...]:
+    items = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
+    return tuple(np.asarray(x, np.float32) for x in items)
+
+
+def flax_inputs(inputs) -> tuple[np.ndarray, ...]:
+    """The torch-layout inputs as the Flax side takes them (channels-last)."""
+    return tuple(channels_last(x) for x in as_input_tuple(inputs))
+
+
+def frontend_for(flax_model, apply_kwargs: dict | None = None):
+    """The frontend that reads `flax_model` (a flax.linen.Module today)."""
+    import flax.linen as nn
+
+    if isinstance(flax_model, nn.Module):
+        from parity.engine.linen import LinenFrontend
+
+        return LinenFrontend(flax_model, apply_kwargs)
+    raise UnsupportedPort(f"the Flax model is a {type(flax_model).__name__}, not a "
+                          "flax.linen.Module")

@@ -1,0 +1,258 @@
+"""The Linen frontend (parity/engine/frontend.py's interface for flax.linen ports).
+
+Capture: `capture_intermediates` records the return value of every submodule's
+`__call__` under its path (`enc/conv_0`); the root's entry is what `apply` returns, so a
+port whose `__call__` post-processes `super().__call__(x)` is judged by its final output,
+not by the inner call. Every collection is mutable during the apply, so a module that
+updates batch statistics (BatchNorm left in training mode) runs, and shows as a
+divergence, instead of failing. Applies are traced at "highest" matmul precision (true
+float32, scoped to the trace) and cached per model, chosen paths and shape.
+
+The zoo's contexts are Flax method interceptors (a module run as a clone with changed
+attributes, or given a changed input) and stand-ins for the functions ports call from
+`jax.nn`, `flax.linen` and `jax.image`, each call attributed to the innermost module
+running it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from contextlib import ExitStack
+from typing import Callable, Iterator
+
+import numpy as np
+
+from parity.engine.frontend import (Census, FunctionCall, call_suffix, flatten_output,
+                                    flax_inputs)
+from weights.trees import flatten_tree, flax_path_candidates, nest_tree
+
+# (function name, namespaces ports call it from)
+PATCHABLE = {
+    "gelu": ("jax.nn", "flax.linen", "flax.linen.activation"),
+    "leaky_relu": ("jax.nn", "flax.linen", "flax.linen.activation"),
+    "resize": ("jax.image",),
+}
+_APPLY_CACHE: dict = {}
+
+
+def _leaf(value) -> np.ndarray | None:
+    if hasattr(value, "shape") and hasattr(value, "dtype") and \
+            np.issubdtype(np.dtype(value.dtype), np.floating):
+        return np.asarray(value, np.float32)
+    return None
+
+
+def _intermediates(tree: dict, prefix: str = "") -> dict[tuple[str, str], np.ndarray]:
+    flat: dict[tuple[str, str], np.ndarray] = {}
+    for key, value in tree.items():
+        if key == "__call__":
+            for call, output in enumerate(value, 1):
+                for suffix, array in flatten_output(output, _leaf):
+                    flat[(prefix, suffix + call_suffix(call))] = array
+        elif isinstance(value, dict):
+            flat.update(_intermediates(value, f"{prefix}/{key}" if prefix else key))
+    return flat
+
+
+class LinenFrontend:
+    kind = "linen"
+
+    def __init__(self, module, apply_kwargs: dict | None = None):
+        self.module = module
+        self.apply_kwargs = dict(apply_kwargs or {})
+
+    # ---- names and variables -----------------------------------------------------------
+    @staticmethod
+    def path_candidates(torch_name: str) -> list[str]:
+        return flax_path_candidates(torch_name)
+
+    @staticmethod
+    def flat(variables) -> dict:
+        return flatten_tree(variables)
+
+    @staticmethod
+    def nested(flat: dict) -> dict:
+        return nest_tree(flat)
+
+    @staticmethod
+    def split(variables) -> tuple[dict, dict]:
+        return variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+    @staticmethod
+    def merge(params, rest: dict) -> dict:
+        return {"params": params, **rest}
+
+    def apply(self, variables, *inputs):
+        return self.module.apply(variables, *inputs, **self.apply_kwargs)
+
+    def census(self, inputs) -> Census:
+        import flax.linen as nn
+        import jax
+
+        modules: dict[str, object] = {}
+
+        def record(next_fun, args, kwargs, context):
+            modules.setdefault("/".join(context.module.path), context.module)
+            return next_fun(*args, **kwargs)
+
+        def init(*xs):
+            with nn.intercept_methods(record):
+                return self.module.init(jax.random.PRNGKey(0), *xs, **self.apply_kwargs)
+
+        shapes = jax.eval_shape(init, *[jax.ShapeDtypeStruct(x.shape, np.float32)
+                                        for x in flax_inputs(inputs)])
+        flat = {k: tuple(v.shape) for k, v in flatten_tree(dict(shapes)).items()
+                if not k.startswith("intermediates/")}
+        return Census(modules, flat)
+
+    # ---- capture -------------------------------------------------------------------------
+    def make_apply(self, wanted: frozenset[str] | None = None, context: Callable | None = None,
+                   jit: bool = True) -> Callable:
+        """fn(variables, *inputs) -> {(path, suffix): float32 output} (see the module note)."""
+        key = None
+        if context is None and jit:
+            try:
+                key = (self.module, wanted, tuple(sorted(self.apply_kwargs.items())))
+                hash(key)
+            except TypeError:
+                key = None
+            if key in _APPLY_CACHE:
+                return _APPLY_CACHE[key]
+        fn = self._make_apply(wanted, context, jit)
+        if key is not None:
+            _APPLY_CACHE[key] = fn
+        return fn
+
+    def _make_apply(self, wanted, context, jit) -> Callable:
+        import jax
+        import jax.numpy as jnp
+
+        def keep(module, method_name: str) -> bool:
+            return method_name == "__call__" and bool(module.path) and \
+                (wanted is None or "/".join(module.path) in wanted)
+
+        def run(variables, *inputs):
+            with ExitStack() as stack:
+                stack.enter_context(jax.default_matmul_precision("highest"))
+                if context is not None:
+                    stack.enter_context(context())
+                out, state = self.module.apply(variables, *inputs, capture_intermediates=keep,
+                                               mutable=True, **self.apply_kwargs)
+            return out, state.get("intermediates", {})
+
+        compiled = jax.jit(run) if jit else run
+
+        def apply(variables, *inputs) -> dict[tuple[str, str], np.ndarray]:
+            out, tree = compiled(jax.tree_util.tree_map(jnp.asarray, variables),
+                                 *[jnp.asarray(x) for x in inputs])
+            outputs = _intermediates(jax.device_get(tree))
+            outputs.update({("", suffix): array for suffix, array in
+                            flatten_output(jax.device_get(out), _leaf)})
+            return outputs
+
+        return apply
+
+    # ---- contexts for the zoo ------------------------------------------------------------
+    @staticmethod
+    def modules_changed(select: Callable) -> Callable:
+        """Modules for which select(path, module) returns {attribute: value} run as clones
+        with those attributes, on the variables they were given."""
+        def factory():
+            import flax.linen as nn
+
+            def interceptor(next_fun, args, kwargs, context):
+                module = context.module
+                # module.path is empty for the clones run here: they are roots
+                if context.method_name == "__call__" and module.path:
+                    changes = select("/".join(module.path), module)
+                    if changes is not None:
+                        clone = module.clone(parent=None, **changes)
+                        return clone.apply(dict(module.variables), *args, mutable=True,
+                                           **kwargs)[0]
+                return next_fun(*args, **kwargs)
+            return nn.intercept_methods(interceptor)
+        return factory
+
+    @staticmethod
+    def inputs_changed(path: str, change: Callable) -> Callable:
+        """The module at `path` receives change(first positional argument)."""
+        def factory():
+            import flax.linen as nn
+
+            def interceptor(next_fun, args, kwargs, context):
+                if context.method_name == "__call__" and "/".join(context.module.path) == path:
+                    return next_fun(change(args[0]), *args[1:], **kwargs)
+                return next_fun(*args, **kwargs)
+            return nn.intercept_methods(interceptor)
+        return factory
+
+    def function_calls(self, variables, inputs) -> list[FunctionCall]:
+        """Every patchable function call of one apply, from an abstract trace."""
+        import jax
+
+        calls: list[FunctionCall] = []
+
+        def record(function, original, scope, index, args, kwargs):
+            calls.append(FunctionCall(function, scope, index, dict(kwargs), tuple(args[1:])))
+            return original(*args, **kwargs)
+
+        def run(variables, *xs):
+            with calls_patched(record):
+                return self.module.apply(variables, *xs, mutable=True, **self.apply_kwargs)
+
+        shapes = [jax.ShapeDtypeStruct(x.shape, np.float32) for x in flax_inputs(inputs)]
+        jax.eval_shape(run, variables, *shapes)
+        return calls
+
+    @staticmethod
+    def calls_patched(on_call: Callable) -> Callable:
+        return lambda: calls_patched(on_call)
+
+
+class _ScopeTracker:
+    """A method interceptor keeping the stack of Flax modules now running."""
+
+    def __init__(self):
+        self.stack: list[str] = [""]
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def __call__(self, next_fun, args, kwargs, context):
+        self.stack.append("/".join(context.module.path))
+        try:
+            return next_fun(*args, **kwargs)
+        finally:
+            self.stack.pop()
+
+    def next_index(self, function: str) -> tuple[str, int]:
+        key = (function, self.stack[-1])
+        self.counts[key] = self.counts.get(key, 0) + 1
+        return self.stack[-1], self.counts[key]
+
+
+@contextlib.contextmanager
+def calls_patched(on_call: Callable) -> Iterator[None]:
+    """Stand-ins for PATCHABLE functions: on_call(function, original, scope, index, args,
+    kwargs) computes each call. Restored on exit."""
+    import flax.linen as nn
+
+    tracker = _ScopeTracker()
+    saved = []
+    for function, namespaces in PATCHABLE.items():
+        modules = [importlib.import_module(n) for n in namespaces]
+        original = getattr(modules[0], function)
+
+        def stand_in(*args, _function=function, _original=original, **kwargs):
+            scope, index = tracker.next_index(_function)
+            return on_call(_function, _original, scope, index, args, kwargs)
+
+        for module in modules:
+            if getattr(module, function, None) is original:
+                saved.append((module, function, original))
+                setattr(module, function, stand_in)
+    try:
+        with nn.intercept_methods(tracker):
+            yield
+    finally:
+        for module, function, original in saved:
+            setattr(module, function, original)

@@ -1,0 +1,91 @@
+"""A port prepared for repeated comparison: both models, converted variables, the torch
+capture, the Flax side's frontend, census and function calls, so that each rerun (a
+mutant of the zoo, a preset's injected defect) runs only the Flax side.
+
+    port = prepare_port(torch_model, flax_model, x)    # converts the torch model's weights
+    report = port.compare()                            # the port as it is
+    zoo = run_zoo(port)                                # parity.zoo.mutation
+
+A port prepared from a fixture (parity.engine.fixture) has no torch model: its capture
+and variables are the stored ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from parity.engine.api import compare_captured, infer_mapping
+from parity.engine.frontend import Census, FunctionCall, as_input_tuple, frontend_for
+from parity.engine.rows import Report
+from parity.engine.tolerance import FORWARD_ATOL
+from parity.engine.torch_side import TorchCapture, record_torch
+
+
+@dataclasses.dataclass
+class PreparedPort:
+    torch_model: object | None              # None: prepared from a fixture
+    frontend: object                        # parity.engine.frontend's interface
+    variables: dict
+    inputs: tuple[np.ndarray, ...]          # torch layout
+    census: Census
+    plan: object | None                     # weights.rules.ConversionPlan (None: fixture)
+    reference: TorchCapture
+    mapping: dict[str, str] = dataclasses.field(default_factory=dict)
+    tol: float = FORWARD_ATOL
+    chosen: bool = False                    # the capture holds chosen torch modules only
+
+    @functools.cached_property
+    def calls(self) -> list[FunctionCall]:
+        """The Flax side's patchable function calls (found on first use)."""
+        return self.frontend.function_calls(self.variables, self.inputs)
+
+    @property
+    def flax_model(self):
+        return self.frontend.module
+
+    def compare(self, variables: dict | None = None, context=None, flax_model=None,
+                jit: bool = True) -> Report:
+        """This port, or a mutant of it (other variables, a context around the Flax
+        apply, or another Flax model), against the torch capture."""
+        frontend = self.frontend if flax_model is None else \
+            frontend_for(flax_model, self.frontend.apply_kwargs)
+        return compare_captured(frontend, self.reference,
+                                self.variables if variables is None else variables,
+                                self.inputs, tol=self.tol, mapping=self.mapping,
+                                chosen=self.chosen, context=context, jit=jit)
+
+    def flax_path_of(self, torch_name: str) -> str | None:
+        """The Flax module path aligned with a torch module (None: not in the port)."""
+        if torch_name in self.mapping:
+            return self.mapping[torch_name]
+        return next((c for c in self.frontend.path_candidates(torch_name)
+                     if c in self.census.modules), None)
+
+    def torch_name_of(self, flax_path: str) -> str | None:
+        return next((name for name in [""] + list(self.reference.kinds)
+                     if self.flax_path_of(name) == flax_path), None)
+
+    def torch_state(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy() for k, v in self.torch_model.state_dict().items()}
+
+
+def prepare_port(torch_model, flax_model, inputs, *, variables: dict | None = None,
+                 mapping: dict[str, str] | None = None, apply_kwargs: dict | None = None,
+                 tol: float = FORWARD_ATOL, torch_modules: list[str] | None = None
+                 ) -> PreparedPort:
+    """Everything the zoo needs; variables default to the torch model's own weights
+    converted by the rules (weights.rules). torch_modules: compare only these."""
+    from weights.rules import convert_model
+
+    inputs = as_input_tuple(inputs)
+    frontend = frontend_for(flax_model, apply_kwargs)
+    census = frontend.census(inputs)
+    mapping = infer_mapping(torch_model, census, mapping, frontend.path_candidates)
+    converted, plan = convert_model(torch_model, census.shapes, mapping, census.modules)
+    variables = converted if variables is None else variables
+    reference = record_torch(torch_model, inputs, torch_modules)
+    return PreparedPort(torch_model, frontend, variables, inputs, census, plan, reference,
+                        mapping, tol, torch_modules is not None)

@@ -10,7 +10,7 @@ Framework-neutral (numpy and Pillow). Three kinds of source:
 - `FolderPairs`: LOL-layout folders, `low/` and `high/` matched by file name (also the
   `our485` / `eval15` layout); pairs of any size at least one patch large.
 - held-out pairs for evaluation (`core.image_pairs.ImagePair`): the built-in held-out
-  photographs darkened with seed 0 (the same as samples/), or LOL's `eval15`.
+  photographs darkened with seed 0 (the same as core/samples/), or LOL's `eval15`.
 
 A batch is a pure function of (seed, step): which pairs it holds, every darkening
 draw, crop and flip come from generators seeded with (seed, step, position). So the
@@ -37,7 +37,7 @@ from core.lowlight import (BUILTIN_HELDOUT, BUILTIN_TRAIN, SHORT_SIDE, UNSEEN_PH
                            DarkeningDraw, builtin_image, contrast_mean, darken, make_pair,
                            resize_short_side)
 
-HELDOUT_SEED = 0  # the darkening seed of the held-out built-in pairs (and of samples/)
+HELDOUT_SEED = 0  # the darkening seed of the held-out built-in pairs (and of core/samples/)
 TRAIN_SPLITS = ("our485", "train")
 HELDOUT_SPLITS = ("eval15", "test")
 

@@ -4,8 +4,8 @@ Both are package data, found with importlib's resource readers, so the same code
 works from a source checkout, an editable install and a plain `pip install .`:
 - the trained sample model `dln_sample.pth` in the `sample/` folder of the `weights`
   package (weights/**/*.pth and weights/**/README.md are shipped in the wheel);
-- the bundled low-light pairs `low/*.png` and `high/*.png` of the data-only `samples`
-  package.
+- the bundled low-light pairs `samples/low/*.png` and `samples/high/*.png` of this
+  `core` package (data only: no generic top-level `samples` package is installed).
 The packages are located, not imported: this core module runs no code of the layer
 above it.
 """
@@ -31,4 +31,4 @@ def package_folder(name: str) -> Path:
 
 
 SAMPLE_CHECKPOINT = package_folder("weights") / "sample" / "dln_sample.pth"
-SAMPLE_IMAGES = package_folder("samples")
+SAMPLE_IMAGES = package_folder("core") / "samples"

@@ -212,6 +212,6 @@ def psnr_shift_bound_db(prediction_uint8, reference_uint8,
 # Gradients of any model's loss (default: the sum of its outputs) per parameter, float32,
 # by the forward pass rule (relative to max(1, max|torch gradient|)): the backward pass
 # sums over batch and pixels in a different order in each framework. Measured on the
-# tiny encoder-decoder example (examples/tiny_unet, width 8, 2 x 3 x 16 x 16): see
+# tiny encoder-decoder example (parity/examples/tiny_unet, width 8, 2 x 3 x 16 x 16): see
 # worst 4.1e-6 (up.bias) on the 2-core dev machine; held to the forward tolerance.
 MODEL_GRAD_TOL = FORWARD_ATOL

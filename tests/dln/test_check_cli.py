@@ -9,7 +9,7 @@ import pytest
 
 from dln.cli import main
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "tiny_unet"
+EXAMPLE = Path(__file__).resolve().parents[2] / "parity" / "examples" / "tiny_unet"
 TORCH = f"{EXAMPLE / 'torch_model.py'}:build"
 FLAX = f"{EXAMPLE / 'flax_model.py'}:build"
 
@@ -69,7 +69,7 @@ def test_mutants_on_a_port_that_already_diverges_report_it_and_do_not_score(tmp_
 def test_check_loads_a_weights_file_into_the_torch_model_first(tmp_path, capsys):
     import torch
 
-    from examples.tiny_unet import torch_model
+    from parity.examples.tiny_unet import torch_model
 
     torch.save(torch_model.build(seed=7).state_dict(), tmp_path / "w.pth")
     code = main(["check", "--torch", TORCH, "--flax", FLAX, "--input-shape", "1,3,16,16",

@@ -1,10 +1,10 @@
-"""The second worked example (examples/tiny_unet): forward and gradient parity at the
+"""The second worked example (parity/examples/tiny_unet): forward and gradient parity at the
 forward tolerance, and every applicable mutant caught at its site."""
 
 import numpy as np
 import pytest
 
-from examples.tiny_unet import flax_model, torch_model
+from parity.examples.tiny_unet import flax_model, torch_model
 from parity import CATALOGUE, gradient_parity, prepare_port, run_zoo
 from parity.engine.tolerance import FORWARD_ATOL
 from parity.zoo.mutation import CAUGHT, NOT_APPLICABLE

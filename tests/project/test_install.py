@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("core", "dln", "frameworks", "port", "reference_torch", "weights", "parity", "samples")
-BUNDLED = ["weights/sample/dln_sample.pth", "weights/sample/README.md"] + [
-    f"samples/{side}/{name}.png" for side in ("low", "high")
+PACKAGES = ("core", "dln", "frameworks", "port", "reference_torch", "weights", "parity")
+BUNDLED = ["weights/sample/dln_sample.pth", "weights/sample/README.md",
+           "parity/presets/dln_dim16.safetensors"] + [
+    f"core/samples/{side}/{name}.png" for side in ("low", "high")
     for name in ("chelsea", "coffee", "rocket")]
 
 
@@ -68,19 +69,23 @@ def test_the_wheel_holds_the_sample_checkpoint_and_the_bundled_pairs_byte_for_by
         assert not missing, f"not in the wheel: {missing}"
         for name in BUNDLED:
             assert archive.read(name) == (REPO / name).read_bytes(), name
-    assert not any(n.startswith("tests/") for n in names), "the test suite is not shipped"
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert top == set(PACKAGES), top  # no generic top-level examples, samples or tests
+    assert not {"examples", "samples", "tests"} & top
 
 
 def test_installed_package_finds_its_data_inside_the_install_not_the_checkout(installed, tmp_path):
-    code = ("import json, dln, core.paths as p; print(json.dumps({'dln': dln.__file__, "
+    code = ("import json, dln, core.paths as p; from parity.presets import dln as preset; "
+            "print(json.dumps({'dln': dln.__file__, "
             "'checkpoint': str(p.SAMPLE_CHECKPOINT), 'samples': str(p.SAMPLE_IMAGES), "
-            "'exists': p.SAMPLE_CHECKPOINT.is_file(), "
+            "'fixture': str(preset.default_fixture()), "
+            "'exists': p.SAMPLE_CHECKPOINT.is_file() and preset.default_fixture().is_file(), "
             "'pairs': sorted(f.name for f in (p.SAMPLE_IMAGES / 'low').glob('*.png'))}))")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(installed),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(done.stdout)
-    for key in ("dln", "checkpoint", "samples"):
+    for key in ("dln", "checkpoint", "samples", "fixture"):
         assert Path(found[key]).is_relative_to(installed), (key, found[key])
     assert found["exists"] and found["pairs"] == ["chelsea.png", "coffee.png", "rocket.png"]
 
@@ -96,7 +101,7 @@ def test_installed_dln_demo_runs_from_an_unrelated_folder(installed, tmp_path):
     for side in ("low", "high"):
         (pairs / side).mkdir(parents=True)
         for name in ("chelsea", "coffee"):
-            full = np.asarray(Image.open(installed / "samples" / side / f"{name}.png"))
+            full = np.asarray(Image.open(installed / "core" / "samples" / side / f"{name}.png"))
             Image.fromarray(full[100:148, 200:264]).save(pairs / side / f"{name}.png")
     out = tmp_path / "demo"
     done = subprocess.run([str(installed / "bin" / "dln"), "demo", "--out", str(out),

@@ -1,10 +1,11 @@
 """The layers point one way: every import, at module level or inside a function, is checked.
 
     dln/                         application: CLI, commands, enhance, demo, training loop
-    parity/                      comparison engine, zoo, gradients, evaluation, bench
+    parity/                      comparison engine, zoo, gradients, presets, worked examples,
+                                 evaluation, bench
     frameworks/                  a framework's implementation by name (the trainer)
-    port/  reference_torch/      the two models (and examples/, a second worked example)
-    weights/                     checkpoint files and layout rules
+    port/  reference_torch/      the two models
+    weights/                     checkpoint files, names and layout rules
     core/                        config, recipe, errors, images, data, evaluation protocol
 
 A module may import its own layer and the layers below it, never above; the two models
@@ -19,9 +20,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# samples/ is data only (the bundled PNG pairs, package data with an empty __init__)
-LAYERS = {"samples": 0, "core": 0, "weights": 1, "port": 2, "reference_torch": 2, "examples": 2,
-          "frameworks": 3, "parity": 4, "dln": 5}
+LAYERS = {"core": 0, "weights": 1, "port": 2, "reference_torch": 2, "frameworks": 3,
+          "parity": 4, "dln": 5}
 SIBLINGS_APART = {("port", "reference_torch"), ("reference_torch", "port")}
 FRAMEWORKS = {"torch", "jax", "jaxlib", "flax", "optax", "dm_pix", "chex"}
 

@@ -1,6 +1,8 @@
-"""Checkpoint files and layouts: .pth <-> safetensors, strict, safe, verified.
+"""Checkpoint files, tensor names and layouts: .pth <-> safetensors (strict, safe,
+verified), the rename rule and variable trees (trees.py), layout rules per torch module
+kind (rules.py), DLN's tensor table (spec.py), training checkpoints.
 
-Knows files and layouts, not models; importing it starts neither framework.
+Knows files, names and layouts, not models; importing it starts neither framework.
 """
 
 from weights.convert import Checkpoint, convert, load_checkpoint, save_checkpoint

@@ -91,10 +91,6 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def seeded_inputs(shape: tuple[int, ...], seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).random(shape, dtype=np.float32)
-
-
 def load_weights_into(torch_model, path: str) -> None:
     """A torch state dict file into the model, strictly (the one shape diff on mismatch)."""
     import torch
@@ -115,25 +111,14 @@ def load_weights_into(torch_model, path: str) -> None:
                                  for k in own}, strict=True)
 
 
-def build(spec: str, expected: str, is_model: Callable):
+def build(spec: str, kind: type, kind_name: str):
+    """The model a factory returns, of `kind` (a torch model in eval mode)."""
     factory = load_factory(spec)
     with user_code(f"{spec} failed"):
         model = factory()
-    if not is_model(model):
-        raise CheckInputError(f"{spec} returned {type(model).__name__}, not a {expected}")
-    return model
-
-
-def build_torch(spec: str):
-    import torch
-
-    return build(spec, "torch.nn.Module", lambda m: isinstance(m, torch.nn.Module)).eval()
-
-
-def build_flax(spec: str):
-    import flax.linen as fnn
-
-    return build(spec, "flax.linen.Module", lambda m: isinstance(m, fnn.Module))
+    if not isinstance(model, kind):
+        raise CheckInputError(f"{spec} returned {type(model).__name__}, not a {kind_name}")
+    return model.eval() if kind_name.startswith("torch") else model
 
 
 def mutant_names(text: str | None) -> list[str] | None:
@@ -163,14 +148,17 @@ def run_check(torch_spec: str, flax_spec: str, input_shape: tuple[int, ...], *,
     names = mutant_names(mutants)
     if save_fixture and (Path(save_fixture).exists() or Path(save_fixture).is_symlink()):
         raise CheckInputError(f"--save-fixture {save_fixture}: exists (remove it first)")
-    torch_model = build_torch(torch_spec)
-    flax_model = build_flax(flax_spec)
+    import flax.linen
+    import torch
+
+    torch_model = build(torch_spec, torch.nn.Module, "torch.nn.Module")
+    flax_model = build(flax_spec, flax.linen.Module, "flax.linen.Module")
     if weights:
         load_weights_into(torch_model, weights)
     shown = ",".join(map(str, input_shape))
     check_memory(capture_bytes(torch_model, [input_shape]), f"inputs of shape {shown}",
                  "use a smaller --input-shape")
-    x = seeded_inputs(input_shape, seed)
+    x = np.random.default_rng(seed).random(input_shape, dtype=np.float32)
     with user_code(f"the models cannot run inputs of shape {shown}"):
         port = prepare_port(torch_model, flax_model, x, tol=tol)
         report = port.compare()
@@ -198,8 +186,10 @@ def run_fixture_check(fixture: str, flax_spec: str, *, tol: float | None = None)
 
     if not Path(fixture).is_file():
         raise CheckInputError(f"--fixture {fixture}: no such file")
+    import flax.linen
+
     stored = load_fixture(fixture)
-    flax_model = build_flax(flax_spec)
+    flax_model = build(flax_spec, flax.linen.Module, "flax.linen.Module")
     with user_code("the Flax model cannot run the fixture's inputs"):
         port = fixture_port(stored, flax_model, tol=tol, where=fixture)
         report = port.compare()

@@ -1,31 +1,17 @@
 """The Flax side behind one small interface: everything above it works for any kind of port.
 
-A frontend wraps one Flax model (and the keyword arguments its apply takes) and offers:
-
-    path_candidates(torch_name)  Flax paths a torch module may have (the rename rule)
-    census(inputs)               every submodule by path, every variable's shape (flat keys
-                                 'collection/path/leaf'), from an abstract run
-    make_apply(wanted, context, jit)
-                                 fn(variables, *inputs) -> {(path, suffix): output}: every
-                                 submodule's output in the order they finish, and the
-                                 model's final output under the root path '' (always the
-                                 value the outermost call returns)
-    flat(variables) / nested(flat)
-    split(variables) / merge(params, rest)
-                                 the trainable parameters apart from the other collections
-    apply(variables, *inputs)    the plain output (gradients)
-    modules_changed(select)      a context: modules select(path, module) names run as clones
-                                 with attributes changed (the zoo, the JAX side only)
-    inputs_changed(path, fn)     a context: the module at path receives fn(input)
-    function_calls(variables, inputs) / calls_patched(on_call)
-                                 calls of gelu, leaky_relu, jax.image.resize a defect can alter
-
-A context is a factory of a context manager, entered while the apply is traced; the
-model's code is never changed. Linen is implemented in parity/engine/linen.py;
-`frontend_for` picks the implementation for a model. The torch side sits behind its
-own capture, parity/engine/torch_side.py. Outputs of any pytree shape (tuple, list,
-dict) give one entry per array leaf (`[0]`, `['key']`), and a module called several
-times one entry per call (`#2`, `#3`).
+A frontend wraps one Flax model and the arguments of its apply (Linen: linen.py;
+`frontend_for` picks it) and offers: `path_candidates(torch_name)` (the rename rule);
+`census(inputs)` (every submodule by path, every variable's shape under flat keys
+'collection/path/leaf', from an abstract run); `make_apply(wanted, context, jit)` (a
+function of (variables, *inputs) giving {(path, suffix): output} for every submodule in
+finish order, the root '' being what the outermost call returns); `flat`/`nested` and
+`split`/`merge` of variables; `apply`; and, for the zoo, contexts entered while the
+apply is traced: `modules_changed(select)` (modules run as clones with changed
+attributes), `inputs_changed(path, fn)`, `function_calls` / `calls_patched` (gelu,
+leaky_relu, jax.image.resize). The model's code is never changed. The torch side sits
+behind its own capture (torch_side.py). An output pytree gives one entry per array leaf
+(`[0]`, `['key']`), a module called several times one per call (`#2`).
 """
 
 from __future__ import annotations

@@ -63,17 +63,9 @@ class LinenFrontend:
         self.apply_kwargs = dict(apply_kwargs or {})
 
     # ---- names and variables -----------------------------------------------------------
-    @staticmethod
-    def path_candidates(torch_name: str) -> list[str]:
-        return flax_path_candidates(torch_name)
-
-    @staticmethod
-    def flat(variables) -> dict:
-        return flatten_tree(variables)
-
-    @staticmethod
-    def nested(flat: dict) -> dict:
-        return nest_tree(flat)
+    path_candidates = staticmethod(flax_path_candidates)
+    flat = staticmethod(flatten_tree)
+    nested = staticmethod(nest_tree)
 
     @staticmethod
     def split(variables) -> tuple[dict, dict]:

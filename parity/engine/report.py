@@ -193,38 +193,31 @@ def plot_rows(layers, dst: Path, title: str) -> None:
 
 
 def plot_gradients(gradients, dst: Path) -> None:
-    """Per-tensor error on a log axis: the judged gradients, the float32 ones (reported)
-    and the Adam steps, with the limits."""
+    """Per-tensor error on a log axis: the judged gradients and every other series of the
+    run (float32 gradients, Adam steps), with the gradient limit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from parity.grads.model_gradients import RELATIVE_L2
-
-    rows = gradients.rows
-    xs = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.12 * len(rows) + 2), 5.0))
+    series = {f"gradients, {gradients.precision} ({gradients.rule}, judged)": gradients.rows,
+              "gradients, float32 (relative L2)": gradients.float32_rows,
+              **{f"Adam step, {label} (relative L2)": rows
+                 for label, rows in gradients.adam.items()}}
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.12 * len(gradients.rows) + 2), 5.0))
     try:
-        series = [(f"gradients {gradients.precision} (judged)", rows, gradients.rule, "tab:blue"),
-                  ("gradients float32 (reported)", gradients.float32_rows, RELATIVE_L2,
-                   "tab:orange")]
-        series += [(f"Adam step, {label}", items, RELATIVE_L2, color) for (label, items), color
-                   in zip(gradients.adam.items(), ("tab:green", "tab:purple", "tab:gray"))]
-        for label, items, rule, color in series:
-            if items:
-                values = [r.rel_l2 if rule == RELATIVE_L2 else r.rel_to_scale for r in items]
-                ax.scatter(xs, [max(v, PLOT_FLOOR) if np.isfinite(v) else 1.0 for v in values],
-                           s=10, color=color, label=label)
-        ax.axhline(gradients.tol, color="tab:blue", linestyle="--", linewidth=1,
+        for i, (label, rows) in enumerate((k, v) for k, v in series.items() if v):
+            values = [r.rel_to_scale if i == 0 and gradients.rule != "relative L2" else r.rel_l2
+                      for r in rows]
+            ax.scatter(range(len(rows)), [max(v, PLOT_FLOOR) if np.isfinite(v) else 1.0
+                                          for v in values], s=10, label=label)
+        ax.axhline(gradients.tol, color="tab:red", linestyle="--", linewidth=1,
                    label=f"gradient limit {gradients.tol:.0e}")
-        if gradients.adam:
-            ax.axhline(gradients.adam_tol, color="tab:green", linestyle=":", linewidth=1,
-                       label=f"Adam limit {gradients.adam_tol:.0e}")
         ax.set_yscale("log")
-        ax.set_xticks(xs)
-        ax.set_xticklabels([escape_text(r.torch_name) for r in rows], rotation=90, fontsize=4)
-        ax.set_ylabel(f"{gradients.rule} per tensor")
+        ax.set_xticks(range(len(gradients.rows)))
+        ax.set_xticklabels([escape_text(r.torch_name) for r in gradients.rows], rotation=90,
+                           fontsize=4)
+        ax.set_ylabel("error per tensor")
         ax.set_title(f"gradient parity, {escape_text(gradients.loss_name)}", fontsize=9)
         ax.legend(loc="upper left", fontsize=7)
         fig.tight_layout()

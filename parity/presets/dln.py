@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.resources
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -281,16 +282,7 @@ def run_gradients(ckpt, x: np.ndarray, target: np.ndarray):
         float64=True, adam=AUTHORS_RECIPE)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m parity.presets.dln",
-                                     description="regenerate DLN's committed parity fixture")
-    parser.add_argument("--save-fixture", required=True, metavar="FILE")
-    path = save_dln_fixture(parser.parse_args(argv).save_fixture)
-    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # python -m parity.presets.dln --save-fixture FILE
+    if len(sys.argv) != 3 or sys.argv[1] != "--save-fixture":
+        raise SystemExit(f"usage: {REGENERATE}")
+    print(f"wrote {save_dln_fixture(sys.argv[2])}")

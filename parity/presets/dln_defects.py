@@ -23,11 +23,9 @@ the first failing block is the innermost one that reads the defect first):
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
-from parity.zoo.catalogue import Defect, Mutation, Site, replaced
+from parity.zoo.catalogue import Defect, Mutation, Site, flax_default, replaced
 
 FEATURE_WIDTH_SEED = 1234  # the extra weights of a 4*dim `feature` block are seeded noise
 DLN = ("DLN",)
@@ -150,15 +148,8 @@ def _kernel_flip(port, site) -> Mutation:
                                           _is_kernel), "kernel-flip")
 
 
-def flax_prelu_default() -> float:
-    import flax.linen as nn
-
-    return float(next(f.default for f in dataclasses.fields(nn.PReLU)
-                      if f.name == "negative_slope_init"))
-
-
 def _prelu_default(port, site) -> Mutation:
-    slope = np.float32(flax_prelu_default())
+    slope = np.float32(flax_default("PReLU", "negative_slope_init"))
     return _variables_only(port, _changed(port, lambda key, v: np.full_like(v, slope),
                                           lambda key, v: key.endswith("/negative_slope")),
                            "prelu-default-slope")

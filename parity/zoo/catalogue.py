@@ -120,7 +120,8 @@ def _clone_call(port, site: Site, **changes) -> Callable:
         lambda path, module: changes if path == site.flax_path else None)
 
 
-def _flax_default(cls_name: str, field: str):
+def flax_default(cls_name: str, field: str):
+    """A flax.linen module kind's default for one field (e.g. PReLU's initial slope)."""
     import flax.linen as nn
 
     return next(f.default for f in dataclasses.fields(getattr(nn, cls_name)) if f.name == field)
@@ -140,7 +141,7 @@ def _zeros(value, torch_value, rule):
 
 
 def _prelu_flax_default(value, torch_value, rule):
-    return np.full_like(value, np.float32(_flax_default("PReLU", "negative_slope_init")))
+    return np.full_like(value, np.float32(flax_default("PReLU", "negative_slope_init")))
 
 
 def _bn_eps(port, site) -> Mutation:
@@ -198,7 +199,7 @@ def _strided(port, name, module, path):
 def _eps_clone(cls_name: str):
     def mutate(port, site) -> Mutation:
         current = float(port.census.modules[site.flax_path].epsilon)
-        default = float(_flax_default(cls_name, "epsilon"))
+        default = float(flax_default(cls_name, "epsilon"))
         return Mutation(None, _clone_call(port, site, epsilon=default if current != default
                                           else current * 10))
     return mutate

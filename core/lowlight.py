@@ -97,8 +97,11 @@ def darken(image: np.ndarray, draw: DarkeningDraw, mean: int | None = None) -> n
 
 
 def name_seed(seed: int, name: str) -> int:
-    """A per-image seed that does not depend on the order images are processed in."""
-    return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**32)
+    """A per-image seed that does not depend on the order images are processed in. A
+    name's bytes as the file system holds them (a name that is not UTF-8 reaches
+    Python with its bytes escaped as surrogates; surrogateescape gives them back)."""
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode("utf-8", "surrogateescape"))) \
+        % (2**32)
 
 
 def make_pair(image: np.ndarray, name: str, seed: int) -> tuple[np.ndarray, np.ndarray, DarkeningDraw]:

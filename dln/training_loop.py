@@ -23,6 +23,7 @@ then the average's.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -37,16 +38,25 @@ import numpy as np
 
 from core.errors import UserError
 from core.config import DLNConfig, parse_variant
+from dln.arguments import MAX_INT as MAX_COUNT, SEED_LIMIT
 from core.recipe import AUTHORS_RECIPE, LR_DECAYS, TrainingRecipe
 from parity.trainers import FRAMEWORKS
-from dln.training_log import TrainLog
+from core.state_files import LOCK_FILE, folder_lock
+from core.text import escape_text
+from dln.training_log import JSON_FILE, TrainLog
 from weights.training_checkpoint import TrainingCheckpoint, holds_a_run
 
 PRECISIONS = ("highest", "default")
-# Settings that determine the trajectory: a resumed run must match the stored ones.
+# Settings that determine the trajectory: a resumed run must match the stored ones
+# (the variant is compared as the network it gives, not as text: check_resumable).
 TRAJECTORY_FIELDS = ("framework", "data", "init", "batch", "patch", "lr", "lr_decay", "beta1",
                      "beta2", "eps", "tv_weight", "seed", "variant", "zero_last_conv",
                      "precision", "devices", "ema")
+# Range limits of the numeric settings (`dln train` checks them in argparse too).
+MAX_BATCH = 4096           # crops per step: 4096 x 128^2 is already ~200 GB of activations
+MAX_PATCH = 4096           # a crop side; larger than any training image here
+MAX_WORKERS = 64           # batch-making processes
+MAX_DEVICES = 4096
 LOG_WRITE_SECONDS = 30.0  # log.csv / log.json are rewritten at most this often mid-run
 
 
@@ -82,6 +92,12 @@ class TrainSettings:
     precision: str = "highest"
     devices: int = 0  # JAX data parallel: 0 = every local device
     resume: bool = False
+    # --variant parsed once (core.config.parse_variant): the switches it names
+    overrides: dict = dataclasses.field(init=False, repr=False, compare=False,
+                                        default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.overrides = parse_variant(self.variant)
 
     def check(self) -> None:
         if self.framework not in FRAMEWORKS:
@@ -94,28 +110,39 @@ class TrainSettings:
             raise TrainError("give --epochs or --steps, not both")
         for name in ("epochs", "steps"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise TrainError(f"--{name} must be at least 1, got {value}")
-        if self.batch < 1:
-            raise TrainError(f"--batch must be at least 1, got {self.batch}")
-        if self.patch < 11:
-            raise TrainError(f"--patch must be at least 11 (the SSIM window), got {self.patch}")
+            if value is not None and not 1 <= value <= MAX_COUNT:
+                raise TrainError(f"--{name} must be from 1 to {MAX_COUNT:,}, got {value}")
+        if not 1 <= self.batch <= MAX_BATCH:
+            raise TrainError(f"--batch must be from 1 to {MAX_BATCH}, got {self.batch}")
+        if not 11 <= self.patch <= MAX_PATCH:
+            raise TrainError(f"--patch must be from 11 (the SSIM window) to {MAX_PATCH}, "
+                             f"got {self.patch}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise TrainError(f"--seed must be from 0 to {SEED_LIMIT - 1:,}, got {self.seed}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise TrainError(f"--lr must be a positive number, got {self.lr}")
         if not (0.0 <= self.ema < 1.0):
             raise TrainError(f"--ema must be 0 (off) or a decay below 1, e.g. 0.995; "
                              f"got {self.ema}")
-        if self.workers < -1:
-            raise TrainError("--workers must be -1 (auto) or more")
-        for name in ("eval_every", "save_every", "devices"):
-            if getattr(self, name) < 0:
-                raise TrainError(f"--{name.replace('_', '-')} must not be negative")
-        if self.log_every < 1:
-            raise TrainError("--log-every must be at least 1")
-        parse_variant(self.variant)
+        if not -1 <= self.workers <= MAX_WORKERS:
+            raise TrainError(f"--workers must be from -1 (auto) to {MAX_WORKERS}")
+        for name, high in (("eval_every", MAX_COUNT), ("save_every", MAX_COUNT),
+                           ("devices", MAX_DEVICES)):
+            if not 0 <= getattr(self, name) <= high:
+                raise TrainError(f"--{name.replace('_', '-')} must be from 0 to {high:,}")
+        if not 1 <= self.log_every <= MAX_COUNT:
+            raise TrainError(f"--log-every must be from 1 to {MAX_COUNT:,}")
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        stored = dataclasses.asdict(self)
+        del stored["overrides"]  # the variant text is stored; this is parsed from it
+        return json.dumps(stored, sort_keys=True)
+
+    def network(self, then: DLNConfig | None = None) -> DLNConfig:
+        """The network these settings ask for: --variant's switches over the defaults,
+        or, with --init, over `then` (the network of the checkpoint the run started from)."""
+        base = then if self.init is not None and then is not None else DLNConfig()
+        return base.replace(**self.overrides)
 
     def recipe(self) -> TrainingRecipe:
         """The authors' recipe with this run's values (epochs: the authors' when unset)."""
@@ -166,7 +193,7 @@ def initial_state(settings: TrainSettings) -> tuple[DLNConfig, TrainingCheckpoin
     from weights.initial import authors_initial_state, zero_last
     from weights.training_checkpoint import torch_to_flax_state
 
-    overrides = parse_variant(settings.variant)
+    overrides = settings.overrides
     if settings.init:
         from weights.convert import load_checkpoint
 
@@ -212,13 +239,47 @@ class TrainResult:
     log: TrainLog
 
 
-def check_resumable(stored: dict, settings: TrainSettings) -> None:
+def check_resumable(stored: dict, settings: TrainSettings,
+                    config_then: DLNConfig | None = None) -> None:
+    """Refuse to resume with settings that change the trajectory. The variant is
+    compared as the network it asks for (config_then: the network the stored run
+    trains), so `dim=16,brightness=on` and `brightness=on,dim=16` are one variant."""
     defaults = TrainSettings(out="")  # a field a run stored before it existed: its default
     then = {k: stored.get(k, getattr(defaults, k)) for k in TRAJECTORY_FIELDS}
-    differ = [f"{k} ({then[k]!r} then, {getattr(settings, k)!r} now)"
-              for k in TRAJECTORY_FIELDS if then[k] != getattr(settings, k)]
+    differ = [f"{k} ({then[k]!r:.60} then, {getattr(settings, k)!r} now)"
+              for k in TRAJECTORY_FIELDS if k != "variant" and then[k] != getattr(settings, k)]
+    try:
+        network_then = config_then or TrainSettings(out="", variant=then["variant"]).network()
+    except UserError:
+        network_then = None
+    network_now = settings.network(network_then)
+    if network_then is None or network_now != network_then:
+        differ.append(f"variant ({then['variant']!r:.60} then, {settings.variant!r} now: "
+                      "another network)")
     if differ:
         raise TrainError("cannot resume with different settings: " + "; ".join(differ))
+
+
+def stored_settings_usable(stored: dict) -> None:
+    """CheckpointError (the step counts as damaged) for stored settings that are not the
+    settings a run writes: a trajectory field of the wrong type, a variant that no
+    longer parses."""
+    from weights.errors import CheckpointError
+
+    defaults = TrainSettings(out="")
+    for name in TRAJECTORY_FIELDS:
+        if name not in stored:
+            continue
+        value, default = stored[name], getattr(defaults, name)
+        kinds = (str, type(None)) if name in ("init", "variant") else \
+            (int, float) if isinstance(default, float) else (type(default),)
+        if not isinstance(value, kinds) or (isinstance(value, bool) != isinstance(default, bool)
+                                            and name not in ("init", "variant")):
+            raise CheckpointError(f"stored settings are damaged ({name} is {value!r:.40})")
+    try:
+        parse_variant(stored.get("variant"))
+    except UserError as err:
+        raise CheckpointError(f"stored settings are damaged (variant: {err})") from None
 
 
 def check_output_folder(out: Path) -> None:
@@ -244,21 +305,57 @@ def check_output_folder(out: Path) -> None:
 
 def train(settings: TrainSettings, echo: Callable[[str], None] | None = None,
           data=None) -> TrainResult:
-    """Run (or resume) training as `settings` say; write weights, logs and the plot."""
-    from core.data import BatchStream, auto_processes, open_training_data
-    from dln.heldout import evaluate_heldout
-    from core.progress import progress
-    from weights.training_checkpoint import load_state, save_state
-
+    """Run (or resume) training as `settings` say; write weights, logs and the plot.
+    One run per folder at a time: a second one is refused by the folder's lock."""
     echo = echo or (lambda line: print(line, file=sys.stderr))
     settings.check()
     out = Path(settings.out)
     check_output_folder(out)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with folder_lock(out, "another dln train"):
+            return _train_locked(settings, out, echo, data)
+    except BaseException:
+        if created:  # nothing of this run's is worth keeping in a folder it made
+            with contextlib.suppress(OSError):
+                (out / LOCK_FILE).unlink()
+                out.rmdir()  # only if empty
+        raise
+
+
+def resume_point(out: Path, settings: TrainSettings
+                 ) -> tuple[DLNConfig, TrainingCheckpoint, TrainLog]:
+    """The newest complete step of the run in `out` whose weights, optimizer state and
+    stored settings all read back (an older step when a newer one is damaged), checked
+    against `settings`, and the run's log up to that step: OUT/log.json, or, when that
+    is damaged, the copy inside the step folder. One line (a UserError) when no step
+    is usable, when the settings differ, or when neither log can be read."""
+    from dln.training_log import LogDamaged
+    from weights.training_checkpoint import load_state
+
+    config, state, stored = load_state(out, accept=stored_settings_usable)
+    check_resumable(stored, settings, config)
+    try:
+        return config, state, TrainLog.read(out, state.count)
+    except LogDamaged as damaged:
+        copy = state.folder / JSON_FILE if state.folder is not None else None
+        if copy is None or not copy.is_file():
+            raise LogDamaged(f"{damaged}; no copy in the step folder either: move it away to "
+                             "resume without the earlier rows") from None
+        return config, state, TrainLog.read_file(copy, state.count)  # damaged too: one line
+
+
+def _train_locked(settings: TrainSettings, out: Path, echo: Callable[[str], None],
+                  data) -> TrainResult:
+    from core.data import BatchStream, auto_processes, open_training_data
+    from dln.heldout import evaluate_heldout
+    from core.progress import progress
+    from weights.training_checkpoint import save_state
+
     log = TrainLog()
     if settings.resume:
-        config, state, stored = load_state(out)
-        check_resumable(stored, settings)
-        log = TrainLog.read(out, state.count)
+        config, state, log = resume_point(out, settings)
     elif holds_a_run(out):
         raise TrainError(f"{out} already holds a training run; add --resume to continue it, "
                          "or choose another --out")
@@ -266,12 +363,11 @@ def train(settings: TrainSettings, echo: Callable[[str], None] | None = None,
         config, state = initial_state(settings)
     data = data or open_training_data(settings.data, settings.patch, settings.heldout)
     for line in data.problems:
-        echo(f"skipped: {line}")
+        echo(f"skipped: {escape_text(line)}")
     processes = settings.workers if settings.workers >= 0 else auto_processes()
     stream = BatchStream(data.source, settings.batch, settings.patch, settings.seed,
                          processes=processes)
     schedule = make_schedule(settings, stream.steps_per_epoch)
-    out.mkdir(parents=True, exist_ok=True)
     trainer = make_trainer(settings, config, state)
     echo(f"data: {data.description}; {schedule.steps_per_epoch} step(s) per epoch")
     echo(f"{trainer.describe()}; {schedule.total_steps} steps, lr {settings.lr:g}"
@@ -302,7 +398,8 @@ def train(settings: TrainSettings, echo: Callable[[str], None] | None = None,
 
     def save() -> Path:
         header["summary"] = {"steps_done": done}
-        path = save_state(out, config, snapshot(), settings.to_json())
+        path = save_state(out, config, snapshot(), settings.to_json(),
+                          {JSON_FILE: log.json_text(header)})
         log.write(out, header)
         return path
 
@@ -354,7 +451,8 @@ def train(settings: TrainSettings, echo: Callable[[str], None] | None = None,
     header["summary"] = {"steps_done": done, "seconds_this_run": round(seconds, 2),
                          "final_loss": log.rows[-1]["loss"] if log.rows else None,
                          "heldout": heldout.as_dict() if heldout else None}
-    weights = save_state(out, config, snapshot(), settings.to_json())
+    weights = save_state(out, config, snapshot(), settings.to_json(),
+                         {JSON_FILE: log.json_text(header)})
     log.write(out, header)
     final = log.rows[-1]["loss"] if log.rows else float("nan")
     return TrainResult(out, weights, done, final, seconds, heldout, log)

@@ -90,10 +90,10 @@ class OutputPlan:
         who = f"{escape_text(owner)}: " if owner is not None else ""
         clash = self.input_matching(output)
         if clash is not None:
-            same = "" if _resolved(clash) == _resolved(output) and str(clash) == str(output) \
-                else f" ({escape_text(clash)})"
-            raise OutputClash(f"{who}refused: the output {escape_text(output)} is an input of "
-                              f"this run{same}; inputs are never replaced, even with --overwrite")
+            what = "would replace this input" if owner is not None and same_file(clash, owner) \
+                else f"would replace {escape_text(clash)}, an input of this run"
+            raise OutputClash(f"{who}refused: the output {escape_text(output)} {what}; inputs "
+                              "are never replaced, even with --overwrite")
         key, inode = _resolved(output), _inode(output)
         earlier = self._claimed.get(key) or (self._claimed_inodes.get(inode) if inode else None)
         if earlier is not None:
@@ -107,3 +107,18 @@ class OutputPlan:
     def claim_all(self, outputs: Iterable[str | os.PathLike]) -> None:
         for output in outputs:
             self.claim(output)
+
+
+def refused_outputs(jobs: Iterable[tuple[Path, Path]]) -> dict[Path, str]:
+    """For the jobs of one run, each (input file, the output it makes): a one-line
+    refusal per input whose output is an input of the run or the output of an earlier
+    job. Decided for the whole run before anything is written."""
+    jobs = list(jobs)
+    plan = OutputPlan(source for source, _ in jobs)
+    refused: dict[Path, str] = {}
+    for source, output in jobs:
+        try:
+            plan.claim(output, source)
+        except OutputClash as err:
+            refused[source] = str(err)
+    return refused

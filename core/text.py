@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-_MARKDOWN_SPECIAL = set("\\`*_{}[]<>()#+!|~")
+_MARKDOWN_SPECIAL = set("\\`*_[]<>|~")  # [ ] also disarm links: "(" then means nothing
 
 
 def _escape_char(char: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from core.config import ConfigError, DLNConfig
+from core.run_outputs import same_file
 from weights.errors import CheckpointError
 from weights.files import (is_safetensors_path, load_pth, load_safetensors, save_pth,
                            save_safetensors, sha256_of)
@@ -224,8 +225,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, overrides: dict | No
     if is_safetensors_path(src) == is_safetensors_path(dst):
         raise CheckpointError(
             f"convert goes between .pth and .safetensors; got {Path(src).name} -> {Path(dst).name}")
-    if Path(src).resolve() == Path(dst).resolve():
-        raise CheckpointError("source and destination are the same file")
+    if same_file(src, dst):  # also through a link or a second hard link (core.run_outputs)
+        raise CheckpointError(f"{dst}: is the source file itself; the source is never "
+                              "replaced, even with --overwrite")
     if not overwrite and (Path(dst).exists() or Path(dst).is_symlink()):
         raise CheckpointError(f"{dst}: exists (use --overwrite to replace it)")
     ckpt = load_checkpoint(src, overrides)

@@ -2,7 +2,7 @@
 
 `AUTHORS_RECIPE` holds the values of the authors' public training code; the two
 per-framework training steps (port/trainer.py, reference_torch/trainer.py), the loop's
-settings (dln/training_loop.py), `dln train`'s defaults and help text, the augmentation
+settings (dln/training_settings.py), `dln train`'s defaults and help text, the augmentation
 (core/data.py) and gradient / training parity (parity/grads) all read it, so each value
 is written down once, here:
 

@@ -90,8 +90,12 @@ class OutputPlan:
         who = f"{escape_text(owner)}: " if owner is not None else ""
         clash = self.input_matching(output)
         if clash is not None:
-            what = "would replace this input" if owner is not None and same_file(clash, owner) \
-                else f"would replace {escape_text(clash)}, an input of this run"
+            if owner is not None and same_file(clash, owner):
+                what = "would replace this input"
+            elif str(clash) == str(output):
+                what = "is another input of this run"
+            else:
+                what = f"would replace {escape_text(clash)}, an input of this run"
             raise OutputClash(f"{who}refused: the output {escape_text(output)} {what}; inputs "
                               "are never replaced, even with --overwrite")
         key, inode = _resolved(output), _inode(output)

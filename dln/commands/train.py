@@ -10,8 +10,8 @@ def register(sub) -> None:
     from core.recipe import LR_DECAYS, short_number
     from dln.arguments import (decay, int_range, nonnegative_int, positive_float, positive_int,
                                seed)
-    from dln.training_loop import (FRAMEWORKS, MAX_BATCH, MAX_DEVICES, MAX_PATCH, MAX_WORKERS,
-                                   PRECISIONS)
+    from dln.training_settings import (FRAMEWORKS, MAX_BATCH, MAX_DEVICES, MAX_PATCH,
+                                       MAX_WORKERS, PRECISIONS)
 
     p = sub.add_parser(
         "train", help="train DLN (JAX or PyTorch), resumable, with logs and a loss plot",
@@ -79,7 +79,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from core.text import escape_text
-    from dln.training_loop import TrainSettings, train
+    from dln.training_loop import train
+    from dln.training_settings import TrainSettings
 
     settings = TrainSettings(
         out=args.out, framework=args.framework, data=args.data, init=args.init,

@@ -41,7 +41,7 @@ def test_the_authors_decay_is_a_float_test_that_never_fires_at_500_epochs():
 
 
 def test_training_settings_default_to_the_recipe_and_hand_it_back():
-    from dln.training_loop import TRAJECTORY_FIELDS, TrainSettings
+    from dln.training_settings import TRAJECTORY_FIELDS, TrainSettings
 
     settings = TrainSettings(out="unused")
     for name in RUN_FIELDS:

@@ -96,8 +96,8 @@ def _temporary_beside(dst: Path, suffix: str = ".tmp") -> Path:
 def _keep_previous(dst: Path) -> Path | None:
     """A second name for the file at dst (a hard link, so dst stays in place), that
     puts it back if a later file of the same unit cannot be published; None when dst
-    does not exist."""
-    if not (dst.exists() or dst.is_symlink()):
+    does not exist, or is a folder (which no file replaces: its publish fails)."""
+    if not (dst.exists() or dst.is_symlink()) or (dst.is_dir() and not dst.is_symlink()):
         return None
     backup = _temporary_beside(dst, ".old")
     backup.unlink()

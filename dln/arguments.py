@@ -15,9 +15,17 @@ import decimal
 import math
 from typing import Callable
 
+from core.text import escape_text
+
 MAX_INT = 2**31 - 1      # the largest count any option takes (steps, pixels, repeats)
 SEED_LIMIT = 2**32       # seeds are 32-bit: JAX's PRNGKey and numpy's legacy seeding take no more
 _MAX_DIGITS = 30         # longer numbers are refused before they are converted
+
+
+def _shown(text: str) -> str:
+    """The value as typed, escaped to one line and cut short (it may be any length)."""
+    shown = escape_text(text)
+    return repr(shown if len(shown) <= 40 else shown[:37] + "...")
 
 
 def _whole_number(text: str) -> int:
@@ -25,15 +33,15 @@ def _whole_number(text: str) -> int:
     try:
         value = decimal.Decimal(cleaned)
     except decimal.InvalidOperation:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a whole number: {_shown(text)}") from None
     if not value.is_finite():
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a whole number: {_shown(text)}")
     if value.adjusted() > _MAX_DIGITS:  # 1e999999999: refuse before building the integer
         sign = "-" if value < 0 else ""
-        raise argparse.ArgumentTypeError(f"{text!r} is far out of range (about {sign}10^"
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is far out of range (about {sign}10^"
                                          f"{value.adjusted()})")
     if value != value.to_integral_value():
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a whole number: {_shown(text)}")
     return int(value)
 
 
@@ -43,9 +51,9 @@ def int_range(low: int, high: int = MAX_INT) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = _whole_number(text)
         if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low:,}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be at least {low:,}, got {_shown(text)}")
         if value > high:
-            raise argparse.ArgumentTypeError(f"must be at most {high:,}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be at most {high:,}, got {_shown(text)}")
         return value
 
     parse.__name__ = f"whole number in [{low}, {high}]"
@@ -63,7 +71,7 @@ def seed(text: str) -> int:
     value = _whole_number(text)
     if not 0 <= value < SEED_LIMIT:
         raise argparse.ArgumentTypeError(f"a seed is a whole number from 0 to {SEED_LIMIT - 1:,}"
-                                         f", got {text}")
+                                         f", got {_shown(text)}")
     return value
 
 
@@ -71,9 +79,9 @@ def _finite_float(text: str) -> float:
     try:
         value = float(str(text).strip().replace("_", ""))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a number: {_shown(text)}") from None
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {_shown(text)}")
     return value
 
 
@@ -81,7 +89,7 @@ def positive_float(text: str) -> float:
     """A finite number > 0."""
     value = _finite_float(text)
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {_shown(text)}")
     return value
 
 
@@ -95,5 +103,5 @@ def decay(text: str) -> float:
     value = _finite_float(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be 0 (off) or a decay below 1, e.g. 0.995; "
-                                         f"got {text}")
+                                         f"got {_shown(text)}")
     return value

@@ -2,9 +2,9 @@
 
 Every subcommand lives in dln/commands/<name>.py with `register(subparsers)` and an
 `ORDER` for the help listing; its handler returns the exit code. Numeric options take
-their argparse types from dln/arguments.py (each range-checked). Errors a user can cause (bad files, bad options)
-derive from core.errors.UserError: they end in one line on stderr and exit code 2, never a
-traceback. Ctrl-C, SIGTERM and SIGHUP end in one line too (exit 130, 143, 129), after
+their argparse types from dln/arguments.py (each range-checked). Errors a user can
+cause (bad files, bad options) derive from core.errors.UserError: they end in one line
+on stderr (escaped: core.text) and exit code 2, never a traceback. Ctrl-C, SIGTERM and SIGHUP end in one line too (exit 130, 143, 129), after
 every temporary file has been removed.
 """
 

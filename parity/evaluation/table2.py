@@ -220,14 +220,16 @@ def table_markdown(result: Table2Result) -> str:
         cells = _metric_cells((row.mean("psnr"), row.mean("ssim"), row.mean("theta")))
         groups = cells + blank if result.column == "voc" else blank + cells
         h, w = row.resolution
-        lines.append(f"| {escape_markdown(row.name)} | measured ({row.backend}) | {row.parameters:,} | "
+        lines.append(f"| {escape_markdown(row.name)} | measured ({row.backend}) | "
+                     f"{row.parameters:,} | "
                      f"{row.time_ms:,.1f} ms ({h}x{w}) | {row.gflops_per_s:,.1f} | "
                      + " | ".join(groups) + " |")
     notes = [
         "",
         f"Published rows: {PUBLISHED_NOTE}. Their GFLOP/s is implied by {PUBLISHED_GFLOP:.0f} "
         "GFLOP per 400x600 (HxW) image divided by the published time.",
-        f"Measured rows: data = {escape_markdown(result.data)} ({len(result.pairs)} images), metrics in the "
+        f"Measured rows: data = {escape_markdown(result.data)} ({len(result.pairs)} images), "
+        "metrics in the "
         f"{result.column.upper()} columns; time = median of {result.repeats} synchronised runs "
         "after a warm-up at the dataset's most common resolution (H x W), on "
         f"{result.machine.get('cpu') or 'an unknown CPU'} ({result.machine.get('cpus')} cores); "

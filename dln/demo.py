@@ -10,6 +10,7 @@ import numpy as np
 from core.errors import UserError
 from core.evaluation import psnr_uint8
 from core.images import list_images, load_image, quantize
+from core.text import escape_text
 
 
 SUMMARY_FILE = "summary.json"
@@ -39,7 +40,7 @@ class DemoSummary:
                  f"mean PSNR vs reference: low-light {self.psnr_low:.2f} dB, "
                  f"enhanced {self.psnr_enhanced:.2f} dB ({self.psnr_enhanced - self.psnr_low:+.2f} dB)"]
         lines += [f"problem: {f}" for f in self.failures]
-        return "\n".join(lines)
+        return "\n".join(escape_text(line) for line in lines)  # one line each, any name
 
 
 def save_grid(rows: list[list[np.ndarray]], dst: Path, height: int = 192) -> None:

@@ -74,10 +74,11 @@ def synthesize_folder(source: str | Path, out: str | Path, seed: int = 0,
             continue
         try:
             image = to_uint8(load_image(path))
+            low, high, _ = make_pair(image, path.stem, seed)
         except ImageError as err:
-            problems.append(escape_text(err))
+            problems.append(escape_text(err) if str(path) in str(err) else
+                            f"{shown}: {escape_text(err)}")
             continue
-        low, high, _ = make_pair(image, path.stem, seed)
         try:
             write_pngs_atomic([high, low], targets, overwrite=overwrite)
         except ImageError as err:

@@ -111,3 +111,16 @@ def test_convert_to_a_name_that_is_not_utf8_prints_it_escaped(tmp_path, authors_
     dst = tmp_path / f"{NON_UTF8}.safetensors"
     code, stdout, err = _run(["convert", str(authors_pth_16), str(dst)], "utf-8")
     assert code == 0 and dst.is_file() and "bad\\xff name.safetensors" in stdout, err
+
+
+def test_a_long_thin_strip_is_one_problem_line_not_gigabytes(tmp_path):
+    """A 1 x 3000 image resized to a shorter side of 384 would be 384 x 1,152,000 pixels
+    (killed for memory before); it is refused from its size and the folder goes on."""
+    source = tmp_path / "src"
+    source.mkdir()
+    Image.fromarray(np.zeros((1, 3000, 3), np.uint8)).save(source / "strip.png")
+    _photo(source / "ok.png")
+    code, stdout, err = _run(["synth", "--source", str(source), "--out", str(tmp_path / "o")])
+    assert code == 1 and "wrote 1 pair(s)" in stdout, err
+    (line,) = err.strip().splitlines()
+    assert "strip.png" in line and "MP" in line

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from core.config import ConfigError, DLNConfig
+from core.run_outputs import same_file
 from weights.errors import CheckpointError
 from weights.files import (is_safetensors_path, load_pth, load_safetensors, save_pth,
                            save_safetensors, sha256_of)
@@ -34,6 +35,7 @@ class Checkpoint:
     flax_params: dict[str, np.ndarray]   # dotted Flax paths, HWIO layout
     source: Path
     notes: list[str]
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)  # safetensors header's
 
     @property
     def parameter_count(self) -> int:
@@ -50,18 +52,14 @@ def _spelled(value) -> str:
         else str(value)
 
 
-def _merge_stored(stored_json: str | None, overrides: dict, source: Path) -> dict:
+def _merge_stored(stored: DLNConfig | None, overrides: dict, source: Path) -> dict:
     """Combine the config stored in a file with the user's --variant.
 
     gamma is an inference-time strength and may always be overridden; every other
     switch the file records must agree with what was asked.
     """
-    if stored_json is None:
+    if stored is None:
         return dict(overrides)
-    try:
-        stored = DLNConfig.from_json(stored_json)
-    except ConfigError as err:
-        raise CheckpointError(f"{source}: stored network config is invalid: {err}") from None
     merged = dataclasses.asdict(stored)
     for key, value in overrides.items():
         if key != "gamma" and merged[key] != value:
@@ -73,23 +71,27 @@ def _merge_stored(stored_json: str | None, overrides: dict, source: Path) -> dic
 
 
 def _from_torch_state(state, overrides, source, notes) -> Checkpoint:
+    """A Checkpoint of an in-memory torch-named state dict, checked against the table."""
     cfg = infer_config(state, overrides)
     check_against_spec(state, cfg, "torch")
+    return _checked_torch_state(state, cfg, source, notes)
+
+
+def _checked_torch_state(state, cfg: DLNConfig, source, notes, metadata=None) -> Checkpoint:
+    """A Checkpoint of a state dict already checked against cfg's table (no check again)."""
     flax = {s.flax_name: torch_to_flax_array(s.kind, state[s.torch_name])
             for s in tensor_specs(cfg)}
-    return Checkpoint(cfg, state, flax, source, notes)
+    return Checkpoint(cfg, state, flax, source, notes, dict(metadata or {}))
 
 
-def _from_flax_params(params, overrides, source, notes, stored_config) -> Checkpoint:
-    by_flax = {s.flax_name: s for s in tensor_specs(stored_config)}
-    # shapes first, under the stored config, before any variant is applied
-    check_against_spec(params, stored_config, "flax")
-    state = {by_flax[k].torch_name: flax_to_torch_array(by_flax[k].kind, v)
-             for k, v in params.items()}
-    cfg = infer_config(state, overrides)
-    ordered_state = {s.torch_name: state[s.torch_name] for s in tensor_specs(cfg)}
-    return Checkpoint(cfg, ordered_state, {s.flax_name: params[s.flax_name]
-                                           for s in tensor_specs(cfg)}, source, notes)
+def _checked_flax_params(params, cfg: DLNConfig, source, notes, metadata) -> Checkpoint:
+    """A Checkpoint of Flax-named params already checked against the table of the
+    stored config (of which cfg differs at most in gamma and residual_sign, which no
+    shape shows)."""
+    specs = tensor_specs(cfg)
+    state = {s.torch_name: flax_to_torch_array(s.kind, params[s.flax_name]) for s in specs}
+    return Checkpoint(cfg, state, {s.flax_name: params[s.flax_name] for s in specs}, source,
+                      notes, dict(metadata))
 
 
 def load_checkpoint(path: str | os.PathLike, overrides: dict | None = None) -> Checkpoint:
@@ -118,40 +120,47 @@ def _check_safetensors_metadata(metadata: dict, source: Path) -> None:
             f" is not {FORMAT_NAME} version {FORMAT_VERSION}")
 
 
-def _stored_config(metadata: dict, source: Path) -> DLNConfig:
+def _stored_config(text, source: Path) -> DLNConfig:
+    """The network config a file records (text from its metadata), parsed once."""
     try:
-        return DLNConfig.from_json(metadata["config"])
+        return DLNConfig.from_json(text)
     except ConfigError as err:
         raise CheckpointError(f"{source}: stored network config is invalid: {err}") from None
 
 
 def _load_checkpoint(source: Path, overrides: dict | None) -> Checkpoint:
-    """Names, shapes and dtypes are compared with the tensor table while the tensors
-    are only declared (the loaders' `check`), so nothing the table does not expect,
-    and nothing larger than it, is ever materialised."""
+    """Every check runs once, while the tensors are only declared (the loaders' `check`):
+    the stored config is parsed, merged with --variant, and names, shapes and dtypes
+    are compared with the tensor table, so nothing the table does not expect, and
+    nothing larger than it, is ever materialised; the materialised tensors have
+    exactly the declared shapes and are not checked again."""
     overrides = dict(overrides or {})
     notes: list[str] = []
+    decided: dict[str, DLNConfig] = {}
     if is_safetensors_path(source):
         def check_declared_flax(declared: dict, metadata: dict) -> None:
             if any(k not in metadata for k in REQUIRED_METADATA):
-                return  # refused below; its tensors hold their own bytes, none repeated
+                return  # refused below, after the tensors' own checks (each holds its bytes)
             _check_safetensors_metadata(metadata, source)
-            _merge_stored(metadata["config"], overrides, source)
-            check_against_spec(declared, _stored_config(metadata, source), "flax")
+            stored = _stored_config(metadata["config"], source)
+            merged = _merge_stored(stored, overrides, source)
+            check_against_spec(declared, stored, "flax")  # under the stored config
+            decided["config"] = DLNConfig(**merged)
 
         params, metadata = load_safetensors(source, notes, check_declared_flax)
-        _check_safetensors_metadata(metadata, source)
-        merged = _merge_stored(metadata["config"], overrides, source)
-        return _from_flax_params(params, merged, source, _dedupe(notes),
-                                 _stored_config(metadata, source))
+        if "config" not in decided:
+            _check_safetensors_metadata(metadata, source)  # lacks some: refused now
+        return _checked_flax_params(params, decided["config"], source, _dedupe(notes),
+                                    metadata)
 
     def check_declared_torch(declared: dict, stored_json: str | None) -> None:
-        cfg = infer_config(declared, _merge_stored(stored_json, overrides, source))
+        stored = None if stored_json is None else _stored_config(stored_json, source)
+        cfg = infer_config(declared, _merge_stored(stored, overrides, source))
         check_against_spec(declared, cfg, "torch")
+        decided["config"] = cfg
 
-    state, stored_json = load_pth(source, notes, check_declared_torch)
-    merged = _merge_stored(stored_json, overrides, source)
-    return _from_torch_state(state, merged, source, _dedupe(notes))
+    state, _ = load_pth(source, notes, check_declared_torch)
+    return _checked_torch_state(state, decided["config"], source, _dedupe(notes))
 
 
 def _dedupe(notes: list[str]) -> list[str]:
@@ -216,8 +225,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, overrides: dict | No
     if is_safetensors_path(src) == is_safetensors_path(dst):
         raise CheckpointError(
             f"convert goes between .pth and .safetensors; got {Path(src).name} -> {Path(dst).name}")
-    if Path(src).resolve() == Path(dst).resolve():
-        raise CheckpointError("source and destination are the same file")
+    if same_file(src, dst):  # also through a link or a second hard link (core.run_outputs)
+        raise CheckpointError(f"{dst}: is the source file itself; the source is never "
+                              "replaced, even with --overwrite")
     if not overwrite and (Path(dst).exists() or Path(dst).is_symlink()):
         raise CheckpointError(f"{dst}: exists (use --overwrite to replace it)")
     ckpt = load_checkpoint(src, overrides)

@@ -83,7 +83,8 @@ def run(args) -> int:
 
     from parity.engine.check import parse_input_shape, run_check, run_fixture_check
     from parity.engine.report import report_dict, write_junit, write_report
-    from parity.engine.rows import escape_text, format_table, verdict_line
+    from core.text import escape_text
+    from parity.engine.rows import format_table, verdict_line
 
     if args.report and Path(args.report).exists() and not Path(args.report).is_dir():
         raise UserError(f"--report {args.report}: exists and is not a folder")

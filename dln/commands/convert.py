@@ -29,6 +29,7 @@ def register(sub) -> None:
 def run(args) -> int:
     import json
 
+    from core.text import escape_text
     from weights.convert import convert
 
     report = convert(args.src, args.dst, parse_variant(args.variant), args.dataparallel,
@@ -37,8 +38,8 @@ def run(args) -> int:
         print(json.dumps(report.as_dict(), indent=2))
         return 0
     for note in report.notes:
-        print(f"note: {note}")
-    print(f"wrote {report.destination}: {report.tensors} tensors, "
+        print(f"note: {escape_text(note)}")
+    print(f"wrote {escape_text(report.destination)}: {report.tensors} tensors, "
           f"{report.parameter_count:,} parameters, dim {report.config.dim}, "
           f"{report.config.variant_string()} (verified bit for bit)")
     return 0

@@ -154,7 +154,8 @@ def _finish(args, result) -> int:
     import sys
 
     from parity.engine.report import report_dict, write_junit, write_report
-    from parity.engine.rows import escape_text, format_table, verdict_line
+    from core.text import escape_text
+    from parity.engine.rows import format_table, verdict_line
 
     out = sys.stderr if args.json else sys.stdout
     details = result.details

@@ -18,7 +18,8 @@ import numpy as np
 
 from core.atomic_files import save_figure_atomic
 from core.report_files import json_text, write_report as write_report_files
-from parity.engine.rows import FAIL, PASS, escape_text, format_shape, verdict_line
+from core.text import escape_text
+from parity.engine.rows import FAIL, PASS, format_shape, verdict_line
 
 PLOT_NAME = "per_layer_error.png"
 GRADIENT_PLOT_NAME = "gradient_error.png"

@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from core.text import escape_text
 from parity.engine.tolerance import FORWARD_ATOL, measure
 from weights.trees import flax_path_candidates
 
@@ -175,11 +176,6 @@ def format_shape(shape: tuple[int, ...] | None) -> str:
 
 def _num(value: float | None) -> str:
     return "-" if value is None else (f"{value:.2e}" if np.isfinite(value) else "inf")
-
-
-def escape_text(text: str) -> str:
-    """One line, always: control characters (a newline in a file name) as escapes."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def format_table(report: Report) -> list[str]:

@@ -18,7 +18,8 @@ import dataclasses
 
 import numpy as np
 
-from parity.engine.rows import PREDICTION, escape_text
+from core.text import escape_text
+from parity.engine.rows import PREDICTION
 from parity.zoo.catalogue import CATALOGUE, Site
 
 CAUGHT, MISSED, EQUIVALENT, BELOW, NOT_APPLICABLE = (

@@ -143,14 +143,15 @@ def test_images_too_big_for_memory_are_refused_from_their_headers(tmp_path, monk
 @pytest.mark.parametrize("argv,words", [
     (["--size", "0x5"], "positive"),
     (["--size", "big"], "HxW"),
-    (["--batch", "0"], "positive integer"),
-    (["--tol", "-1"], "not positive"),
+    (["--batch", "0"], "at least 1"),
+    (["--tol", "-1"], "positive number"),
     (["--seed=-1"], "seed"),
     (["--images", "/no/such/folder"], "no such file"),
     (["--variant", "brightness=maybe"], "brightness"),
     (["--size", "4000x6000", "--batch", "4"], "GiB"),
     (["--batch", "1000000000"], "GiB"),
-    (["--variant", "dim=20000"], "GiB"),
+    (["--variant", "dim=20000"], "dim"),
+    (["--variant", "dim=1024", "--size", "900x900"], "GiB"),
     (["--weights", "/no/such.pth"], "no such file"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, words, capsys):

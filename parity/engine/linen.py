@@ -33,6 +33,7 @@ PATCHABLE = {
     "leaky_relu": ("jax.nn", "flax.linen", "flax.linen.activation"),
     "resize": ("jax.image",),
 }
+APPLY_CACHE_SIZE = 16  # compiled applies kept per process (model, chosen paths, arguments)
 _APPLY_CACHE: dict = {}
 
 
@@ -113,6 +114,8 @@ class LinenFrontend:
                 return _APPLY_CACHE[key]
         fn = self._make_apply(wanted, context, jit)
         if key is not None:
+            if len(_APPLY_CACHE) >= APPLY_CACHE_SIZE:
+                _APPLY_CACHE.pop(next(iter(_APPLY_CACHE)))  # the oldest
             _APPLY_CACHE[key] = fn
         return fn
 

@@ -18,7 +18,8 @@ from core.errors import UserError
 from core.units import format_bytes
 
 # Both sides keep every compared output; beyond this a run is refused before it starts
-# (the 2-core development machine has 8 GiB; a dim-64 DLN on 96 x 128 needs ~0.2 GiB).
+# (the development machine has 23 GiB; a dim-64 DLN on 96 x 128 needs 0.28 GiB, on the
+# default 2 x 45 x 67 batch 0.14 GiB).
 MEMORY_BUDGET_BYTES = 8 * 2**30
 FLOAT_BYTES = 4
 

@@ -80,7 +80,7 @@ def _conv1d(port, site) -> Mutation:
         return {"kernel_size": module.kernel_size[-1], "padding": pad, "strides": 1}
     # a 1-D port has one kernel row per conv: give it the centre row of each 3x3
     changes = _changed(port, lambda key, v: v[v.shape[0] // 2], _is_kernel)
-    return Mutation(replaced(port, changes), port.frontend.modules_changed(one_d))
+    return Mutation(replaced(port, changes), port.frontend.modules_changed(one_d), compile=True)
 
 
 # ---- feature-width: `feature` has 4*dim outputs and `out` reads 4*dim channels -----------

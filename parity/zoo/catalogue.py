@@ -43,6 +43,9 @@ class Mutation:
     context: Callable | None = None        # context-manager factory for the Flax apply
     equivalent: str | None = None          # why it provably computes the same function
     flax_model: object | None = None       # None: the port's own
+    # compile the mutant's apply even with a context: cheaper when the change reaches every
+    # module (DLN's conv1d-kernel: 1.9 s compiled vs 5.0 s eager, dim 16, 2 x 13 x 17)
+    compile: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

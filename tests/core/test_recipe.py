@@ -81,12 +81,21 @@ def test_both_trainers_and_both_losses_default_to_the_recipe():
     assert port_tv == torch_tv == AUTHORS_RECIPE.tv_weight
 
 
-def test_parity_uses_the_recipe_learning_rate_and_adam_settings():
-    from parity.grads import gradients, training_parity
+def test_parity_uses_the_recipe_learning_rate_and_adam_settings(monkeypatch):
+    from core.config import DLNConfig
+    from parity.grads import model_gradients, training_parity
+    from parity.presets import dln
+    from weights.convert import checkpoint_from_torch_state
+    from weights.synthetic import random_torch_state
 
     assert inspect.signature(training_parity.training_parity).parameters["lr"].default == \
         AUTHORS_RECIPE.lr
-    assert AUTHORS_RECIPE.loss_text() in gradients.AUTHORS_LOSS
+    seen = {}
+    monkeypatch.setattr(model_gradients, "gradient_parity", lambda *a, **k: seen.update(k))
+    cfg = DLNConfig(dim=16)
+    dln.run_gradients(checkpoint_from_torch_state(random_torch_state(cfg, 0), cfg),
+                      *dln.gradient_batch((12, 12), 1))
+    assert seen["adam"] is AUTHORS_RECIPE and AUTHORS_RECIPE.loss_text() in seen["loss_name"]
 
 
 def test_the_recipe_values_are_spelled_in_the_recipe_only():

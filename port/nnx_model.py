@@ -143,3 +143,13 @@ def abstract_model(config: DLNConfig) -> DLN:
     """The DLN's structure with shapes and dtypes only (nnx.eval_shape): nothing is drawn
     or allocated; weights.nnx_state fills it from a checkpoint."""
     return nnx.eval_shape(lambda: DLN(config, rngs=nnx.Rngs(0)))
+
+
+def model_from_params(config: DLNConfig, flax_params: dict) -> DLN:
+    """An NNX DLN holding these weights (flat Flax names, e.g. `Checkpoint.flax_params`),
+    filled strictly (weights.nnx_state: sorted lists of missing, unexpected and misshapen
+    tensors) into the abstract model: nothing is drawn at random."""
+    from weights.nnx_state import module_from_weights
+
+    return module_from_weights(abstract_model(config), flax_params,
+                               f"weights for DLN({config.variant_string()}, dim={config.dim})")

@@ -1,8 +1,8 @@
 """Checkpoints in either format, as one object; conversion between the formats.
 
 A `Checkpoint` holds the network config and the tensors under both frameworks'
-names and layouts. `load_checkpoint` reads .pth or .safetensors; `convert`
-writes the other format, verified.
+names and layouts. `load_checkpoint` reads .pth, .safetensors or an Orbax checkpoint
+folder (weights/orbax_files.py); `convert` writes another format, verified.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from core.config import ConfigError, DLNConfig
 from weights.errors import CheckpointError
 from weights.files import (is_safetensors_path, load_pth, load_safetensors, save_pth,
                            save_safetensors, sha256_of)
+from weights.orbax_files import is_orbax_checkpoint, is_orbax_path, load_orbax, save_orbax
 from weights.spec import (flax_to_torch_array, nest_dotted, parameter_count, tensor_specs,
                           torch_to_flax_array)
 from weights.state_dict import check_against_spec, infer_config
@@ -93,7 +94,9 @@ def _from_flax_params(params, overrides, source, notes, stored_config) -> Checkp
 
 
 def load_checkpoint(path: str | os.PathLike, overrides: dict | None = None) -> Checkpoint:
-    """Read a .pth (any of the authors' layouts) or a .safetensors written by `convert`.
+    """Read a .pth (any of the authors' layouts), a .safetensors written by `convert`, or an
+    Orbax checkpoint folder (written by `convert`, or `nnx.state` of an NNX DLN saved with
+    Orbax's StandardCheckpointer).
 
     Every CheckpointError names the file, so a line among several models is placeable.
     """
@@ -131,6 +134,8 @@ def _load_checkpoint(source: Path, overrides: dict | None) -> Checkpoint:
     and nothing larger than it, is ever materialised."""
     overrides = dict(overrides or {})
     notes: list[str] = []
+    if is_orbax_path(source):
+        return _load_orbax_checkpoint(source, overrides, notes)
     if is_safetensors_path(source):
         def check_declared_flax(declared: dict, metadata: dict) -> None:
             if any(k not in metadata for k in REQUIRED_METADATA):
@@ -152,6 +157,50 @@ def _load_checkpoint(source: Path, overrides: dict | None) -> Checkpoint:
     state, stored_json = load_pth(source, notes, check_declared_torch)
     merged = _merge_stored(stored_json, overrides, source)
     return _from_torch_state(state, merged, source, _dedupe(notes))
+
+
+def _load_orbax_checkpoint(source: Path, overrides: dict, notes: list[str]) -> Checkpoint:
+    """An Orbax folder with this project's metadata is read like a safetensors file; one
+    without (an NNX model's state saved by its user) gets its config from the shapes, as
+    a .pth does. Either way the declared names and shapes meet the tensor table before
+    anything is restored."""
+    def config_of(declared: dict, metadata: dict) -> DLNConfig:
+        if "format" not in metadata:
+            return _config_from_flax_shapes(declared, overrides)
+        _check_safetensors_metadata(metadata, source)
+        _merge_stored(metadata["config"], overrides, source)
+        return _stored_config(metadata, source)
+
+    params, metadata = load_orbax(
+        source, notes, lambda declared, metadata: check_against_spec(
+            declared, config_of(declared, metadata), "flax"))
+    stored = config_of(params, metadata)
+    merged = _merge_stored(metadata["config"], overrides, source) if "format" in metadata \
+        else dataclasses.asdict(stored)
+    return _from_flax_params(params, merged, source, _dedupe(notes), stored)
+
+
+def _config_from_flax_shapes(declared: dict, overrides: dict) -> DLNConfig:
+    """infer_config for Flax-named tensors: feat1 / feat2 kernels (kh, kw, I, O) read as
+    torch's (O, I, kh, kw)."""
+    missing = [k for k in ("feat1.conv.kernel", "feat2.conv.kernel")
+               if k not in declared or len(np.shape(declared[k])) != 4]
+    if missing:
+        raise CheckpointError(
+            f"not a DLN checkpoint: no 4-D {' / '.join(missing)} among its {len(declared)} "
+            f"tensors (first: {', '.join(sorted(declared)[:5]) or 'none'})")
+    torch_like = {f"{k}.conv.weight": _TorchShape(np.shape(declared[f"{k}.conv.kernel"]))
+                  for k in ("feat1", "feat2")}
+    return infer_config(torch_like, overrides)
+
+
+class _TorchShape:
+    """A Flax kernel's declared shape (kh, kw, I, O) seen as torch's (O, I, kh, kw)."""
+
+    def __init__(self, flax_shape):
+        kh, kw, cin, cout = flax_shape
+        self.shape = (cout, cin, kh, kw)
+        self.ndim = 4
 
 
 def _dedupe(notes: list[str]) -> list[str]:
@@ -180,17 +229,37 @@ def safetensors_metadata(ckpt: Checkpoint) -> dict[str, str]:
     return meta
 
 
+def orbax_metadata(ckpt: Checkpoint) -> dict[str, str]:
+    """The safetensors metadata, with the layout an Orbax folder of nnx.Param holds."""
+    return {**safetensors_metadata(ckpt),
+            "layout": "flax NNX state (nnx.Param under each dotted path) NHWC: conv kernels "
+                      "HWIO, dense kernels (in, out), PReLU scalar"}
+
+
+def checkpoint_format(path: str | os.PathLike, destination: bool = False) -> str:
+    """"orbax", "safetensors" or "pth", by what the path is. A destination is Orbax by its
+    .orbax name (or as an existing Orbax folder); a source when it is any folder."""
+    if (is_orbax_checkpoint(Path(path)) or str(path).rstrip("/").lower().endswith(".orbax")) \
+            if destination else is_orbax_path(path):
+        return "orbax"
+    return "safetensors" if is_safetensors_path(path) else "pth"
+
+
 def save_checkpoint(ckpt: Checkpoint, dst: str | os.PathLike, dataparallel: bool = False,
                     overwrite: bool = True) -> None:
-    """Write ckpt as .safetensors (Flax names) or .pth (torch names), by dst's suffix.
+    """Write ckpt as .safetensors (Flax names), .pth (torch names) or an Orbax folder
+    (name ending in .orbax: the NNX state's Params), by dst's name.
     overwrite=False refuses an existing dst (also one that appears while writing)."""
-    if is_safetensors_path(dst):
+    if checkpoint_format(dst, destination=True) == "orbax":
+        save_orbax(ckpt.flax_params, dst, orbax_metadata(ckpt), overwrite)
+    elif is_safetensors_path(dst):
         save_safetensors(ckpt.flax_params, dst, safetensors_metadata(ckpt), overwrite)
     elif str(dst).lower().endswith((".pth", ".pt")):
         save_pth(ckpt.torch_state, dst, ckpt.config.to_json(), dataparallel=dataparallel,
                  overwrite=overwrite)
     else:
-        raise CheckpointError(f"{dst}: destination must end in .safetensors, .pth or .pt")
+        raise CheckpointError(f"{dst}: destination must end in .safetensors, .pth, .pt or "
+                              ".orbax (an Orbax checkpoint folder)")
 
 
 @dataclasses.dataclass
@@ -210,12 +279,16 @@ class ConversionReport:
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, overrides: dict | None = None,
             dataparallel: bool = False, overwrite: bool = True) -> ConversionReport:
-    """Convert between .pth and .safetensors; the destination is verified bit for bit.
-    overwrite=False (what `dln convert` does without --overwrite) refuses an existing
-    destination."""
-    if is_safetensors_path(src) == is_safetensors_path(dst):
+    """Convert between .pth, .safetensors and Orbax folders; the destination is verified
+    bit for bit. overwrite=False (what `dln convert` does without --overwrite) refuses an
+    existing destination."""
+    if Path(dst).is_dir() and checkpoint_format(dst, destination=True) != "orbax":
+        raise CheckpointError(f"{dst}: is a folder, not a checkpoint name (an Orbax "
+                              "destination is a new folder named NAME.orbax)")
+    if checkpoint_format(src) == checkpoint_format(dst, destination=True):
         raise CheckpointError(
-            f"convert goes between .pth and .safetensors; got {Path(src).name} -> {Path(dst).name}")
+            f"convert goes between .pth, .safetensors and Orbax folders (.orbax); got "
+            f"{Path(src).name} -> {Path(dst).name}")
     if Path(src).resolve() == Path(dst).resolve():
         raise CheckpointError("source and destination are the same file")
     if not overwrite and (Path(dst).exists() or Path(dst).is_symlink()):

@@ -96,3 +96,40 @@ def test_nnx_apply_is_a_plain_jit_of_params_and_image_not_nnx_jit():
 
     apply = make_nnx_apply(DLNConfig(dim=16))
     assert isinstance(apply, type(jax.jit(lambda a: a)))
+
+
+def test_model_from_params_round_trips_bit_exactly_and_refuses_misfits_by_name():
+    from port.nnx_model import model_from_params
+    from weights.errors import CheckpointError
+    from weights.nnx_state import flat_weights
+
+    cfg = DLNConfig(dim=16)
+    params = checkpoint_from_torch_state(random_torch_state(cfg, 4), cfg).flax_params
+    model = model_from_params(cfg, params)
+    back = flat_weights(model)
+    assert sorted(back) == sorted(params)
+    assert all(back[k].tobytes() == v.tobytes() for k, v in params.items())
+    with pytest.raises(CheckpointError, match=r"1 wrong shape: feat1\.conv\.kernel \(3, 3, 32, 4\)"):
+        model_from_params(cfg, {**params, "feat1.conv.kernel":
+                                params["feat1.conv.kernel"].transpose(0, 1, 3, 2)})
+
+
+def test_an_orbax_folder_from_dln_convert_restores_into_an_eval_shape_nnx_dln_with_orbax_alone(
+        tmp_path):
+    """What an NNX user does with the folder, without this project's loader."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from port.nnx_model import abstract_model
+    from weights.convert import save_checkpoint
+    from weights.nnx_state import flat_weights
+
+    cfg = DLNConfig(dim=16, brightness=False)
+    ckpt = checkpoint_from_torch_state(random_torch_state(cfg, 6), cfg)
+    save_checkpoint(ckpt, tmp_path / "w.orbax")
+    graphdef, abstract_state = nnx.split(abstract_model(cfg))
+    checkpointer = ocp.StandardCheckpointer()
+    restored = checkpointer.restore(tmp_path / "w.orbax", abstract_state)
+    checkpointer.close()
+    back = flat_weights(nnx.merge(graphdef, restored))
+    assert all(back[k].tobytes() == v.tobytes() for k, v in ckpt.flax_params.items())

@@ -13,6 +13,11 @@ shape and dtype are compared first, and missing, unexpected and misshapen tensor
 refused together, each list sorted (weights.state_dict.check_names_and_shapes, the
 check every checkpoint goes through).
 
+`torch_module_to_nnx` converts a PyTorch model's tensors into an NNX module by the
+converter's rules per torch module kind (weights/rules.py), strictly: an NNX path is the
+torch module name itself (`stem.0`), or the same inside an nnx.Sequential
+(`stem.layers.0`).
+
 Only weights travel: RNG state (`nnx.RngKey`, whose dtype key<fry> no file format here
 holds, and `nnx.RngCount`), intermediates and caches are never written, and a module
 that holds them is filled from its weights only.
@@ -113,3 +118,35 @@ def state_of_params(flat: dict[str, np.ndarray]):
     nnx = _nnx()
     return nnx.from_flat_state([(tuple(name.split(".")), nnx.Param(jnp.asarray(value)))
                                 for name, value in sorted(flat.items())])
+
+
+def _nnx_module_path(torch_module: str, nnx_paths: set[str]) -> str:
+    """The NNX module path of a torch module: its own name, else the same module inside an
+    nnx.Sequential (`a.0` -> `a.layers.0`); the name itself when neither exists (then the
+    strict fill names it as unexpected)."""
+    import re
+
+    sequential = re.sub(r"\.(\d+)(?=\.|$)", r".layers.\1", torch_module)
+    return next((p for p in (torch_module, sequential) if p in nnx_paths), torch_module)
+
+
+def torch_module_to_nnx(torch_model, module, what: str = "converted torch weights") -> None:
+    """Set an NNX module's weights from a torch model's parameters and buffers, by the
+    converter's rules per module kind (weights.rules: layouts, BatchNorm statistics,
+    ConvTranspose flips read from the NNX module's transpose_kernel), strictly: missing,
+    unexpected and misshapen tensors are refused together, sorted."""
+    from weights.rules import _own_tensors, plan_conversion, to_flax
+
+    nnx = _nnx()
+    modules = {dotted(path): m for path, m in nnx.iter_modules(module)}
+    mapping = {name: _nnx_module_path(name, set(modules)) for name, _ in torch_model.named_modules()
+               if name}
+    plan = plan_conversion(torch_model, mapping, {k.replace(".", "/"): v
+                                                  for k, v in modules.items()})
+    tensors = {}
+    for name, torch_module in torch_model.named_modules():
+        for tensor, value in _own_tensors(torch_module).items():
+            tensors[f"{name}.{tensor}" if name else tensor] = value
+    flat = {".".join([*filter(None, r.flax_path.split("/")), r.leaf]):
+            np.asarray(to_flax(r.kind, tensors[r.torch_name]), np.float32) for r in plan.rules}
+    load_weights(module, flat, what)

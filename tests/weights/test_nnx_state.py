@@ -92,3 +92,39 @@ def test_weights_of_another_dtype_are_refused_by_name():
     flat["lin.bias"] = flat["lin.bias"].astype(np.float64)
     with pytest.raises(CheckpointError, match=r"another dtype.*lin\.bias float64"):
         load_weights(model, flat)
+
+
+def test_torch_weights_convert_into_an_nnx_sequential_by_the_rules_and_misfits_are_listed():
+    """torch `body.0` lives at NNX `body.layers.0` inside an nnx.Sequential; the converter's
+    layout rules apply (conv OIHW -> HWIO, PReLU (1,) -> scalar); a port whose conv has
+    in and out swapped is refused with the tensor named."""
+    import torch
+    from flax import nnx
+
+    from weights.nnx_state import flat_weights, torch_module_to_nnx
+
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential()
+    reference.add_module("body", torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1),
+                                                     torch.nn.PReLU()))
+
+    class Port(nnx.Module):
+        def __init__(self, cin, cout, rngs):
+            self.body = nnx.Sequential(nnx.Conv(cin, cout, (3, 3), padding=((1, 1), (1, 1)),
+                                                rngs=rngs), nnx.PReLU(0.25))
+
+    port = Port(3, 4, nnx.Rngs(0))
+    torch_module_to_nnx(reference, port)
+    flat = flat_weights(port)
+    weight = reference.body[0].weight.detach().numpy()
+    assert sorted(flat) == ["body.layers.0.bias", "body.layers.0.kernel",
+                            "body.layers.1.negative_slope"]
+    assert np.array_equal(flat["body.layers.0.kernel"], weight.transpose(2, 3, 1, 0))
+    assert flat["body.layers.1.negative_slope"].shape == ()
+    x = np.random.default_rng(1).random((1, 3, 5, 6), dtype=np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x)).numpy().transpose(0, 2, 3, 1)
+    assert np.abs(np.asarray(port.body(x.transpose(0, 2, 3, 1))) - expected).max() < 1e-5
+    with pytest.raises(CheckpointError, match=r"body\.layers\.0\.kernel \(3, 3, 3, 4\) != "
+                                              r"expected \(3, 3, 4, 3\)"):
+        torch_module_to_nnx(reference, Port(4, 3, nnx.Rngs(0)))

@@ -100,3 +100,20 @@ def test_an_existing_plain_folder_is_not_a_destination_and_same_format_is_refuse
         convert(tmp_path / "a.orbax", tmp_path / "b.orbax")
     assert np.array_equal(load_checkpoint(tmp_path / "a.orbax").flax_params["feat1.conv.kernel"],
                           load_checkpoint(authors_pth_16).flax_params["feat1.conv.kernel"])
+
+
+def test_bytes_on_disk_of_the_three_formats_and_of_the_parameters(tmp_path, authors_pth_16):
+    from weights.convert import convert
+    from weights.sizes import bytes_on_disk, parameter_bytes
+
+    convert(authors_pth_16, tmp_path / "w.orbax")
+    convert(authors_pth_16, tmp_path / "w.safetensors")
+    params = load_checkpoint(authors_pth_16).parameter_count
+    folder = tmp_path / "w.orbax"
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert bytes_on_disk(folder) == sum(p.stat().st_size for p in files) > 0
+    (folder / "outside").symlink_to(authors_pth_16)  # a link is not counted
+    assert bytes_on_disk(folder) == sum(p.stat().st_size for p in files)
+    assert bytes_on_disk(authors_pth_16) == authors_pth_16.stat().st_size
+    # safetensors: the float32 values plus one JSON header
+    assert 0 < bytes_on_disk(tmp_path / "w.safetensors") - parameter_bytes(params) < 20_000

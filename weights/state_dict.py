@@ -79,7 +79,14 @@ def check_against_spec(state: dict[str, np.ndarray], cfg: DLNConfig, naming: str
     """
     expected = {(s.torch_name if naming == "torch" else s.flax_name):
                 (s.torch_shape if naming == "torch" else s.flax_shape) for s in tensor_specs(cfg)}
+    check_names_and_shapes(state, expected,
+                           f"checkpoint does not match DLN({cfg.variant_string()}, dim={cfg.dim})")
+
+
+def check_names_and_shapes(state: dict, expected: dict[str, tuple[int, ...]], what: str) -> None:
+    """The strict check of any name -> tensor table (values or declarations with a shape)
+    against the expected name -> shape table: CheckpointError "WHAT: N missing: ...;
+    N unexpected: ...; N wrong shape: ..." (the one diff, weights.trees.shape_mismatch)."""
     problems = shape_mismatch({k: np.shape(v) for k, v in state.items()}, expected)
     if problems:
-        raise CheckpointError(
-            f"checkpoint does not match DLN({cfg.variant_string()}, dim={cfg.dim}): {problems}")
+        raise CheckpointError(f"{what}: {problems}")

@@ -3,9 +3,10 @@ trees, and the one strict comparison of two tables of tensor shapes.
 
 - Rename rule: a torch module name `a.b.0` is the Flax module path `a/b_0` (an index
   of an nn.Sequential / ModuleList becomes `_0`); a Flax `nn.Sequential` puts the same
-  module at `a/b/layers_0`, the second candidate.
+  module at `a/b/layers_0`, the second candidate. NNX paths read like torch names;
+  an nnx.Sequential adds `layers.` (`a.0` -> `a.layers.0`).
 - Trees: `{'params': {'a': {'kernel': v}}}` <-> `{'params/a/kernel': v}` (or, with
-  sep='.', dotted names such as `feat1.conv.kernel`).
+  sep='.', dotted names such as `feat1.conv.kernel`; sep=None: tuple paths).
 - `shape_mismatch` lists missing, unexpected and wrongly shaped tensors, sorted, in
   one line: every strict check of the toolkit (checkpoints, converted weights, a
   user's state dict, a fixture's variables) words its refusal this way.
@@ -32,24 +33,34 @@ def flax_path_candidates(torch_module: str) -> list[str]:
     return [first] if sequential == first else [first, sequential]
 
 
-def flatten_tree(tree, sep: str = "/", prefix: str = "") -> dict:
-    """A nested mapping -> {'a/b/leaf': value} (keys joined by sep)."""
+def nnx_path_candidates(torch_module: str) -> list[str]:
+    """Paths a torch module may have in an NNX port: its own name (NNX paths read like
+    torch's), then the same module inside an nnx.Sequential (`a.0` -> `a.layers.0`)."""
+    sequential = _SEQUENTIAL_INDEX.sub(r".layers.\1", torch_module)
+    return [torch_module] if sequential == torch_module else [torch_module, sequential]
+
+
+def flatten_tree(tree, sep: str | None = "/") -> dict:
+    """A nested mapping -> {'a/b/leaf': value} (keys joined by sep), or with sep=None
+    {('a', 'b', 'leaf'): value}; empty subtrees leave nothing."""
     flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{sep}{key}" if prefix else str(key)
-        if hasattr(value, "items"):
-            flat.update(flatten_tree(value, sep, name))
-        else:
-            flat[name] = value
+
+    def walk(node, path: tuple) -> None:
+        for key, value in node.items():
+            if hasattr(value, "items"):
+                walk(value, (*path, key))
+            else:
+                flat[(*path, key) if sep is None else sep.join(map(str, (*path, key)))] = value
+    walk(tree, ())
     return flat
 
 
-def nest_tree(flat: dict, sep: str = "/") -> dict:
+def nest_tree(flat: dict, sep: str | None = "/") -> dict:
     """Inverse of flatten_tree."""
     tree: dict = {}
     for name, value in flat.items():
         node = tree
-        *parents, leaf = name.split(sep)
+        *parents, leaf = name if sep is None else name.split(sep)
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value

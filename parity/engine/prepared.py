@@ -30,12 +30,19 @@ class PreparedPort:
     frontend: object                        # parity.engine.frontend's interface
     variables: dict
     inputs: tuple[np.ndarray, ...]          # torch layout
-    census: Census
+    known_census: Census | None             # None: taken on first use (`census`)
     plan: object | None                     # weights.rules.ConversionPlan (None: fixture)
     reference: TorchCapture
     mapping: dict[str, str] = dataclasses.field(default_factory=dict)
     tol: float = FORWARD_ATOL
     chosen: bool = False                    # the capture holds chosen torch modules only
+
+    @property
+    def census(self) -> Census:
+        """The Flax side's modules and variable shapes (an abstract run, taken once)."""
+        if self.known_census is None:
+            self.known_census = self.frontend.census(self.inputs)
+        return self.known_census
 
     @functools.cached_property
     def calls(self) -> list[FunctionCall]:

@@ -161,12 +161,18 @@ def image_inputs(paths: list[str], batch: int | None = None,
 
 # ---- forward parity, with or without an injected defect ---------------------------------
 def prepare(ckpt, inputs: Inputs, tol: float = FORWARD_ATOL):
-    """DLN's prepared port (parity.engine.prepared): the reference captured once."""
-    from parity.engine.prepared import prepare_port
+    """DLN's prepared port (parity.engine.prepared): the reference's blocks captured once,
+    the checkpoint's Flax weights as they are (checked against DLN's tensor table when the
+    checkpoint was read), the census only when a defect needs it."""
+    from parity.engine.frontend import frontend_for
+    from parity.engine.prepared import PreparedPort
+    from parity.engine.torch_side import record_torch
 
     torch_model = reference_model(ckpt)
-    return prepare_port(torch_model, port_model(ckpt.config), inputs.x, tol=tol,
-                        torch_modules=block_names(torch_model))
+    reference = record_torch(torch_model, inputs.x, block_names(torch_model))
+    return PreparedPort(torch_model, frontend_for(port_model(ckpt.config)),
+                        {"params": ckpt.flax_tree()}, (inputs.x,), None, None, reference,
+                        tol=tol, chosen=True)
 
 
 def _run(port, config: DLNConfig, defect: str | None, details: dict, notes: list[str]
@@ -210,6 +216,7 @@ def run_fixture(path: str | Path | None = None, *, tol: float | None = None,
     from parity.engine.fixture import fixture_port, load_fixture
 
     path = Path(path) if path else default_fixture()
+    path = path / FIXTURE_FILE if path.is_dir() else path
     if not path.is_file():
         raise UserError(f"--fixture {path}: no such file (make one with {REGENERATE})")
     fixture = load_fixture(path)

@@ -12,7 +12,9 @@ for SIGTERM / SIGHUP included, the temporary file is removed and dst is untouche
 was replaced gets its previous content back if a later one cannot be published).
 
 `atomic_directory(dst)` does the same for a folder that must appear complete or
-not at all (a training checkpoint: weights and optimizer state together).
+not at all (a training checkpoint: weights and optimizer state together), and
+`atomic_new_directory(dst)` for a folder whose writer must create it (an Orbax
+checkpoint).
 
 OS failures are raised as OSError (FileExistsError for a refused clobber); each
 caller words them as its own one-line error.
@@ -26,7 +28,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def current_umask() -> int:
@@ -194,6 +196,44 @@ def atomic_directory(dst: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """fsync every file and folder under `folder` (itself included)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(Path(root) / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_folder(Path(root))
+
+
+@contextlib.contextmanager
+def atomic_new_directory(dst: str | os.PathLike, replaceable: Callable[[Path], bool] | None = None
+                         ) -> Iterator[Path]:
+    """Yield a path that does not exist yet, in a private folder beside dst, for a writer
+    that must create its folder itself (Orbax refuses an existing one); when the block
+    succeeds, everything under it is fsynced and it is renamed onto dst. dst must not
+    exist, unless replaceable(dst) says it may be replaced: then it is moved into the
+    private folder first and removed with it, so that dst is without a whole folder only
+    between two renames, and never is anything else replaced. Removed on any failure."""
+    dst = Path(dst)
+    if (dst.exists() or dst.is_symlink()) and not (replaceable and replaceable(dst)):
+        raise FileExistsError(errno.EEXIST, "exists", str(dst))
+    folder = dst.parent if str(dst.parent) else Path(".")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=folder))
+    try:
+        written = tmp / "new"
+        yield written
+        os.chmod(written, 0o777 & ~current_umask())
+        fsync_tree(written)
+        if dst.exists() or dst.is_symlink():
+            if not (replaceable and replaceable(dst)):
+                raise FileExistsError(errno.EEXIST, "exists", str(dst))
+            os.rename(dst, tmp / "replaced")
+        os.rename(written, dst)
+        _fsync_folder(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def link_or_copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

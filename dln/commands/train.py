@@ -14,13 +14,15 @@ def register(sub) -> None:
                                        MAX_WORKERS, PRECISIONS)
 
     p = sub.add_parser(
-        "train", help="train DLN (JAX or PyTorch), resumable, with logs and a loss plot",
+        "train", help="train DLN (JAX: Flax Linen or NNX; or PyTorch), resumable, with logs and a "
+                       "loss plot",
         description=f"Train DLN with the authors' recipe ({recipe.describe()}). Writes "
                     "OUT/weights.safetensors (usable by `dln enhance`), OUT/optimizer.safetensors, "
                     "OUT/log.csv, OUT/log.json and OUT/loss.png; each checkpoint is published whole as "
                     "OUT/checkpoints/step-N/ first, so --resume survives a kill at any moment; "
                     "reports held-out PSNR at the end.")
-    p.add_argument("--framework", choices=FRAMEWORKS, default="jax")
+    p.add_argument("--framework", choices=FRAMEWORKS, default="jax",
+                   help="jax (the Flax Linen port), nnx (the Flax NNX port) or torch (default jax)")
     p.add_argument("--data", default="builtin",
                    help="'builtin' (scikit-image photographs darkened on the fly), a LOL-layout "
                         "folder (low/ + high/, or our485/ + eval15/), or a folder of images to "

@@ -24,8 +24,12 @@ checks a change of rate), then judges (parity/engine/tolerance.py says why each 
 With `data_parallel_devices=N` the JAX worker also reruns the first steps on N devices
 (on a CPU-only machine N forced host devices, XLA_FLAGS=
 --xla_force_host_platform_device_count=N) and compares those losses with one device's.
-With `defect=NAME` (parity.grads.training_zoo) the JAX side carries that defect; the
-verdict must then be FAIL. `training_zoo` runs every defect against one torch run.
+`flax_frameworks=("jax", "nnx")` trains the Flax NNX port too, in the same JAX worker on
+the same batches against the same PyTorch run: its result is `result.others["nnx"]`,
+judged against PyTorch by the same rules, and against the Linen trainer step for step
+(NNX_VS_LINEN_ATOL). With `defect=NAME` (parity.grads.training_zoo) the Linen trainer
+carries that defect; the verdict must then be FAIL. `training_zoo` runs every defect
+against one torch run.
 
 Both sides train with core.recipe.AUTHORS_RECIPE (the learning rate may be given).
 Worker entry point (used by the subprocesses, started by parity.workers):
@@ -77,10 +81,12 @@ def _stream(request: dict):
 
 
 def _train_side(request: dict) -> dict[str, np.ndarray]:
-    """Train request["steps"] steps at request["rates"], once per entry of request["runs"]
-    (None: the correct trainer; a name: that training zoo defect, JAX only), results under
-    "<i>/"; for JAX with data_parallel_devices > 0, also the first DATA_PARALLEL_STEPS
-    steps of the correct trainer again on that many devices."""
+    """Train request["steps"] steps at request["rates"], once per entry (framework, defect)
+    of request["runs"] (defect None: the correct trainer; a name: that training zoo defect,
+    Linen only), results under "<i>/"; with data_parallel_devices > 0, also the first
+    DATA_PARALLEL_STEPS steps of the first Flax run again on that many devices (~10 s of
+    compilation per trainer on 2 CPU cores: one is enough to check the data-parallel
+    arithmetic the Linen and NNX steps share)."""
     from weights.training_checkpoint import TrainingCheckpoint
 
     config = DLNConfig.from_json(request["config"])
@@ -89,10 +95,10 @@ def _train_side(request: dict) -> dict[str, np.ndarray]:
     stream = _stream(request)
     recipe = dataclasses.replace(AUTHORS_RECIPE, lr=request["rates"][0], seed=request["seed"])
 
-    def run(devices: int | None, steps: int, defect: TrainingDefect | None):
+    def run(framework: str, devices: int | None, steps: int, defect: TrainingDefect | None):
         hooks = None if defect is None else defect.step_hooks()
         rates = request["rates"] if defect is None else defect.jax_rates(request["rates"])
-        trainer = make_trainer(request["framework"], config, TrainingCheckpoint(params),
+        trainer = make_trainer(framework, config, TrainingCheckpoint(params),
                                recipe if defect is None else defect.jax_recipe(recipe),
                                devices=devices, hooks=hooks)
         losses = []
@@ -102,16 +108,18 @@ def _train_side(request: dict) -> dict[str, np.ndarray]:
         return np.asarray(losses, np.float64), trainer
 
     out = {}
-    for i, name in enumerate(request["runs"]):
-        losses, trainer = run(1, request["steps"], None if name is None else DEFECTS[name])
+    for i, (framework, name) in enumerate(request["runs"]):
+        losses, trainer = run(framework, 1, request["steps"],
+                              None if name is None else DEFECTS[name])
         out[f"{i}/losses"] = losses
         state = trainer.export()
         for part, table in (("w", state.params), ("mu", state.mu), ("nu", state.nu)):
             out.update({f"{i}/{part}/{k}": v for k, v in (table or {}).items()})
     devices = int(request.get("data_parallel_devices", 0))
-    if devices and request["framework"] == "jax":
-        out["losses_data_parallel"], _ = run(devices, min(DATA_PARALLEL_STEPS, request["steps"]),
-                                             None)
+    framework, name = request["runs"][0]
+    if devices and framework != "torch":
+        out["losses_data_parallel"], _ = run(framework, devices,
+                                             min(DATA_PARALLEL_STEPS, request["steps"]), None)
     stream.close()
     return out
 
@@ -123,10 +131,11 @@ def _worker(request_path: str) -> int:
 
 
 def _run_worker(request: dict, workdir: Path, env_extra: dict | None = None) -> dict:
-    path = workdir / f"request_{request['framework']}.json"
+    label = "torch" if request["runs"] == [["torch", None]] else "flax"
+    path = workdir / f"request_{label}.json"
     request = {**request, "result": str(path.with_suffix(".npz"))}
     path.write_text(json.dumps(request))
-    run_worker("parity.grads.training_parity", path, label=request["framework"], env=env_extra)
+    run_worker("parity.grads.training_parity", path, label=label, env=env_extra)
     with np.load(request["result"]) as result:
         return {k: result[k] for k in result.files}
 
@@ -139,14 +148,17 @@ def _initial_params(config: DLNConfig, seed: int) -> dict[str, np.ndarray]:
 
 
 def _run_both(config: DLNConfig, steps: int, batch: int, patch: int, lr: float, seed: int,
-              data: str, initial: dict | None, runs: list[str | None],
+              data: str, initial: dict | None, runs: list[tuple[str, str | None]],
               data_parallel_devices: int = 0):
-    """(initial weights, rates, the torch side, the JAX side) of one trajectory."""
+    """(initial weights, rates, the torch side, the Flax side) of one trajectory; runs:
+    (Flax framework, training defect or None) for each Flax run."""
     if data_parallel_devices and batch % data_parallel_devices:
         raise ValueError(f"batch {batch} does not split over {data_parallel_devices} devices")
-    unknown = [name for name in runs if name is not None and name not in DEFECTS]
+    unknown = [name for _, name in runs if name is not None and name not in DEFECTS]
     if unknown:
         raise ValueError(f"unknown training defect {unknown[0]!r} (known: {', '.join(DEFECTS)})")
+    if any(name is not None and framework != "jax" for framework, name in runs):
+        raise ValueError("training defects are injected into the Linen trainer (\"jax\") only")
     initial = _initial_params(config, seed) if initial is None else {
         k: np.asarray(v, np.float32) for k, v in initial.items()}
     rates = parity_rates(lr, int(steps))
@@ -161,15 +173,16 @@ def _run_both(config: DLNConfig, steps: int, batch: int, patch: int, lr: float, 
                    "patch": int(patch), "rates": rates, "seed": int(seed), "data": data,
                    "init": str(workdir / "init.npz"),
                    "data_parallel_devices": int(data_parallel_devices)}
-        torch_side = _run_worker({**request, "framework": "torch", "runs": [None]}, workdir)
-        jax_side = _run_worker({**request, "framework": "jax", "runs": runs}, workdir, env)
+        torch_side = _run_worker({**request, "runs": [["torch", None]]}, workdir)
+        jax_side = _run_worker({**request, "runs": [list(r) for r in runs]}, workdir, env)
     return initial, rates, torch_side, jax_side
 
 
 def _compare(config: DLNConfig, steps: int, batch: int, patch: int, lr: float,
              initial: dict, rates: list[float], torch_side: dict, jax_side: dict, run: int,
-             defect: str | None, data_parallel_devices: int = 0) -> TrainingParityResult:
-    """The result of JAX run `run` (index into the runs of _run_both) against torch's."""
+             defect: str | None, data_parallel_devices: int = 0,
+             framework: str = "jax") -> TrainingParityResult:
+    """The result of Flax run `run` (index into the runs of _run_both) against torch's."""
     weight_rel, update_rel, trimmed, most, moment_rel = {}, {}, {}, {}, {}
     moved_t, moved_j, finite = [], [], True
     losses_t, losses_j = torch_side["0/losses"], jax_side[f"{run}/losses"]
@@ -201,7 +214,8 @@ def _compare(config: DLNConfig, steps: int, batch: int, patch: int, lr: float,
         [float(x) for x in jax_side.get("losses_data_parallel", [])] if run == 0 else [],
         int(data_parallel_devices) if run == 0 else 0, trimmed, most, total,
         tuple(k for k, v in initial.items() if v.size == 1), list(rates), finite, defect,
-        moment_rel)
+        moment_rel, framework,
+        {name: jax_side[f"{run}/w/{name}"] for name in initial if f"{run}/w/{name}" in jax_side})
 
 
 def training_parity(config: DLNConfig = DLNConfig(), steps: int = LOSS_STEPS, batch: int = 2,
@@ -209,7 +223,8 @@ def training_parity(config: DLNConfig = DLNConfig(), steps: int = LOSS_STEPS, ba
                     data: str = PARITY_DATA,
                     data_parallel_devices: int = 0,
                     initial: dict[str, np.ndarray] | None = None,
-                    defect: str | None = None) -> TrainingParityResult:
+                    defect: str | None = None,
+                    flax_frameworks: tuple[str, ...] = ("jax",)) -> TrainingParityResult:
     """Train both frameworks `steps` steps from the same weights on the same batches.
 
     lr defaults to the authors' (core.recipe); the run divides it by the recipe's decay
@@ -218,31 +233,40 @@ def training_parity(config: DLNConfig = DLNConfig(), steps: int = LOSS_STEPS, ba
     and compares their losses with the single-device run; the batch must divide by N.
     `initial` (flat Flax-named weights, e.g. a Checkpoint's flax_params) replaces the
     seeded random starting weights. `defect` (a parity.grads.training_zoo name) is
-    injected into the JAX side.
+    injected into the Linen trainer. flax_frameworks: the Flax trainers to run, in one
+    worker; the result is the first one's, the others are in `result.others`.
     """
+    runs = [(flax_frameworks[0], defect), *((fw, None) for fw in flax_frameworks[1:])]
     initial, rates, torch_side, jax_side = _run_both(
-        config, steps, batch, patch, lr, seed, data, initial, [defect], data_parallel_devices)
-    return _compare(config, steps, batch, patch, lr, initial, rates, torch_side, jax_side, 0,
-                    defect, data_parallel_devices)
+        config, steps, batch, patch, lr, seed, data, initial, runs, data_parallel_devices)
+    results = [_compare(config, steps, batch, patch, lr, initial, rates, torch_side, jax_side,
+                        i, name, data_parallel_devices if i == 0 else 0, framework)
+               for i, (framework, name) in enumerate(runs)]
+    results[0].others = {r.framework: r for r in results[1:]}
+    return results[0]
 
 
 def training_zoo(config: DLNConfig = DLNConfig(), steps: int = LOSS_STEPS, batch: int = 2,
                  patch: int = 48, lr: float = AUTHORS_RECIPE.lr, seed: int = 0,
                  data: str = PARITY_DATA, initial: dict[str, np.ndarray] | None = None,
-                 names: list[str] | None = None, data_parallel_devices: int = 0):
+                 names: list[str] | None = None, data_parallel_devices: int = 0,
+                 flax_frameworks: tuple[str, ...] = ("jax",)):
     """The correct JAX trainer and every training defect (or `names`) on one trajectory,
     against one torch run: a parity.grads.training_zoo_report.TrainingZooReport (its
-    `correct` is the plain training_parity result, data parallel check included)."""
+    `correct` is the plain training_parity result, data parallel check and the other
+    flax_frameworks included; the defects are injected into the Linen trainer)."""
     from parity.grads.training_zoo_report import TrainingZooReport
 
     names = list(DEFECTS) if names is None else list(names)
+    runs = [*((fw, None) for fw in flax_frameworks), *(("jax", name) for name in names)]
     initial, rates, torch_side, jax_side = _run_both(
-        config, steps, batch, patch, lr, seed, data, initial, [None, *names],
-        data_parallel_devices)
+        config, steps, batch, patch, lr, seed, data, initial, runs, data_parallel_devices)
     results = [_compare(config, steps, batch, patch, lr, initial, rates, torch_side, jax_side,
-                        i, name, data_parallel_devices)
-               for i, name in enumerate([None, *names])]
-    return TrainingZooReport(results[0], dict(zip(names, results[1:])))
+                        i, name, data_parallel_devices if i == 0 else 0, framework)
+               for i, (framework, name) in enumerate(runs)]
+    flax = len(flax_frameworks)
+    results[0].others = {r.framework: r for r in results[1:flax]}
+    return TrainingZooReport(results[0], dict(zip(names, results[flax:])))
 
 
 def _trimmed_update(update_jax: np.ndarray, update_torch: np.ndarray, lr: float

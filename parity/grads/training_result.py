@@ -20,11 +20,12 @@ import numpy as np
 from core.atomic_files import save_figure_atomic
 from core.config import DLNConfig
 from core.report_files import write_report
-from parity.engine.tolerance import (DATA_PARALLEL_LOSS_RTOL, TRAIN_FIRST_LOSS_RTOL,
+from parity.engine.tolerance import (DATA_PARALLEL_LOSS_RTOL, NNX_VS_LINEN_ATOL,
+                                     TRAIN_FIRST_LOSS_RTOL,
                                      TRAIN_LOSS_RTOL, TRAIN_MOMENTS_RTOL,
                                      TRAIN_SCALAR_FINAL_RTOL, TRAIN_SCALAR_MOMENTS_RTOL,
                                      TRAIN_UPDATE_FLIP_LR, TRAIN_UPDATE_RTOL,
-                                     TRAIN_UPDATE_TOTAL_RTOL, TRAIN_WEIGHTS_RTOL)
+                                     TRAIN_UPDATE_TOTAL_RTOL, TRAIN_WEIGHTS_RTOL, compare)
 from parity.grads.training_zoo import FINITE, FIRST_LOSS, LOSSES, MOMENTS, UPDATES, WEIGHTS
 
 LOSS_STEPS = 20
@@ -71,6 +72,10 @@ class TrainingParityResult:
     defect: str | None = None         # parity.grads.training_zoo defect on the JAX side
     # per tensor: the larger relative L2 of Adam's first and second moments after the run
     moment_rel: dict[str, float] = dataclasses.field(default_factory=dict)
+    framework: str = "jax"  # the Flax trainer of this result: "jax" (Linen) or "nnx"
+    final_weights: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+    # other Flax trainers run against the same PyTorch run, by framework
+    others: dict[str, "TrainingParityResult"] = dataclasses.field(default_factory=dict)
 
     @property
     def data_parallel_rel(self) -> list[float]:
@@ -142,12 +147,35 @@ class TrainingParityResult:
                 and set(self.weight_rel) == set(self.update_rel) == set(self.moment_rel))
 
     def failed_checks(self) -> list[str]:
-        """The checks that fail, in the order of the module docstring ([] = PASS)."""
+        """The checks that fail, in the order of the module docstring ([] = PASS); then
+        "<framework> trainer" for each other Flax trainer that fails its own checks or
+        does not take this one's steps."""
         failing = [] if self.finite and self.complete() else [FINITE]
         for check, _, value, limit in self.figures():
             if not _within(value, limit) and check not in failing:
                 failing.append(check)
+        failing += [f"{fw} trainer" for fw, other in self.others.items()
+                    if not (other.passed and other.agrees_with(self))]
         return failing
+
+    def step_difference(self, other: "TrainingParityResult") -> tuple[float, str, float]:
+        """Another Flax trainer against this one, same batches: (worst relative difference
+        of the losses, and the final tensor that differs most with its max|diff| relative
+        to scale), e.g. NNX vs Linen. NaN where a loss or tensor is missing or not finite."""
+        n = max(len(self.losses_jax), len(other.losses_jax))
+        pairs = list(zip(other.losses_jax, self.losses_jax))
+        losses = worst_of({str(i): abs(a - b) / max(abs(b), 1e-12) for i, (a, b) in
+                           enumerate(pairs)})[1] if len(pairs) == n else math.nan
+        rel = {k: (compare(other.final_weights[k], v).rel_to_scale
+                   if k in other.final_weights else math.nan)
+               for k, v in self.final_weights.items()}
+        name, worst = worst_of(rel)
+        return losses, name, worst
+
+    def agrees_with(self, reference: "TrainingParityResult") -> bool:
+        """Step for step within NNX_VS_LINEN_ATOL of the reference Flax trainer."""
+        losses, _, weights = reference.step_difference(self)
+        return _within(losses, NNX_VS_LINEN_ATOL) and _within(weights, NNX_VS_LINEN_ATOL)
 
     def closest_to_failing(self) -> tuple[str, float, float]:
         """(figure, value, limit) with the largest value / limit."""
@@ -188,6 +216,12 @@ class TrainingParityResult:
                 "data_parallel_devices": self.data_parallel_devices,
                 "losses_jax_data_parallel": [safe(v) for v in self.losses_jax_data_parallel],
                 "data_parallel_rel": [safe(v) for v in self.data_parallel_rel],
+                "framework": self.framework,
+                "others": {fw: {**other.as_dict(), "vs_" + self.framework: dict(zip(
+                    ("worst_loss_rel", "worst_tensor", "worst_rel_to_scale"),
+                    (safe(v) if isinstance(v, float) else v
+                     for v in self.step_difference(other))))}
+                    for fw, other in self.others.items()},
                 "failed_checks": self.failed_checks(), "passed": self.passed}
 
     def text(self) -> str:
@@ -195,7 +229,9 @@ class TrainingParityResult:
         rates = sorted(set(self.rates), reverse=True)
         lines = [f"training parity, dim {self.config.dim}, {self.steps} steps, batch "
                  f"{self.batch}, patch {self.patch}, lr {' then '.join(f'{r:g}' for r in rates)}"
-                 + (f"; injected into JAX only: {self.defect}" if self.defect else "")]
+                 + (f" ({self.framework})" if self.framework != "jax" else "")
+                 + (f"; injected into the Linen trainer only: {self.defect}"
+                    if self.defect else "")]
         if not self.finite:
             lines.append("  a loss or a final weight is NaN or infinite")
         if not self.complete():
@@ -204,6 +240,11 @@ class TrainingParityResult:
         for check, name, value, limit in self.figures():
             mark = "ok" if _within(value, limit) else "FAILS"
             lines.append(f"  {check}: {name}: {value:.2e} (limit {limit:.0e}) {mark}")
+        for fw, other in self.others.items():
+            lines += [f"  {fw} trainer:", *("  " + t for t in other.text().splitlines()[1:-1]),
+                      "    vs {}: losses {:.2e}, final {} {:.2e} relative to scale "
+                      "(tolerance {:.0e})".format(self.framework, *self.step_difference(other),
+                                                  NNX_VS_LINEN_ATOL)]
         lines.append(f"  {'PASS' if self.passed else 'FAIL'}"
                      + ("" if self.passed else f" ({', '.join(self.failed_checks())})"))
         return "\n".join(lines)

@@ -142,12 +142,17 @@ def defect_names() -> list[str]:
     return list(DEFECTS)
 
 
-def status_of(defect: TrainingDefect, result) -> tuple[str, str]:
-    """(status, note) of one defect's training parity result (module docstring)."""
-    failing = result.failed_checks()
+def status_of(defect: TrainingDefect, result, correct=None) -> tuple[str, str]:
+    """(status, note) of one defect's training parity result (module docstring). A check
+    the correct run (`correct`, on the same trajectory) fails too is no evidence: only
+    checks that the correct trainer passes can catch a defect."""
+    baseline = set(correct.failed_checks()) if correct is not None else set()
+    failing = [check for check in result.failed_checks() if check not in baseline]
     if not failing:
         name, value, limit = result.closest_to_failing()
-        return BELOW, f"passes: closest {name} {value:.2e} <= {limit:.0e}"
+        return BELOW, (f"passes: closest {name} {value:.2e} <= {limit:.0e}" if not baseline
+                       else "fails only where the correct trainer fails too: "
+                       + ", ".join(sorted(baseline)))
     if set(failing) & set(defect.shows_in):
         return CAUGHT, "fails: " + ", ".join(failing)
     return MISSED, (f"fails only in {', '.join(failing)}; expected "

@@ -32,7 +32,8 @@ class TrainingZooReport:
         for name, result in self.defects.items():
             defect = DEFECTS[name]
             why = defect.applicable(result.rates)
-            out[name] = (NOT_APPLICABLE, why) if why else status_of(defect, result)
+            out[name] = (NOT_APPLICABLE, why) if why else status_of(defect, result,
+                                                                   self.correct)
         return out
 
     def not_caught(self) -> list[str]:

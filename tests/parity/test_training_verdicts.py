@@ -103,3 +103,22 @@ def test_the_worst_of_a_table_is_a_nan_wherever_it_stands():
         name, value = worst_of({f"t{i}": v for i, v in enumerate(values)})
         assert name == f"t{position}" and math.isnan(value)
     assert math.isnan(worst_of({})[1])
+
+
+def test_a_defect_counts_as_caught_only_by_a_check_the_correct_run_passes():
+    from parity.grads.training_zoo import BELOW, CAUGHT, DEFECTS, MISSED, status_of
+
+    def judged(loss_factors):
+        initial, torch_side, jax_side = _sides()
+        jax_side["0/losses"] = torch_side["0/losses"] * np.asarray(loss_factors)
+        return _judge(initial, torch_side, jax_side)
+
+    correct = judged([1, 1, 1, 1])
+    off_at_step_1 = judged([1 + 1e-3, 1, 1, 1])      # fails "first loss" and "losses"
+    off_later = judged([1, 1, 1 + 1e-3, 1])          # fails "losses" only
+    tv = DEFECTS["tv-dropped"]                       # must show in "first loss"
+    assert status_of(tv, off_at_step_1, correct)[0] == CAUGHT
+    assert status_of(tv, off_later, correct)[0] == MISSED
+    assert status_of(tv, correct, correct)[0] == BELOW
+    # when the correct trainer itself fails a check, failing it too is no evidence
+    assert status_of(DEFECTS["lr-plus-1pct"], off_later, off_later)[0] == BELOW

@@ -21,8 +21,8 @@ the result equals the whole-image forward to float32 rounding.
 
 The frameworks provide a `StageRunner` (port.tiled, reference_torch.tiled); this
 module owns the loop, the zero-padded reads and the storage of the maps: in
-memory when they fit the budget, else a numpy.memmap scratch file in a temporary
-folder (removed afterwards) that is mapped only for each read or write, so its
+memory when they fit the budget, else a nameless numpy.memmap scratch file, reserved
+whole before the first tile, that is mapped only for each read or write, so its
 pages never accumulate in the process's resident set.
 """
 
@@ -174,27 +174,40 @@ def map_bytes(height: int, width: int, dim: int) -> int:
 
 
 class MapStore:
-    """The (H, W, 4 * dim) float32 stage maps: an array, or a memmap scratch file."""
+    """The (H, W, 4 * dim) float32 stage maps: an array, or a memmap scratch file.
+
+    The scratch file is created without a name (O_TMPFILE, or unlinked as soon as it is
+    opened), so no kill, not even SIGKILL, can leave it behind, and its whole size is
+    reserved up front with posix_fallocate: a disk or tmpfs without room for it is one
+    line before any tile runs, never a SIGBUS in the middle of the run."""
 
     def __init__(self, height: int, width: int, channels: int, in_memory: bool,
                  scratch_dir: str | None = None):
         self.shape = (height, width, channels)
         self._array = None
-        self._dir = None
+        self._file = None
         if in_memory:
             self._array = np.zeros(self.shape, np.float32)
             return
-        need = map_bytes(height, width, channels // 4)
+        need = int(height) * int(width) * int(channels) * 4
         where = scratch_dir or tempfile.gettempdir()
-        free = shutil.disk_usage(where).free
-        if free < need * 1.05:
-            raise InputError(f"tiled inference needs {need / 2**30:.1f} GiB of scratch space "
-                             f"in {where}, which has {free / 2**30:.1f} GiB free (set TMPDIR "
-                             "to a roomier folder)")
-        self._dir = tempfile.mkdtemp(prefix="dln-tiles-", dir=where)
-        self._path = os.path.join(self._dir, "maps.f32")
-        with open(self._path, "wb") as fh:
-            fh.truncate(need)
+        try:
+            self._file = tempfile.TemporaryFile(prefix="dln-tiles-", dir=where)
+        except OSError as err:
+            raise InputError(f"tiled inference cannot create its scratch file in {where} "
+                             f"({err.strerror or err}; set TMPDIR to a writable folder)") \
+                from None
+        try:
+            os.posix_fallocate(self._file.fileno(), 0, need)
+        except OSError as err:
+            self.close()
+            try:
+                free = f", which has {_size(shutil.disk_usage(where).free)} free"
+            except OSError:
+                free = ""
+            raise InputError(f"tiled inference needs {_size(need)} of scratch space in "
+                             f"{where}{free} ({err.strerror or err}; set TMPDIR to a "
+                             "roomier folder)") from None
 
     @property
     def on_disk(self) -> bool:
@@ -204,7 +217,7 @@ class MapStore:
         if self._array is not None:
             return self._array[y0:y1]
         _, width, channels = self.shape
-        return np.memmap(self._path, np.float32, "r+", offset=y0 * width * channels * 4,
+        return np.memmap(self._file, np.float32, "r+", offset=y0 * width * channels * 4,
                          shape=(y1 - y0, width, channels))
 
     def read(self, y0: int, x0: int, size_y: int, size_x: int, channels: int) -> np.ndarray:
@@ -230,15 +243,19 @@ class MapStore:
 
     def close(self) -> None:
         self._array = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def padded_region(image: np.ndarray, y0: int, x0: int, size_y: int, size_x: int) -> np.ndarray:

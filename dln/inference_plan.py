@@ -28,6 +28,7 @@ import numpy as np
 
 from core.config import DLNConfig
 from core.errors import InputError
+from core.memory import MEMORY_FRACTION, WHOLE_IMAGE_BUDGET, available_memory, working_budget  # noqa: F401
 from core.progress import progress
 from core.atomic_files import write_text_atomic
 from core.tiling import (DEFAULT_TILE, HALO_LBP, TiledPlan, check_tile, landscape,
@@ -46,8 +47,6 @@ BYTES_PER_PIXEL_FIXED = 256   # decoded image, float input, output, uint8 copy
 # working memory is that of one tile, and the stage maps (4 x dim float32 per pixel)
 # stay in memory only when they fit the budget, else in a scratch file.
 TILED_BYTES_PER_PIXEL = 32
-MEMORY_FRACTION = 0.8         # of what is available, to leave room for everything else
-WHOLE_IMAGE_BUDGET = 3 * 2**30  # auto runs an image whole when its estimate fits this
 
 
 def bytes_per_pixel(config: DLNConfig, backend: str = "torch") -> int:
@@ -64,34 +63,6 @@ def tile_working_bytes(config: DLNConfig, backend: str, tile: int = DEFAULT_TILE
     """One tile's forward pass: the largest stage input is tile + 2 x the LBP halo."""
     side = tile + 2 * HALO_LBP
     return estimated_bytes(side, side, config, backend)
-
-
-def available_memory() -> int | None:
-    """Bytes this process may still allocate: MemAvailable, lowered by a cgroup
-    (container) limit when there is one; None where neither can be read."""
-    found = []
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
-        if limit != "max":
-            found.append(max(0, int(limit) - int(used)))
-    except (OSError, ValueError):
-        pass
-    return min(found) if found else None
-
-
-def working_budget() -> int:
-    available = available_memory()
-    if available is None:
-        return WHOLE_IMAGE_BUDGET
-    return min(WHOLE_IMAGE_BUDGET, int(available * MEMORY_FRACTION))
 
 
 def parse_tile(text: str) -> str | int:

@@ -46,12 +46,12 @@ def test_the_memmap_store_reads_zeros_outside_and_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     values = rng.random((7, 9, 8), dtype=np.float32)
     with MapStore(7, 9, 8, in_memory=False, scratch_dir=str(tmp_path)) as store:
-        assert store.on_disk and any(tmp_path.iterdir())
+        assert store.on_disk and not any(tmp_path.iterdir())  # a file without a name
         store.write(0, 0, 0, values)
         np.testing.assert_array_equal(store.read(-2, -3, 11, 15, 8),
                                       padded_region(values, -2, -3, 11, 15))
         np.testing.assert_array_equal(store.read(3, 4, 2, 2, 5), values[3:5, 4:6, :5])
-    assert not any(tmp_path.iterdir())  # the scratch folder is removed afterwards
+    assert not any(tmp_path.iterdir())
     assert tile_count(7, 9, 4) == 6
 
 
@@ -64,3 +64,58 @@ def test_sample_weights_dim64_tiled_equals_whole_on_a_small_image():
                                     maps_in_memory=(False,), bucket=False)
     bad = [r for r in rows if not r["passed"]]
     assert not bad, bad
+
+
+KILLED_CHILD = """
+import sys, time
+from core.tiling import MapStore
+store = MapStore(512, 512, 256, in_memory=False, scratch_dir=sys.argv[1])  # 256 MiB reserved
+print("reserved", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_sigkilled_tiled_run_leaves_no_scratch_bytes(tmp_path):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    free_before = shutil.disk_usage(scratch).free
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, str(scratch)],
+                             stdout=subprocess.PIPE, text=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    try:
+        assert child.stdout.readline().strip() == "reserved"
+        assert not any(scratch.iterdir())
+        held = free_before - shutil.disk_usage(scratch).free
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    assert not any(scratch.iterdir())
+    # the reservation was real while it ran (disk usage of other processes moves the free
+    # figure too, so only the sign is asserted: at least half the 256 MiB was taken)
+    assert held >= 2**27, held
+
+
+def test_scratch_space_that_cannot_be_reserved_is_one_clear_error(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from core.errors import InputError
+
+    def no_room(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    with pytest.raises(InputError) as err:
+        MapStore(100, 100, 64, in_memory=False, scratch_dir=str(tmp_path))
+    assert "needs 2 MiB of scratch space in" in str(err.value) and "\n" not in str(err.value)
+    assert "No space left on device" in str(err.value)
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(InputError, match="cannot create its scratch file"):
+        MapStore(4, 4, 4, in_memory=False, scratch_dir=str(tmp_path / "missing"))

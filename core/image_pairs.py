@@ -3,8 +3,9 @@
 `ImagePair` (a name, the low-light or predicted image, the reference image, both uint8
 RGB HWC) is what held-out evaluation (dln.heldout), Table 2 (parity.evaluation.table2)
 and the data sources (core.data: built-in held-out photographs, LOL's eval15) pass
-around. `match_by_name` pairs the files of two folders (LOL layout: low/ and high/
-share file names), read as uint8 RGB by `load_uint8`.
+around; `open_heldout_pairs` opens a `--data` argument ('builtin' or a LOL-layout
+folder) as such pairs. `match_by_name` pairs the files of two folders (LOL layout:
+low/ and high/ share file names), read as uint8 RGB by `load_uint8`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import InputError
 from core.images import ImageError, list_images, load_image
 
 
@@ -66,3 +68,25 @@ def load_uint8(path: str | os.PathLike) -> np.ndarray:
     rounded to 8 bits."""
     unit = load_image(path)
     return np.round(unit.astype(np.float64) * 255.0).astype(np.uint8)
+
+
+def open_heldout_pairs(data: str) -> tuple[list[ImagePair], str, list[str]]:
+    """('builtin' | a LOL-layout folder) -> (pairs, description, problems): the built-in
+    held-out pairs, or a folder's low/ and high/ (or eval15/low and eval15/high)
+    matched by name (core.data reads them; a bad pair is a problem line)."""
+    from core.data import HELDOUT_SPLITS, builtin_heldout, folder_heldout, pair_folders
+
+    if data == "builtin":
+        return builtin_heldout(), "built-in held-out synthetic pairs (seed 0)", []
+    root = Path(data)
+    if not root.is_dir():
+        raise InputError(f"--data {data}: not a folder (give a LOL-layout folder or 'builtin')")
+    found = pair_folders(root, HELDOUT_SPLITS)
+    if found is None:
+        raise InputError(f"--data {data}: no low/ and high/ folders (nor eval15/low, "
+                         "eval15/high)")
+    held, problems = folder_heldout(*found)
+    if not held:
+        raise InputError(f"--data {data}: no usable image pairs"
+                         + (f" ({problems[0]})" if problems else ""))
+    return held, f"{found[0].parent}", problems

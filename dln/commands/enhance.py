@@ -50,11 +50,26 @@ def register(sub) -> None:
                         "padding costs less than the compilations saved (shapes already in "
                         "the cache count as free), so a folder compiles a handful of "
                         "programs")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="write where the run's time went to FILE (JSON: named spans per "
+                        "thread on one clock: decode, trace, compile, compute per bucket, "
+                        "transfer, encode, write; `dln bench --workload folder --profile` "
+                        "accounts for them)")
     p.add_argument("--no-cache", action="store_true",
                    help="do not use JAX's persistent compilation cache ($DLN_CACHE_DIR, else "
                         "$XDG_CACHE_HOME/dln-port/jax, else ~/.cache/dln-port/jax), which "
                         "lets a second run of the same sizes compile nothing")
     p.set_defaults(run=run)
+
+
+def _write_profile(path: str, timeline) -> None:
+    from core.atomic_files import write_text_atomic
+    from core.errors import UserError
+
+    try:
+        write_text_atomic(path, timeline.to_json())
+    except OSError as err:
+        raise UserError(f"--profile {path}: cannot write ({err.strerror or err})") from None
 
 
 def _positive_int(text: str) -> int:
@@ -70,21 +85,27 @@ def _positive_int(text: str) -> int:
 
 
 def run(args) -> int:
+    from core.timeline import Timeline
     from dln.enhance import enhance_paths
-    from dln.inference_plan import parse_tile
-    from weights.convert import load_checkpoint
+    from frameworks.memory_plan import parse_tile
 
+    timeline = Timeline(enabled=args.profile is not None)
+    with timeline.span("imports"):
+        from weights.convert import load_checkpoint
     tile = parse_tile(args.tile)
     overrides = parse_variant(args.variant)
     if args.gamma is not None:
         overrides["gamma"] = args.gamma
         parse_variant(f"gamma={args.gamma}")  # validate
-    ckpt = load_checkpoint(args.weights, overrides)
+    with timeline.span("load_checkpoint"):
+        ckpt = load_checkpoint(args.weights, overrides)
     for note in ckpt.notes:
         print(f"note: {note}", file=sys.stderr)
     result = enhance_paths(ckpt, args.inputs, args.out, backend=args.backend,
                            overwrite=args.overwrite, max_pixels=args.max_pixels, tile=tile,
-                           batch=args.batch, use_cache=not args.no_cache)
+                           batch=args.batch, use_cache=not args.no_cache, timeline=timeline)
+    if args.profile:
+        _write_profile(args.profile, timeline)
     for line in result.notes:
         print(f"note: {line}", file=sys.stderr)
     for line in result.failures:

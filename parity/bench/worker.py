@@ -63,7 +63,7 @@ class Worker:
         self._matmul_cache: dict = {}
 
     def setup(self, req: dict) -> dict:
-        from parity.bench.backends import BackendUnavailable, make_runner
+        from frameworks.predictor import BackendUnavailable, Predictor
         from weights.convert import load_checkpoint
 
         ckpt = load_checkpoint(req["weights"])
@@ -71,8 +71,8 @@ class Worker:
             (req["batch"], req["height"], req["width"], 3), dtype=np.float32)
         before = rss_mib()
         try:
-            runner = make_runner(req["backend"], ckpt, jax_fast=req.get("jax_fast", True),
-                                 channels_last=req.get("channels_last", False))
+            runner = Predictor(ckpt, req["backend"], jax_fast=req.get("jax_fast", True),
+                               channels_last=req.get("channels_last", False))
             start = time.perf_counter()
             runner.prepare(x)
             warmup = time.perf_counter() - start
@@ -81,8 +81,10 @@ class Worker:
         self.runner = runner
         reply = {"ok": True, "settings": runner.settings, "warmup_s": warmup,
                  "rss_before_mib": before, "peak_rss_mib": peak_rss_mib()}
-        if hasattr(runner, "compiled_stats"):
-            reply["xla"] = runner.compiled_stats()
+        if runner.backend == "jax":
+            from parity.bench.jax_profile import compiled_stats
+
+            reply["xla"] = compiled_stats(*runner.jax_forward)
         return reply
 
     def time(self, req: dict) -> dict:
@@ -93,9 +95,13 @@ class Worker:
         return {"ok": True, "seconds": time_steps(self.runner.step, int(req["repeats"]))}
 
     def profile(self, req: dict) -> dict:
-        if not hasattr(self.runner, "profile"):
+        if self.runner is None or self.runner.backend != "jax":
             return {"ok": False, "error": "profile needs the jax backend, set up first"}
-        return {"ok": True, "profile": self.runner.profile(int(req.get("runs", 2)))}
+        from parity.bench.jax_profile import profile_forward
+
+        return {"ok": True, "profile": profile_forward(*self.runner.jax_forward,
+                                                       self.runner.config,
+                                                       int(req.get("runs", 2)))}
 
     def _matmul_step(self, library: str, n: int):
         key = (library, n)

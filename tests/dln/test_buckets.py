@@ -76,7 +76,8 @@ def test_compilation_cache_is_written_to_the_given_folder(tmp_path, authors_pth_
 
 def test_auto_runs_small_images_whole_and_12_megapixels_tiled_with_maps_on_disk():
     from core.config import DLNConfig
-    from dln.inference_plan import WHOLE_IMAGE_BUDGET, parse_tile, plan_image
+    from core.memory import WHOLE_IMAGE_BUDGET
+    from frameworks.memory_plan import parse_tile, plan_image
 
     cfg = DLNConfig()
     budget = WHOLE_IMAGE_BUDGET
@@ -161,7 +162,7 @@ def test_a_merged_or_transposed_bucket_gives_the_plain_forward(tmp_path):
 
 def test_the_bucket_index_remembers_compiled_shapes_per_batch(tmp_path):
     from core.config import DLNConfig
-    from dln.inference_plan import BucketIndex
+    from port.compile_cache import BucketIndex
 
     index = BucketIndex(tmp_path, DLNConfig(dim=16))
     assert index.compiled(1) == set()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from core.config import DLNConfig
-from core.tiling import HALO_F1, HALO_FINAL, HALO_LBP, MapStore, padded_region, tile_count
+from core.tiling import MapStore, padded_region, tile_count
 from parity.engine.tiling import compare_tiled_with_whole
 from weights.convert import load_checkpoint
 
@@ -26,10 +26,22 @@ def ckpt16(tmp_path_factory):
     return load_checkpoint(path)
 
 
-def test_halos_are_the_receptive_fields_of_the_stages():
+def test_the_stage_table_read_off_the_tensor_table_has_the_receptive_fields_as_halos(ckpt16):
+    from port.tiled import JaxStages
+    from reference_torch.tiled import TorchStages
+    from weights.stages import dln_stages
+
+    table = dln_stages(DLNConfig())
     # f1: two 3x3 convs; LBP: 1x1 outlayer, then 3 x (three 3x3 convs) chained, 1x1
     # local weights; final: feature 3x3 + out 3x3
-    assert (HALO_F1, HALO_LBP, HALO_FINAL) == (2, 3 * 3, 2)
+    assert [(s.name, s.halo) for s in table] == [("f1", 2), ("lbp1", 9), ("lbp2", 9),
+                                                 ("lbp3", 9), ("final", 2)]
+    assert [(s.reads, s.writes, s.mean, s.image) for s in table] == [
+        (0, 64, False, True), (64, 64, True, False), (128, 64, True, False),
+        (192, 64, True, False), (256, 0, False, True)]
+    # both frameworks run the one table
+    assert JaxStages(ckpt16.flax_tree(), ckpt16.config).stages == dln_stages(ckpt16.config)
+    assert TorchStages(ckpt16.torch_state, ckpt16.config).stages == dln_stages(ckpt16.config)
 
 
 @pytest.mark.parametrize("size,tile,stores", [((45, 71), 20, (True, False)),

@@ -130,9 +130,9 @@ def test_published_rows_are_the_reports_figures_marked_as_published(
 
 def test_builtin_data_are_the_bundled_samples(tmp_path):
     from core.paths import SAMPLE_IMAGES
-    from parity.evaluation.table2 import load_pairs
+    from core.image_pairs import open_heldout_pairs
 
-    pairs, _, problems = load_pairs("builtin")
+    pairs, _, problems = open_heldout_pairs("builtin")
     assert not problems
     assert [p.name for p in pairs] == sorted(p.stem for p in (SAMPLE_IMAGES / "low").iterdir())
     for pair in pairs:

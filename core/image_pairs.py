@@ -63,11 +63,48 @@ def match_by_name(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> Mat
 
 
 def load_uint8(path: str | os.PathLike) -> np.ndarray:
-    """An image as uint8 RGB (H, W, 3): 8-bit files exactly as stored (the project's
-    loader divides by 255 in float32, which rounding undoes exactly); 16-bit files
-    rounded to 8 bits."""
+    """An image as uint8 RGB (H, W, 3), as core.images.load_image reads it (orientation,
+    palettes, grey, alpha dropped): 8-bit files exactly as stored, decoded straight to
+    uint8 (load_image's x / 255 in float32, which rounding undoes exactly, would hold
+    12 bytes per pixel more); 16-bit files rounded to 8 bits, a strip of rows at a time."""
+    fast = _load_8bit(Path(path))
+    if fast is not None:
+        return fast
     unit = load_image(path)
-    return np.round(unit.astype(np.float64) * 255.0).astype(np.uint8)
+    out = np.empty(unit.shape, np.uint8)
+    for y in range(0, unit.shape[0], 256):
+        out[y:y + 256] = np.round(unit[y:y + 256].astype(np.float64) * 255.0)
+    return out
+
+
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+
+
+def _load_8bit(path: Path) -> np.ndarray | None:
+    """The uint8 pixels of an 8-bit PNG / JPEG / BMP within load_image's pixel limit;
+    None for anything else (load_image then reads it, or says why it cannot)."""
+    from PIL import Image
+
+    from core import png16
+    from core.images import (DECODERS, DEFAULT_MAX_PIXELS, _open_regular, _orientation,
+                             _quiet_pillow, orient)
+
+    _quiet_pillow()
+    try:
+        with _open_regular(path) as fh:
+            head = fh.read(33)
+            fh.seek(0)
+            with Image.open(fh, formats=DECODERS) as im:
+                width, height = im.size
+                if (im.mode not in EIGHT_BIT_MODES or width * height > DEFAULT_MAX_PIXELS
+                        or (im.format == "PNG" and png16.is_16bit_colour(head))):
+                    return None
+                im.load()
+                orientation = _orientation(im.getexif())
+                rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"), np.uint8)
+    except Exception:  # noqa: BLE001 - load_image reads it again and words the problem
+        return None
+    return orient(rgb, orientation)
 
 
 def open_heldout_pairs(data: str) -> tuple[list[ImagePair], str, list[str]]:

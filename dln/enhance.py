@@ -139,7 +139,11 @@ def plan_run(paths: list[Path], output_dir: Path, predictor: Predictor, limit: P
              overwrite: bool, batch: int, result: EnhanceResult) -> list[Unit]:
     """Every image planned from its header, in the order given; the refused ones are
     lines in result.failures. Returns the units to run, in order."""
+    from PIL import Image
+
     config, backend = predictor.config, predictor.backend
+    if limit.pixels > (Image.MAX_IMAGE_PIXELS or 0):
+        Image.MAX_IMAGE_PIXELS = limit.pixels  # as load_image does: headers up to the limit
     jobs: list[Job] = []
     seen: dict[str, Path] = {}
     for path in paths:

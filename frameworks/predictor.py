@@ -191,9 +191,9 @@ class Predictor:
         bar = progress(None, desc=f"tiles {label}".strip(), unit="tile", total=total,
                        disable=not show_progress)
         try:
-            with self.timeline.span("compute", program=f"tiled {plan.tile}"):
+            with self.timeline.span("tiled", program=f"tiled {plan.tile}"):
                 return run_tiled(self.stages, image, TiledPlan(plan.tile, plan.maps_in_memory),
-                                 on_tile=lambda: bar.update(1))
+                                 on_tile=lambda: bar.update(1), timeline=self.timeline)
         finally:
             bar.close()
 

@@ -127,12 +127,11 @@ class JaxStages:
             maps.append(self._apply(params, mask, fn, z, _masked_mean(z, mask)))
         return self._apply(params, mask, _final, jnp.concatenate(maps, axis=-1), x)
 
-    def run_stage(self, index, maps, image, mean, mask):
+    def start_stage(self, index, maps, image, mean, mask) -> "Fetch":
         stage = self.stages[index]
         batch = (lambda a: None if a is None else a[None])
-        out = self._stage(self._params, stage.name, stage.halo, batch(maps), batch(image),
-                          batch(mean), mask[None])
-        return np.asarray(jax.block_until_ready(out))[0]
+        return Fetch(self._stage(self._params, stage.name, stage.halo, batch(maps),
+                                 batch(image), batch(mean), mask[None]))
 
     @property
     def params(self):
@@ -143,6 +142,16 @@ class JaxStages:
         the checkpoint's parameters or the given ones (e.g. transposed)."""
         out = self._bucket(self._params if params is None else params, x, mask)
         return np.asarray(jax.block_until_ready(out))
+
+
+class Fetch:
+    """A dispatched stage tile: result() waits for it and brings its core to the host."""
+
+    def __init__(self, out):
+        self._out = out
+
+    def result(self) -> np.ndarray:
+        return np.asarray(jax.block_until_ready(self._out))[0]
 
 
 def transposed_params(tree: dict) -> dict:
@@ -253,7 +262,8 @@ class Pending:
         with self._lock:
             if not self._computed:
                 jax.block_until_ready(self._out)
-                self._timeline.add("compute", self._started, time.time(), program=self.label)
+                self._timeline.add("compute", self._started, time.time(), program=self.label,
+                                   asynchronous=True)
                 self._computed = True
 
     def result(self) -> list[np.ndarray]:

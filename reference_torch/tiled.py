@@ -20,6 +20,14 @@ from reference_torch.inference import model_from_state
 from weights.stages import dln_stages
 
 
+class Computed:
+    def __init__(self, value: np.ndarray):
+        self._value = value
+
+    def result(self) -> np.ndarray:
+        return self._value
+
+
 class TorchStages:
     """core.tiling.StageRunner for the reference model (weights.stages' table), and its
     unmodified whole-image forward."""
@@ -88,7 +96,11 @@ class TorchStages:
             self._mask = None
 
     # ---- core.tiling.StageRunner ----
-    def run_stage(self, index, maps, image, mean, mask):
+    def start_stage(self, index, maps, image, mean, mask) -> "Computed":
+        """PyTorch on the CPU computes synchronously: the result is there on return."""
+        return Computed(self._run_stage(index, maps, image, mean, mask))
+
+    def _run_stage(self, index, maps, image, mean, mask):
         stage = self.stages[index]
         if stage.name == "f1":
             args = (self.tensor(image[None]),)

@@ -175,7 +175,8 @@ def plan_run(paths: list[Path], output_dir: Path, predictor: Predictor, limit: P
         unit.jobs.append(job)
         if len(unit.jobs) >= _batch_limit(job, batch, result):
             del open_units[job.key]
-    return units
+    # the largest first, the smallest last: the run ends with the shortest encode
+    return sorted(units, key=lambda u: -sum(j.size[0] * j.size[1] for j in u.jobs if j.size))
 
 
 def _batch_limit(job: Job, batch: int, result: EnhanceResult) -> int:
@@ -356,6 +357,12 @@ class _Pipeline:
             unit, images = item
             for part in self._parts(unit, images):
                 previous = self._run_part(part, previous) or previous
+        if previous is not None:   # the last batch computing: what the writer waits for
+            with self.timeline.span("wait_previous"):
+                try:
+                    previous.wait()
+                except Exception:  # noqa: BLE001 - the writer reports it, per image
+                    pass
 
     def _write(self) -> None:
         while True:

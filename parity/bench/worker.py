@@ -15,6 +15,9 @@ library prints is ignored by the driver). Requests:
   {"op": "matmul", "library": "numpy" | "torch" | "jax", "n": N, "repeats": r}
       seconds of r (N x N) @ (N x N) float32 products, after one warm-up
   {"op": "profile"}   (jax only) per-op times of the forward, parity.bench.jax_profile
+  {"op": "per_image", "sizes": [[H, W], ...], "repeats": r}
+      after setup: for each size, one forward pass of one image at exactly that size
+      (JAX: compiled first), timed r times; the best of each, in seconds
   {"op": "quit"}
 
 Separate processes keep the backends' thread pools and allocators apart, while
@@ -103,6 +106,18 @@ class Worker:
                                                        self.runner.config,
                                                        int(req.get("runs", 2)))}
 
+    def per_image(self, req: dict) -> dict:
+        from parity.bench.backends import time_steps
+
+        if self.runner is None:
+            return {"ok": False, "error": "per_image before setup"}
+        rng = np.random.default_rng(0)
+        best = []
+        for height, width in req["sizes"]:
+            self.runner.prepare(rng.random((1, height, width, 3), dtype=np.float32))
+            best.append(min(time_steps(self.runner.step, int(req.get("repeats", 1)))))
+        return {"ok": True, "seconds": best}
+
     def _matmul_step(self, library: str, n: int):
         key = (library, n)
         if key in self._matmul_cache:
@@ -159,7 +174,7 @@ def main() -> int:
             if op == "quit":
                 reply({"ok": True})
                 return 0
-            if op not in ("setup", "time", "matmul", "profile"):
+            if op not in ("setup", "time", "matmul", "profile", "per_image"):
                 reply({"ok": False, "error": f"unknown op {op!r}"})
                 continue
             reply(getattr(worker, op)(req))

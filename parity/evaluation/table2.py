@@ -120,16 +120,16 @@ def common_resolution(pairs: list[ImagePair]) -> tuple[int, int]:
 
 
 # ---- measuring one model ---------------------------------------------------------------------
-def evaluate_model(name: str, path: str, backend: str, pairs: list[ImagePair], repeats: int,
+def evaluate_model(name: str, ckpt, backend: str, pairs: list[ImagePair], repeats: int,
                    keep_outputs: int = GRID_IMAGES, tick=None) -> ModelRow:
+    """One model (a loaded weights.convert.Checkpoint) on one backend."""
     from core.data import to_float
     from core.images import quantize
     from core.evaluation import evaluate_pair
     from frameworks.predictor import Predictor
     from parity.bench.backends import time_steps
-    from weights.convert import load_checkpoint
 
-    ckpt = load_checkpoint(path)
+    path = ckpt.source
     predictor = Predictor(ckpt, backend, channels_last=True)  # torch's faster format here
     per_image, outputs = [], {}
     for i, pair in enumerate(pairs):
@@ -160,6 +160,7 @@ def run_table2(models: list[tuple[str, str]], data: str, backends: tuple[str, ..
                repeats: int = DEFAULT_REPEATS, column: str | None = None,
                show_progress: bool = True) -> Table2Result:
     from core.progress import progress
+    from weights.convert import load_checkpoint
 
     if not models:
         raise Table2Error("give at least one --model NAME=FILE")
@@ -172,10 +173,11 @@ def run_table2(models: list[tuple[str, str]], data: str, backends: tuple[str, ..
                    total=len(models) * len(backends) * len(pairs))
     try:
         for name, path in models:
+            ckpt = load_checkpoint(path)   # read and checked once, for every backend
             for backend in backends:
                 label = name if len(backends) == 1 else f"{name} ({backend})"
                 bar.set_postfix_str(label)
-                rows.append(evaluate_model(label, path, backend, pairs, repeats,
+                rows.append(evaluate_model(label, ckpt, backend, pairs, repeats,
                                            tick=lambda: bar.update(1)))
     finally:
         bar.close()

@@ -1,9 +1,9 @@
 """`dln enhance`: images in, enhanced PNGs out, with either backend.
 
 A run has two parts. Planning, from the file headers, before anything is decoded or
-written (`plan_run`): each image's output name must be free (not taken by an earlier
-input with the same stem, not the input itself, not an existing file unless
-overwrite=True); its pixel count must be within the limit (--max-pixels, or by default
+written (`plan_run`): each image's output name must be free (not an input of the run,
+not the output of an earlier input: core.run_outputs, decided for all images at once;
+not an existing file unless overwrite=True); its pixel count must be within the limit (--max-pixels, or by default
 the smaller of DEFAULT_MAX_PIXELS and what a tiled run fits in 80 % of the memory
 available); the predictor plans it whole (in a size bucket or at its own size) or tiled
 (frameworks.memory_plan), and whole images are grouped into batches. Every problem of
@@ -39,6 +39,7 @@ from core.images import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, ImageTo
                          write_png_atomic)
 from core.memory import MEMORY_FRACTION, available_memory, working_budget
 from core.progress import progress
+from core.run_outputs import refused_outputs
 from core.timeline import Timeline
 from core.tiling import landscape, map_bytes, map_channels
 from frameworks.memory_plan import (TILED_BYTES_PER_PIXEL, ImagePlan,  # noqa: F401
@@ -110,13 +111,6 @@ def _prepare_output_dir(output_dir: Path) -> None:
                          f"({err.strerror or err})") from None
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 @dataclasses.dataclass
 class Job:
     """One image of the run: where it comes from and goes, and how it runs."""
@@ -145,10 +139,11 @@ def plan_run(paths: list[Path], output_dir: Path, predictor: Predictor, limit: P
     if limit.pixels > (Image.MAX_IMAGE_PIXELS or 0):
         Image.MAX_IMAGE_PIXELS = limit.pixels  # as load_image does: headers up to the limit
     jobs: list[Job] = []
-    seen: dict[str, Path] = {}
+    refused = refused_outputs((path, output_dir / f"{path.stem}.png") for path in paths)
+    result.failures += refused.values()  # decided for the whole run before any write
     for path in paths:
         dst = output_dir / f"{path.stem}.png"
-        if not _output_free(path, dst, seen, overwrite, result):
+        if path in refused or not _output_free(path, dst, overwrite, result):
             continue
         size = header_size(path)
         if size and size[0] * size[1] > limit.pixels:
@@ -259,16 +254,7 @@ def enhance_paths(ckpt, inputs: list[str | os.PathLike], output_dir: str | os.Pa
     return result
 
 
-def _output_free(path: Path, dst: Path, seen: dict, overwrite: bool,
-                 result: "EnhanceResult") -> bool:
-    if path.stem in seen:
-        result.failures.append(f"{path}: output name {dst.name} already used by "
-                               f"{seen[path.stem]}")
-        return False
-    seen[path.stem] = path
-    if _same_file(path, dst):
-        result.failures.append(f"{path}: refused: the output {dst} would replace this input")
-        return False
+def _output_free(path: Path, dst: Path, overwrite: bool, result: "EnhanceResult") -> bool:
     if not overwrite and (dst.exists() or dst.is_symlink()):
         result.skipped.append(dst)
         result.failures.append(f"{path}: not enhanced: {dst} exists (--overwrite replaces it)")

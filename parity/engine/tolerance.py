@@ -215,3 +215,14 @@ def psnr_shift_bound_db(prediction_uint8, reference_uint8,
 # tiny encoder-decoder example (examples/tiny_unet, width 8, 2 x 3 x 16 x 16): see
 # worst 4.1e-6 (up.bias) on the 2-core dev machine; held to the forward tolerance.
 MODEL_GRAD_TOL = FORWARD_ATOL
+# Flax NNX port vs the Linen port (port/nnx_model.py vs port/model.py), same weights and
+# input: the same lax operations in the same order (convolutions, dense products, the
+# 1x1 dot rewrite), so XLA compiles the same program. Measured on the 2-core AMD EPYC:
+# forward bit-equal (max|diff| 0.0) at dim 16 (both variants' switches, 2 x 37 x 29 and
+# 1 x 19 x 27) and at dim 64 (1 x 21 x 33); the NNX trainer (nnx.Optimizer + optax) vs
+# the Linen trainer, 20 steps at dim 16 (batch 2 x 32^2): all 20 losses and all 125 final
+# tensors bit-equal. Held to 1e-6 relative to scale (~8 float32 ulps of an O(1) value;
+# losses relative to themselves), not to 0, only so that a future XLA fusing the two
+# traces differently cannot fail it; a real porting difference (a flipped kernel, another
+# padding, a wrong Adam term) is orders of magnitude larger.
+NNX_VS_LINEN_ATOL = 1e-6

@@ -12,6 +12,10 @@ seeded batches, then compares
 With `data_parallel_devices=N` the JAX worker also reruns the first steps on N devices
 (on a CPU-only machine N forced host devices, XLA_FLAGS=
 --xla_force_host_platform_device_count=N) and compares those losses with one device's.
+`flax_frameworks=("jax", "nnx")` trains the Flax NNX port too, in the same JAX worker on
+the same batches against the same PyTorch run: its result is `result.others["nnx"]`,
+compared with PyTorch by the same rules, and with the Linen trainer step for step
+(`nnx_vs_linen`).
 
 Both sides train with core.recipe.AUTHORS_RECIPE (the learning rate may be given).
 Worker entry point (used by the subprocesses, started by parity.workers):
@@ -33,8 +37,8 @@ from core.atomic_files import save_figure_atomic
 from core.config import DLNConfig
 from core.recipe import AUTHORS_RECIPE
 from core.report_files import write_report
-from parity.engine.tolerance import (DATA_PARALLEL_LOSS_RTOL, TRAIN_LOSS_RTOL, TRAIN_WEIGHTS_RTOL,
-                                     TRAIN_UPDATE_FLIP_FRACTION,
+from parity.engine.tolerance import (DATA_PARALLEL_LOSS_RTOL, NNX_VS_LINEN_ATOL, TRAIN_LOSS_RTOL,
+                                     TRAIN_UPDATE_FLIP_FRACTION, TRAIN_WEIGHTS_RTOL, compare,
                                      relative_l2)
 from parity.trainers import make_trainer
 from parity.workers import run_worker
@@ -67,6 +71,10 @@ class TrainingParityResult:
     # differences, and the largest element difference of the update in units of lr
     update_rel_trimmed: dict[str, float] = dataclasses.field(default_factory=dict)
     update_max_in_lr: dict[str, float] = dataclasses.field(default_factory=dict)
+    framework: str = "jax"  # the Flax trainer of this result: "jax" (Linen) or "nnx"
+    final_weights: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
+    # other Flax trainers run against the same PyTorch run, by framework
+    others: dict[str, "TrainingParityResult"] = dataclasses.field(default_factory=dict)
 
     @property
     def data_parallel_rel(self) -> list[float]:
@@ -90,7 +98,25 @@ class TrainingParityResult:
     def passed(self) -> bool:
         return (self.worst_loss <= TRAIN_LOSS_RTOL
                 and self.worst(self.weight_rel)[1] <= TRAIN_WEIGHTS_RTOL
-                and max(self.data_parallel_rel, default=0.0) <= DATA_PARALLEL_LOSS_RTOL)
+                and max(self.data_parallel_rel, default=0.0) <= DATA_PARALLEL_LOSS_RTOL
+                and all(other.passed and other.agrees_with(self) for other in
+                        self.others.values()))
+
+    def step_difference(self, other: "TrainingParityResult") -> tuple[float, str, float]:
+        """Another Flax trainer against this one, same batches: (worst relative difference
+        of the losses, and the final tensor that differs most with its max|diff| relative
+        to scale), e.g. NNX vs Linen."""
+        losses = max((abs(a - b) / max(abs(b), 1e-12) for a, b in
+                      zip(other.losses_jax, self.losses_jax)), default=0.0)
+        rel = {k: compare(other.final_weights[k], v).rel_to_scale
+               for k, v in self.final_weights.items()}
+        name = max(rel, key=rel.get) if rel else ""
+        return losses, name, rel.get(name, 0.0)
+
+    def agrees_with(self, reference: "TrainingParityResult") -> bool:
+        """Step for step within NNX_VS_LINEN_ATOL of the reference Flax trainer."""
+        losses, _, weights = reference.step_difference(self)
+        return losses <= NNX_VS_LINEN_ATOL and weights <= NNX_VS_LINEN_ATOL
 
     def as_dict(self) -> dict:
         return {"config": json.loads(self.config.to_json()), "steps": self.steps,
@@ -103,7 +129,11 @@ class TrainingParityResult:
                 "worst_update": list(self.worst(self.update_rel)),
                 "data_parallel_devices": self.data_parallel_devices,
                 "losses_jax_data_parallel": self.losses_jax_data_parallel,
-                "data_parallel_rel": self.data_parallel_rel, "passed": self.passed}
+                "data_parallel_rel": self.data_parallel_rel, "framework": self.framework,
+                "others": {fw: {**other.as_dict(), "vs_" + self.framework: dict(zip(
+                    ("worst_loss_rel", "worst_tensor", "worst_rel_to_scale"),
+                    self.step_difference(other)))} for fw, other in self.others.items()},
+                "passed": self.passed}
 
     def text(self) -> str:
         wname, wrel = self.worst(self.weight_rel)
@@ -121,6 +151,11 @@ class TrainingParityResult:
                f"{len(self.data_parallel_rel)} losses: worst relative error "
                f"{max(self.data_parallel_rel):.2e} (tolerance {DATA_PARALLEL_LOSS_RTOL:.0e})"]
               if self.data_parallel_rel else []),
+            *[line for fw, other in self.others.items() for line in (
+                f"  {fw} trainer:", *("  " + t for t in other.text().splitlines()[1:-1]),
+                "    vs {}: losses {:.2e}, final {} {:.2e} relative to scale "
+                "(tolerance {:.0e})".format(self.framework, *self.step_difference(other),
+                                            NNX_VS_LINEN_ATOL))],
             f"  {'PASS' if self.passed else 'FAIL'}"])
 
     def markdown(self) -> str:
@@ -167,8 +202,11 @@ def _stream(request: dict):
 
 
 def _train_side(request: dict) -> dict[str, np.ndarray]:
-    """Train request["steps"] steps; for JAX with data_parallel_devices > 0, also train the
-    first DATA_PARALLEL_STEPS steps again on that many devices."""
+    """Train request["steps"] steps with each of request["frameworks"] (results of all but
+    the first under "FRAMEWORK:" prefixes); for the first Flax trainer, with
+    data_parallel_devices > 0, also train the first DATA_PARALLEL_STEPS steps again on
+    that many devices (~10 s of compilation per trainer on 2 CPU cores: one is enough to
+    check the data-parallel arithmetic the Linen and NNX steps share)."""
     from weights.training_checkpoint import TrainingCheckpoint
 
     config = DLNConfig.from_json(request["config"])
@@ -178,8 +216,8 @@ def _train_side(request: dict) -> dict[str, np.ndarray]:
 
     recipe = dataclasses.replace(AUTHORS_RECIPE, lr=request["lr"], seed=request["seed"])
 
-    def run(devices: int | None, steps: int):
-        trainer = make_trainer(request["framework"], config, TrainingCheckpoint(params), recipe,
+    def run(framework: str, devices: int | None, steps: int):
+        trainer = make_trainer(framework, config, TrainingCheckpoint(params), recipe,
                                devices=devices)
         losses = []
         for step in range(steps):
@@ -187,11 +225,17 @@ def _train_side(request: dict) -> dict[str, np.ndarray]:
             losses.append(trainer.loss_value(trainer.step(low, high, request["lr"])))
         return np.asarray(losses, np.float64), trainer
 
-    losses, trainer = run(1, request["steps"])
-    out = {"losses": losses, **{f"w/{k}": v for k, v in trainer.export().params.items()}}
-    devices = int(request.get("data_parallel_devices", 0))
-    if devices and request["framework"] == "jax":
-        out["losses_data_parallel"], _ = run(devices, min(DATA_PARALLEL_STEPS, request["steps"]))
+    out = {}
+    frameworks = request.get("frameworks") or [request["framework"]]
+    for index, framework in enumerate(frameworks):
+        prefix = f"{framework}:" if index else ""
+        losses, trainer = run(framework, 1, request["steps"])
+        out[f"{prefix}losses"] = losses
+        out.update({f"{prefix}w/{k}": v for k, v in trainer.export().params.items()})
+        devices = int(request.get("data_parallel_devices", 0))
+        if devices and framework != "torch" and not index:  # the first Flax trainer only
+            out[f"{prefix}losses_data_parallel"], _ = run(
+                framework, devices, min(DATA_PARALLEL_STEPS, request["steps"]))
     stream.close()
     return out
 
@@ -222,14 +266,16 @@ def training_parity(config: DLNConfig = DLNConfig(), steps: int = LOSS_STEPS, ba
                     patch: int = 48, lr: float = AUTHORS_RECIPE.lr, seed: int = 0,
                     data: str = PARITY_DATA,
                     data_parallel_devices: int = 0,
-                    initial: dict[str, np.ndarray] | None = None) -> TrainingParityResult:
+                    initial: dict[str, np.ndarray] | None = None,
+                    flax_frameworks: tuple[str, ...] = ("jax",)) -> TrainingParityResult:
     """Train both frameworks `steps` steps from the same weights on the same batches.
 
     lr defaults to the authors' (core.recipe). data_parallel_devices = N > 1 also runs the JAX
     side's first steps on N devices (forced host devices on a CPU-only machine) and
     compares their losses with the single-device run; the batch must divide by N.
     `initial` (flat Flax-named weights, e.g. a Checkpoint's flax_params) replaces the
-    seeded random starting weights.
+    seeded random starting weights. flax_frameworks: the Flax trainers to run, in one
+    worker; the result is the first one's, the others are in `result.others`.
     """
     if data_parallel_devices and batch % data_parallel_devices:
         raise ValueError(f"batch {batch} does not split over {data_parallel_devices} devices")
@@ -247,7 +293,22 @@ def training_parity(config: DLNConfig = DLNConfig(), steps: int = LOSS_STEPS, ba
                    "init": str(workdir / "init.npz"),
                    "data_parallel_devices": int(data_parallel_devices)}
         torch_side = _run_worker({**request, "framework": "torch"}, workdir)
-        jax_side = _run_worker({**request, "framework": "jax"}, workdir, env)
+        jax_side = _run_worker({**request, "framework": flax_frameworks[0],
+                                "frameworks": list(flax_frameworks)}, workdir, env)
+    results = {}
+    for index, framework in enumerate(flax_frameworks):
+        prefix = f"{framework}:" if index else ""
+        side = {k[len(prefix):]: v for k, v in jax_side.items() if k.startswith(prefix)} \
+            if prefix else jax_side
+        results[framework] = _compare_sides(config, steps, batch, patch, lr, initial,
+                                            torch_side, side, data_parallel_devices, framework)
+    result = results[flax_frameworks[0]]
+    result.others = {fw: results[fw] for fw in flax_frameworks[1:]}
+    return result
+
+
+def _compare_sides(config, steps, batch, patch, lr, initial, torch_side, jax_side,
+                   data_parallel_devices, framework) -> TrainingParityResult:
     weight_rel, update_rel, trimmed, most = {}, {}, {}, {}
     for name, start in initial.items():
         w_t, w_j = torch_side[f"w/{name}"], jax_side[f"w/{name}"]
@@ -258,7 +319,7 @@ def training_parity(config: DLNConfig = DLNConfig(), steps: int = LOSS_STEPS, ba
         config, steps, batch, patch, lr, [float(x) for x in torch_side["losses"]],
         [float(x) for x in jax_side["losses"]], weight_rel, update_rel,
         [float(x) for x in jax_side.get("losses_data_parallel", [])], int(data_parallel_devices),
-        trimmed, most)
+        trimmed, most, framework, final_weights={name: jax_side[f"w/{name}"] for name in initial})
 
 
 def _trimmed_update(update_jax: np.ndarray, update_torch: np.ndarray, lr: float

@@ -189,3 +189,16 @@ def test_table2_runs_images_over_the_budget_in_tiles_with_the_same_metrics(
     for a, b in zip(whole.rows[0].per_image, tiled.rows[0].per_image):
         assert a["image"] == b["image"]
         assert abs(a["psnr"] - b["psnr"]) < 0.05 and abs(a["ssim"] - b["ssim"]) < 1e-3, (a, b)
+
+
+def test_model_and_image_names_cannot_break_a_table2_markdown_row():
+    from types import SimpleNamespace
+
+    from parity.evaluation.table2 import per_image_markdown
+
+    row = SimpleNamespace(name="evil | *bold*\nnext", per_image=[
+        {"image": "x|y\n", "psnr": 20.0, "ssim": 0.5, "theta": 3.0}])
+    lines = per_image_markdown(SimpleNamespace(rows=[row])).splitlines()
+    assert len(lines) == 3
+    cells = lines[2].replace("\\|", "").split("|")
+    assert len(cells) == 7 and "\\*bold\\*" in lines[2] and "\\n" in lines[2]

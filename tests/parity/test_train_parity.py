@@ -1,8 +1,9 @@
-"""Training parity (JAX vs torch, same weights and batches) and data parallel = one device.
+"""Training parity (JAX vs torch, same weights and batches) and data parallel = one device,
+for both Flax trainers: Linen ("jax") and NNX ("nnx"), which also take equal steps.
 
 One run of parity.grads.training_parity.training_parity serves all tests: torch trains in one
-subprocess, JAX in another that has two forced host devices and reruns its first
-steps data-parallel over both (neither framework's gradients share a process).
+subprocess, both Flax trainers in another that has two forced host devices and reruns
+their first steps data-parallel over both (neither framework's gradients share a process).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from core.config import DLNConfig
-from parity.engine.tolerance import (DATA_PARALLEL_LOSS_RTOL, TRAIN_LOSS_RTOL,
+from parity.engine.tolerance import (DATA_PARALLEL_LOSS_RTOL, NNX_VS_LINEN_ATOL, TRAIN_LOSS_RTOL,
                                      TRAIN_SCALAR_FINAL_RTOL, TRAIN_UPDATE_FLIP_LR,
                                      TRAIN_UPDATE_RTOL, TRAIN_WEIGHTS_RTOL)
 from parity.grads.training_parity import DATA_PARALLEL_STEPS, training_parity
@@ -22,28 +23,42 @@ def parity_dim16():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OMP_NUM_THREADS", "1")  # torch's thread pool stalls on a busy machine
         return training_parity(DLNConfig(dim=16), steps=20, batch=2, patch=32,
-                               data_parallel_devices=2)
+                               data_parallel_devices=2, flax_frameworks=("jax", "nnx"))
 
 
-def test_jax_and_torch_losses_agree_for_20_steps_at_dim_16(parity_dim16):
-    result = parity_dim16
+FLAX_TRAINERS = ["jax", "nnx"]
+
+
+def trainer_result(parity_dim16, framework):
+    return parity_dim16 if framework == "jax" else parity_dim16.others[framework]
+
+
+@pytest.mark.parametrize("framework", FLAX_TRAINERS)
+def test_jax_and_torch_losses_agree_for_20_steps_at_dim_16(parity_dim16, framework):
+    result = trainer_result(parity_dim16, framework)
+    assert result.framework == framework
     assert len(result.losses_jax) == len(result.losses_torch) == 20
     assert result.losses_torch[0] != result.losses_torch[-1], "training did not move"
     assert result.worst_loss <= TRAIN_LOSS_RTOL, (
         f"loss relative errors {['%.1e' % e for e in result.loss_rel]} exceed {TRAIN_LOSS_RTOL}")
 
 
-def test_jax_and_torch_final_weights_agree_after_20_steps(parity_dim16):
-    name, worst = parity_dim16.worst(parity_dim16.weight_rel)
+@pytest.mark.parametrize("framework", FLAX_TRAINERS)
+def test_jax_and_torch_final_weights_agree_after_20_steps(parity_dim16, framework):
+    result = trainer_result(parity_dim16, framework)
+    name, worst = result.worst(result.weight_rel)
     assert worst <= TRAIN_WEIGHTS_RTOL, f"final {name} differs by {worst:.2e} (relative L2)"
-    assert len(parity_dim16.weight_rel) == 125
+    assert len(result.weight_rel) == 125
 
 
-def test_jax_and_torch_updates_final_minus_initial_agree_per_tensor(parity_dim16):
+@pytest.mark.parametrize("framework", FLAX_TRAINERS)
+def test_jax_and_torch_updates_final_minus_initial_agree_per_tensor(parity_dim16, framework):
     """The update is what training adds; the final weights are mostly the shared start.
     Scalars (PReLU slopes) move by ~200 float32 ulps in 20 steps: they are held to 32 ulps
     of torch's final value instead (parity/engine/tolerance.py says why)."""
     from weights.spec import tensor_specs
+
+    parity_dim16 = trainer_result(parity_dim16, framework)
 
     size = {s.flax_name: int(np.prod(s.flax_shape)) for s in tensor_specs(DLNConfig(dim=16))}
     assert set(parity_dim16.update_rel) == set(size)
@@ -70,6 +85,17 @@ def test_two_host_devices_give_the_losses_of_one_device(parity_dim16):
     assert max(rel) <= DATA_PARALLEL_LOSS_RTOL, (
         f"2 devices {parity_dim16.losses_jax_data_parallel} vs 1 device "
         f"{parity_dim16.losses_jax[:DATA_PARALLEL_STEPS]}: worst {max(rel):.2e}")
+
+
+def test_nnx_trainer_takes_the_linen_trainers_steps_to_float32_rounding(parity_dim16):
+    """Same initial weights, same 20 batches: nnx.Optimizer + optax vs the Linen step."""
+    nnx_result = parity_dim16.others["nnx"]
+    losses, name, worst = parity_dim16.step_difference(nnx_result)
+    assert len(nnx_result.losses_jax) == 20 and len(nnx_result.final_weights) == 125
+    assert losses <= NNX_VS_LINEN_ATOL, (nnx_result.losses_jax, parity_dim16.losses_jax)
+    assert worst <= NNX_VS_LINEN_ATOL, f"final {name} differs by {worst:.2e} relative to scale"
+    assert nnx_result.agrees_with(parity_dim16)
+    assert "nnx trainer:" in parity_dim16.text() and parity_dim16.passed
 
 
 def test_training_parity_report_files(parity_dim16, tmp_path):

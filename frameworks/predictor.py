@@ -84,11 +84,12 @@ class Predictor:
             self._init_torch(ckpt, channels_last)
 
     def _init_jax(self, ckpt, use_cache, cache_dir, jax_fast) -> None:
-        import jax
+        with self.timeline.span("imports"):
+            import jax
 
-        from port.compile_cache import (BucketIndex, compilation_cache_dir,
-                                        enable_compilation_cache)
-        from port.tiled import JaxStages, JaxWholeImage
+            from port.compile_cache import (BucketIndex, compilation_cache_dir,
+                                            enable_compilation_cache)
+            from port.tiled import JaxStages, JaxWholeImage
 
         if use_cache:
             folder = Path(cache_dir or compilation_cache_dir())
@@ -106,9 +107,10 @@ class Predictor:
                          "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
     def _init_torch(self, ckpt, channels_last) -> None:
-        import torch
+        with self.timeline.span("imports"):
+            import torch
 
-        from reference_torch.tiled import TorchStages
+            from reference_torch.tiled import TorchStages
 
         with self.timeline.span("load_weights"):
             self.stages = TorchStages(ckpt.torch_state, self.config, channels_last,

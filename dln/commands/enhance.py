@@ -60,7 +60,9 @@ def register(sub) -> None:
     p.add_argument("--no-cache", action="store_true",
                    help="do not use JAX's persistent compilation cache ($DLN_CACHE_DIR, else "
                         "$XDG_CACHE_HOME/dln-port/jax, else ~/.cache/dln-port/jax), which "
-                        "lets a second run of the same sizes compile nothing")
+                        "lets a second run of the same sizes compile nothing, nor the "
+                        "checkpoint kept there (a .pth read once is kept as safetensors, so "
+                        "that later JAX runs need not import PyTorch)")
     p.set_defaults(run=run)
 
 
@@ -80,15 +82,21 @@ def run(args) -> int:
     from frameworks.memory_plan import parse_tile
 
     timeline = Timeline(enabled=args.profile is not None)
+    kept = None   # JAX: a .pth's verified conversion kept in the cache folder
     with timeline.span("imports"):
-        from weights.convert import load_checkpoint
+        from dln.checkpoint_cache import load_checkpoint_once
+        if args.backend == "jax" and not args.no_cache:
+            from port.compile_cache import compilation_cache_dir, usable_cache_folder
+
+            kept = compilation_cache_dir()
+            kept = None if usable_cache_folder(kept) else kept
     tile = parse_tile(args.tile)
     overrides = parse_variant(args.variant)
     if args.gamma is not None:
         overrides["gamma"] = args.gamma
         parse_variant(f"gamma={args.gamma}")  # validate
     with timeline.span("load_checkpoint"):
-        ckpt = load_checkpoint(args.weights, overrides)
+        ckpt = load_checkpoint_once(args.weights, overrides, kept)
     for note in ckpt.notes:
         print(f"note: {note}", file=sys.stderr)
     result = enhance_paths(ckpt, args.inputs, args.out, backend=args.backend,

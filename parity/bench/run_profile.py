@@ -19,9 +19,9 @@ import json
 
 # main-thread span -> the row it is accounted in, in the order of the table
 MAIN_ROWS = (
-    ("imports", "imports of the checkpoint reader (torch)"),
+    ("imports", "imports (checkpoint reader, framework)"),
     ("load_checkpoint", "reading and checking the checkpoint"),
-    ("predictor", "building the predictor (cache, stages)"),
+    ("predictor", "building the predictor (cache folder, stages)"),
     ("load_weights", "weights to the device"),
     ("plan", "planning (headers, memory plan, buckets)"),
     ("wait_decode", "waiting for decoded images"),

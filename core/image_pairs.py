@@ -5,7 +5,8 @@ RGB HWC) is what held-out evaluation (dln.heldout), Table 2 (parity.evaluation.t
 and the data sources (core.data: built-in held-out photographs, LOL's eval15) pass
 around; `open_heldout_pairs` opens a `--data` argument ('builtin' or a LOL-layout
 folder) as such pairs. `match_by_name` pairs the files of two folders (LOL layout:
-low/ and high/ share file names), read as uint8 RGB by `load_uint8`.
+low/ and high/ share file names), read as uint8 RGB by `load_uint8`, a pair at a time
+by `read_matched` (`dln metrics --compare-libraries`).
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def match_by_name(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> Mat
     return MatchedFolders(pairs=[(n, pred[n], gt[n]) for n in common],
                           only_pred=sorted(set(pred) - set(gt)),
                           only_gt=sorted(set(gt) - set(pred)))
+
+
+def read_matched(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike):
+    """(name, prediction uint8, ground truth uint8) for every name in both folders
+    (match_by_name), read one pair at a time: a folder of large pairs never sits in
+    memory at once."""
+    for name, pred, gt in match_by_name(pred_dir, gt_dir).pairs:
+        yield name, load_uint8(pred), load_uint8(gt)
 
 
 def load_uint8(path: str | os.PathLike) -> np.ndarray:

@@ -166,14 +166,6 @@ class Predictor:
             shape = plan.shape
         return tuple(shape) + (height > width,)
 
-    def warm_up(self, key: tuple, sizes: list[tuple[int, int]]) -> None:
-        """Compile the JAX program for a batch of images of these (height, width) sizes
-        in group `key` ahead of its submit (a no-op for PyTorch); safe to call from
-        another thread."""
-        if self.backend == "jax":
-            masked = any(landscape(*size) != tuple(key[:2]) for size in sizes)
-            self._whole.program(len(sizes), key[:2], masked)
-
     # ---- running -----------------------------------------------------------------------
     def submit(self, images: list[np.ndarray], key: tuple, after=None):
         """Whole images of one group_key; result() gives each (H, W, 3) output. JAX
@@ -209,8 +201,6 @@ class Predictor:
         if own.mode == "tiled":
             return self.run_tiled(image, own)
         return self.submit([image], tuple(own.shape) + (height > width,)).result()[0]
-
-    infer = predict
 
     # ---- timing ------------------------------------------------------------------------
     def prepare(self, x_nhwc: np.ndarray) -> None:

@@ -56,6 +56,7 @@ class Pipeline:
         self._decoded: queue.Queue = queue.Queue(maxsize=1)
         self._finished: queue.Queue = queue.Queue(maxsize=1)
         self._room = threading.Condition()
+        self._writing = threading.Lock()         # held by the writer while it writes a PNG
         self._held = 0                           # bytes decoded and not yet written
 
     def run(self, units: list) -> None:
@@ -71,16 +72,20 @@ class Pipeline:
         try:
             self._compute(len(units))
         except BaseException:
-            self._stop.set()     # an interrupt: the writer ends its current PNG and stops
+            # an interrupt: the writer finishes the PNG it is writing (no temporary file
+            # is left) and writes nothing more; batches still computing are abandoned
+            self._stop.set()
             with self._room:
                 self._room.notify_all()
-            raise
-        finally:
-            self._send(self._finished, _STOP)
-            with self.timeline.span("drain"):
-                writer.join()
-            reader.join()
+            with self._writing:
+                pass
             self._bar.close()
+            raise
+        self._send(self._finished, _STOP)
+        with self.timeline.span("drain"):
+            writer.join()
+        reader.join()
+        self._bar.close()
 
     # ---- the three threads -------------------------------------------------------------
     def _read(self, units: list) -> None:
@@ -209,7 +214,9 @@ class Pipeline:
             self._bar.update(len(pairs))
             return
         for (job, _), output in zip(pairs, outputs):
-            if not self._stop.is_set():
+            with self._writing:
+                if self._stop.is_set():
+                    return
                 self._write_one(job, output)
             self._bar.update(1)
 

@@ -259,12 +259,20 @@ class Pending:
         self._computed = False
 
     def wait(self) -> None:
+        # polled rather than blocked in XLA, so that a signal (Ctrl-C, SIGTERM) reaches
+        # the waiting main thread at once
+        while not self._computed and not self._ready():
+            time.sleep(0.005)
         with self._lock:
             if not self._computed:
-                jax.block_until_ready(self._out)
+                jax.block_until_ready(self._out)  # ready: raises what the program raised
                 self._timeline.add("compute", self._started, time.time(), program=self.label,
                                    asynchronous=True)
                 self._computed = True
+
+    def _ready(self) -> bool:
+        out = self._out
+        return out is None or out.is_ready()
 
     def result(self) -> list[np.ndarray]:
         self.wait()

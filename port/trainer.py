@@ -17,6 +17,11 @@ Adam is `optax.scale_by_adam(b1, b2, eps)` (bias-corrected moments, eps outside 
 square root: torch.optim.Adam's update) followed by `-lr * update`, with lr an
 argument of the step, so the authors' decays never recompile.
 
+Injection points (`StepHooks`, None in every real run): the training zoo
+(parity/grads/training_zoo.py) injects defects of the step through them, never by editing
+the step: `optimizer` replaces Adam (built from the recipe; its state must stay an
+optax.ScaleByAdamState), `gradients` transforms the gradient tree before the optimizer.
+
 Precision: the step is traced under `jax.default_matmul_precision(precision)` (the
 trainer's `precision`, "highest" by default: true float32 convolutions and matmuls,
 the setting training parity is measured at; "default" lets a GPU use TF32). Nothing
@@ -25,6 +30,7 @@ here changes JAX's process-wide settings.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable
 
@@ -77,10 +83,26 @@ def nested_arrays(flat: dict[str, np.ndarray]) -> dict:
     return nest_dotted({k: np.asarray(v, np.float32) for k, v in flat.items()})
 
 
+@dataclasses.dataclass(frozen=True)
+class StepHooks:
+    """Explicit injection points of the train step (module docstring); None: the real one."""
+
+    optimizer: Callable[[TrainingRecipe], optax.GradientTransformation] | None = None
+    gradients: Callable[[dict], dict] | None = None
+
+    def make_optimizer(self, recipe: TrainingRecipe) -> optax.GradientTransformation:
+        if self.optimizer is None:
+            return adam(recipe.beta1, recipe.beta2, recipe.eps)
+        return self.optimizer(recipe)
+
+
+NO_HOOKS = StepHooks()
+
+
 @functools.lru_cache(maxsize=16)
 def make_train_step(config: DLNConfig, recipe: TrainingRecipe, mesh: Mesh,
-                    precision: str = PARITY_PRECISION, pointwise_as_dot: bool = True
-                    ) -> Callable:
+                    precision: str = PARITY_PRECISION, pointwise_as_dot: bool = True,
+                    hooks: StepHooks = NO_HOOKS) -> Callable:
     """jit(params, opt_state, low, high, lr) -> (params, opt_state, loss), sharded over mesh,
     with the recipe's Adam settings and loss weight, traced at `precision`. Cached, so
     trainers of one process with the same settings share one compilation.
@@ -91,7 +113,7 @@ def make_train_step(config: DLNConfig, recipe: TrainingRecipe, mesh: Mesh,
     on a 2-core AMD EPYC at batch 4 x 96^2: 4.29 s vs 4.98 s per step on one core,
     3.21 s vs 4.25 s on two)."""
     model = DLN(config)
-    tx = adam(recipe.beta1, recipe.beta2, recipe.eps)
+    tx = hooks.make_optimizer(recipe)
 
     def loss_fn(params, low, high):
         if pointwise_as_dot:
@@ -104,6 +126,8 @@ def make_train_step(config: DLNConfig, recipe: TrainingRecipe, mesh: Mesh,
     def step(params, opt_state, low, high, lr):
         with jax.default_matmul_precision(precision):
             loss, grads = jax.value_and_grad(loss_fn)(params, low, high)
+        if hooks.gradients is not None:
+            grads = hooks.gradients(grads)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, updates)
         return params, opt_state, loss
@@ -127,13 +151,13 @@ class JaxTrainer:
 
     def __init__(self, config: DLNConfig, state: TrainingCheckpoint,
                  recipe: TrainingRecipe = AUTHORS_RECIPE, precision: str = PARITY_PRECISION,
-                 devices: int | list | None = None):
+                 devices: int | list | None = None, hooks: StepHooks = NO_HOOKS):
         self.config = config
         self.precision = precision
         self.mesh = data_mesh(devices)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
-        self.tx = adam(recipe.beta1, recipe.beta2, recipe.eps)
+        self.tx = hooks.make_optimizer(recipe)
         params = jax.device_put(nested_arrays(state.params), self.replicated)
         if state.mu is None or state.nu is None:
             opt_state = self.tx.init(params)
@@ -144,7 +168,7 @@ class JaxTrainer:
         self.params = params
         self.opt_state = jax.device_put(opt_state, self.replicated)
         self.count = int(state.count)
-        self._step = make_train_step(config, recipe, self.mesh, precision)
+        self._step = make_train_step(config, recipe, self.mesh, precision, hooks=hooks)
         self._apply = None
 
     @property

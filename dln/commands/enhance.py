@@ -38,12 +38,16 @@ def register(sub) -> None:
                         "available)")
     p.add_argument("--tile", default="auto", metavar="auto|off|N",
                    help="auto (default): the whole image when its forward pass fits the "
-                        "working budget (3 GiB, or 80%% of the memory available if less), "
-                        f"else stage by stage in {DEFAULT_TILE}x{DEFAULT_TILE} tiles; off: "
-                        "always whole; N: always N x N tiles. Tiles and buckets are exact: "
-                        "equal to the whole-image forward to float32 rounding")
+                        "working budget (3 GiB, or 80%% of the memory available, cgroup "
+                        "limits included, if less; JAX counts its padded size bucket, and "
+                        "runs an image whose bucket does not fit at its own size), else stage "
+                        f"by stage in {DEFAULT_TILE}x{DEFAULT_TILE} tiles; off: always whole "
+                        "(an image that does not fit the budget is refused before anything "
+                        "runs); N: always N x N tiles. Tiles and buckets are exact: equal to "
+                        "the whole-image forward to float32 rounding")
     p.add_argument("--batch", type=positive_int, default=1,
-                   help="whole images of one size bucket per forward pass (default 1). JAX "
+                   help="whole images of one size bucket per forward pass (default 1; "
+                        "lowered, with a note, to as many as fit the working budget). JAX "
                         "pads each image to its bucket, each side up to the next of 32, 40, "
                         "48, 56, 64, 80, ..., 256, 320, 384, 448, 512, 640, 768, 896, 1024, "
                         "1280, ... (at most 25%% more per side, none for sides on that "

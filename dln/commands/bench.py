@@ -42,7 +42,12 @@ def register(sub) -> None:
                    help="time the port without the 1x1-as-matrix-product rewrite "
                         "(make_apply(pointwise_as_dot=False))")
     p.add_argument("--profile", action="store_true",
-                   help="after timing, trace the JAX forward: time per layer and per kind of op")
+                   help="after timing, trace the JAX forward: time per layer and per kind of "
+                        "op. With --workload: account for every second of each run (start-up, "
+                        "checkpoint, planning, decoding, tracing, compiling, compute per "
+                        "bucket, transfer, encoding, writing) and measure the compute it "
+                        "should cost (folder: the sum of each image's per-image forward; "
+                        "large: its tiles at the per-image rate)")
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="also write bench.json, bench.md and bench_latency.png here "
@@ -117,7 +122,7 @@ def _run_workload(args) -> int:
     weights = args.weights or str(SAMPLE_CHECKPOINT)
     if not Path(weights).is_file():
         raise UserError(f"--weights {weights}: no such file")
-    result = run_workload(args.workload, weights, rows)
+    result = run_workload(args.workload, weights, rows, profile=args.profile)
     result["machine"] = machine_description()
     text = workload_text(result, result["machine"])
     print(json.dumps(result, indent=2) if args.json else text, end="" if not args.json else "\n")

@@ -4,7 +4,8 @@ plot rings the first divergence, JUnit counts what failed."""
 from xml.etree import ElementTree
 
 from parity.engine.report import CheckResult, junit_xml, plot_rows, report_dict
-from parity.engine.rows import Report, Row, escape_text, format_table
+from core.text import escape_text
+from parity.engine.rows import Report, Row, format_table
 
 
 def _report() -> Report:

@@ -3,7 +3,7 @@
     dln/                         application: CLI, commands, enhance, demo, training loop
     parity/                      comparison engine, zoo, gradients, presets, worked examples,
                                  evaluation, bench
-    frameworks/                  a framework's implementation by name (the trainer)
+    frameworks/                  a framework's implementation by name (trainer, predictor)
     port/  reference_torch/      the two models
     weights/                     checkpoint files, names and layout rules
     core/                        config, recipe, errors, images, data, evaluation protocol

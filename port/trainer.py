@@ -45,6 +45,7 @@ from weights.spec import nest_dotted
 from port.inference import PARITY_PRECISION, make_apply
 from port.losses import dln_loss
 from port.model import DLN
+from port.fast_training import REWRITES, fast_training
 from port.pointwise import pointwise_conv_as_dot
 
 DATA_AXIS = "data"
@@ -79,33 +80,38 @@ def nested_arrays(flat: dict[str, np.ndarray]) -> dict:
 
 @functools.lru_cache(maxsize=16)
 def make_train_step(config: DLNConfig, recipe: TrainingRecipe, mesh: Mesh,
-                    precision: str = PARITY_PRECISION, pointwise_as_dot: bool = True
+                    precision: str = PARITY_PRECISION, fast_gradients: bool = True
                     ) -> Callable:
     """jit(params, opt_state, low, high, lr) -> (params, opt_state, loss), sharded over mesh,
     with the recipe's Adam settings and loss weight, traced at `precision`. Cached, so
     trainers of one process with the same settings share one compilation.
 
-    pointwise_as_dot: the 1 x 1 convolutions (and so their gradients) are computed as
-    matrix products (port/pointwise.py), as the port's inference does: the same
-    arithmetic to float32 summation order, and the CPU step ~15-25% faster (measured
-    on a 2-core AMD EPYC at batch 4 x 96^2: 4.29 s vs 4.98 s per step on one core,
-    3.21 s vs 4.25 s on two)."""
+    fast_gradients: the model is applied inside port.fast_training.fast_training(): the
+    ConvBlocks and convolutions with written-out gradients (port/conv_grads.py) and the
+    1 x 1 convolutions as matrix products; the same derivatives to float32 summation
+    order. False: the step as it was before those rewrites, autodiff of port/model.py
+    with only the 1 x 1 convolutions as matrix products (port/pointwise.py), the
+    reference the rewrites are tested and timed against (`dln bench --workload train
+    --backends jax,jax-plain`)."""
     model = DLN(config)
     tx = adam(recipe.beta1, recipe.beta2, recipe.eps)
 
     def loss_fn(params, low, high):
-        if pointwise_as_dot:
-            with nn.intercept_methods(pointwise_conv_as_dot):
+        if fast_gradients:
+            with fast_training():
                 pred = model.apply({"params": params}, low)
         else:
-            pred = model.apply({"params": params}, low)
-        return dln_loss(pred, high, recipe.tv_weight)
+            with nn.intercept_methods(pointwise_conv_as_dot):
+                pred = model.apply({"params": params}, low)
+        with jax.named_scope("dln_loss"):
+            return dln_loss(pred, high, recipe.tv_weight)
 
     def step(params, opt_state, low, high, lr):
         with jax.default_matmul_precision(precision):
             loss, grads = jax.value_and_grad(loss_fn)(params, low, high)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, updates)
+        with jax.named_scope("adam"):
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, updates)
         return params, opt_state, loss
 
     on_cpu = mesh.devices.flat[0].platform == "cpu"
@@ -127,8 +133,9 @@ class JaxTrainer:
 
     def __init__(self, config: DLNConfig, state: TrainingCheckpoint,
                  recipe: TrainingRecipe = AUTHORS_RECIPE, precision: str = PARITY_PRECISION,
-                 devices: int | list | None = None):
+                 devices: int | list | None = None, fast_gradients: bool = True):
         self.config = config
+        self.fast_gradients = fast_gradients
         self.precision = precision
         self.mesh = data_mesh(devices)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -144,7 +151,7 @@ class JaxTrainer:
         self.params = params
         self.opt_state = jax.device_put(opt_state, self.replicated)
         self.count = int(state.count)
-        self._step = make_train_step(config, recipe, self.mesh, precision)
+        self.train_step = make_train_step(config, recipe, self.mesh, precision, fast_gradients)
         self._apply = None
 
     @property
@@ -154,15 +161,25 @@ class JaxTrainer:
     def describe(self) -> str:
         kinds = sorted({d.device_kind for d in self.mesh.devices.flat})
         return (f"jax {jax.__version__}: data parallel over {self.device_count} device(s) "
-                f"({', '.join(kinds)}), precision {self.precision}")
+                f"({', '.join(kinds)}), precision {self.precision}"
+                + ("" if self.fast_gradients else ", without the training rewrites"))
 
-    def step(self, low: np.ndarray, high: np.ndarray, lr: float):
+    def rewrites(self) -> list[str]:
+        """The rewrites the step runs with (port.fast_training; port.pointwise alone without
+        fast_gradients)."""
+        return list(REWRITES) if self.fast_gradients else ["1x1 convolutions: matrix products"]
+
+    def device_batch(self, low: np.ndarray, high: np.ndarray):
+        """The batch on the mesh, split along its first axis."""
         if low.shape[0] % self.device_count:
             raise UserError(f"batch {low.shape[0]} does not split over {self.device_count} "
                             "devices; choose a multiple")
-        low = jax.device_put(low, self.batch_sharding)
-        high = jax.device_put(high, self.batch_sharding)
-        self.params, self.opt_state, loss = self._step(
+        return (jax.device_put(low, self.batch_sharding),
+                jax.device_put(high, self.batch_sharding))
+
+    def step(self, low: np.ndarray, high: np.ndarray, lr: float):
+        low, high = self.device_batch(low, high)
+        self.params, self.opt_state, loss = self.train_step(
             self.params, self.opt_state, low, high, jnp.float32(lr))
         self.count += 1
         return loss

@@ -103,17 +103,31 @@ def _kernel_gradient_xla(x, g, kernel_shape, precision):
     return jax.vjp(lambda k: _forward(x, k, precision), zeros)[1](g)[0]
 
 
+def kernel_gradient_form(kernel_shape) -> str:
+    """Which form kernel_gradient takes for a kernel of this shape: 'gather input' (one
+    product of the input's shifted windows with g; every 1 x 1 kernel), 'place output'
+    (one product of the padded input with g placed at every tap) or 'xla' (XLA's own
+    backward convolution)."""
+    kh, kw, cin, cout = kernel_shape
+    if kh * kw == 1 or (kh * kw * cin <= THIN_COLUMNS and cin <= cout):
+        return "gather input"
+    if kh * kw * cout <= THIN_COLUMNS:
+        return "place output"
+    return "xla"
+
+
+_KERNEL_GRADIENT_FORMS = {"gather input": _kernel_gradient_gather_input,
+                          "place output": _kernel_gradient_place_output,
+                          "xla": _kernel_gradient_xla}
+
+
 def kernel_gradient(x, g, kernel_shape, precision=None):
     """d/dkernel of a stride-1 'same' convolution of x, given the output gradient g:
     the sum over pixels of x's shifted windows times g. One matrix product when the
     input side (taps x cin) or the output side (taps x cout) is thin, else XLA's own
     backward convolution (module docstring for the measured figures)."""
-    kh, kw, cin, cout = kernel_shape
-    if kh * kw == 1 or (kh * kw * cin <= THIN_COLUMNS and cin <= cout):
-        return _kernel_gradient_gather_input(x, g, kernel_shape, precision)
-    if kh * kw * cout <= THIN_COLUMNS:
-        return _kernel_gradient_place_output(x, g, kernel_shape, precision)
-    return _kernel_gradient_xla(x, g, kernel_shape, precision)
+    form = _KERNEL_GRADIENT_FORMS[kernel_gradient_form(kernel_shape)]
+    return form(x, g, tuple(kernel_shape), precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

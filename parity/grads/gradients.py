@@ -169,10 +169,14 @@ def flatten(tree: dict) -> dict[str, np.ndarray]:
 def jax_gradients(flax_params: dict[str, np.ndarray], config: DLNConfig, x: np.ndarray,
                   target: np.ndarray, loss_fn: Callable) -> tuple[float, dict[str, np.ndarray]]:
     """Loss and gradients (dotted Flax names and layouts) of port.model.DLN, in the
-    dtype of the arrays given (float64 needs jax_enable_x64: see the worker)."""
+    dtype of the arrays given (float64 needs jax_enable_x64: see the worker).
+    Differentiated as the JAX trainer differentiates it: through the training rewrites
+    (port.fast_training: the convolutions' written-out gradients), so gradient parity
+    holds the path training runs to the float64 limit."""
     import jax
     import jax.numpy as jnp
 
+    from port.fast_training import fast_training
     from port.inference import PARITY_PRECISION
     from port.model import DLN
     from weights.spec import nest_dotted
@@ -180,7 +184,7 @@ def jax_gradients(flax_params: dict[str, np.ndarray], config: DLNConfig, x: np.n
     model = DLN(config)
 
     def loss_of(params):
-        with jax.default_matmul_precision(PARITY_PRECISION):  # true float32 (no TF32)
+        with jax.default_matmul_precision(PARITY_PRECISION), fast_training():  # float32
             return loss_fn(model.apply({"params": params}, jnp.asarray(x)), jnp.asarray(target))
 
     params = jax.tree_util.tree_map(jnp.asarray, nest_dotted(flax_params))

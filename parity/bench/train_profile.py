@@ -110,7 +110,7 @@ def classify(opcode: str, op_name: str, arithmetic: dict | None) -> str:
     """The kind of work of one executed op (module docstring)."""
     path = op_name.split("/")
     backward = any(p.startswith("transpose(") for p in path)
-    if not op_name:
+    if not op_name and arithmetic is None:  # layout copies XLA inserted
         return "data movement (concatenate, slice, copy, transpose)"
     if "/adam" in op_name:
         return "Adam update"
@@ -127,8 +127,8 @@ def classify(opcode: str, op_name: str, arithmetic: dict | None) -> str:
         return "elementwise and reductions, backward (PReLU, bias, FA)"
     if arithmetic and arithmetic["op"] == "convolution":
         window, spatial = arithmetic["window"], arithmetic.get("lhs_spatial")
-        if backward and spatial and window and window[0] > 3 and window[0] >= spatial[0] - 2:
-            return "3x3 conv, kernel gradient"
+        if spatial and window and window[0] > 3 and window[0] >= spatial[0] - 2:
+            return "3x3 conv, kernel gradient"  # a window spanning the image
         return "3x3 conv, input gradient" if backward else "3x3 conv, forward"
     if arithmetic and arithmetic["op"] == "dot":
         return "1x1 conv / dense, backward" if backward else "1x1 conv / dense, forward"

@@ -10,9 +10,12 @@ exist (JAX: block_until_ready on the weights, Adam state and loss; PyTorch on th
 is synchronous).
 
 Backends:
-- jax: port.trainer.JaxTrainer with the port's training rewrites (port.fast_grads);
-- jax-plain: the same trainer without them (the Flax model differentiated as written),
-  to state what the rewrites gain in the same run;
+- jax: port.trainer.JaxTrainer as `dln train` runs it: the port's training rewrites
+  (port.fast_training, port.conv_grads) and glibc keeping freed memory
+  (port.host_memory);
+- jax-plain: the same trainer without either (autodiff of the model with only the
+  1x1 convolutions as matrix products: the step as it was before them), to state what
+  they gain in the same run;
 - torch: reference_torch.trainer.TorchTrainer (eager, torch.optim.Adam);
 - torch-compile: the same trainer with its model wrapped in torch.compile (Inductor
   compiles the forward and, through AOTAutograd, the backward; Adam stays eager);
@@ -65,8 +68,9 @@ class TrainRunner(Runner):
         if self.name.startswith("jax"):
             from port.trainer import JaxTrainer
 
+            fast = self.name == "jax"
             trainer = JaxTrainer(self._config, self._state, self._recipe,
-                                 fast_gradients=self.name == "jax")
+                                 fast_gradients=fast, keep_host_memory=fast)
             self.settings = {"trainer": trainer.describe(),
                              "rewrites": trainer.rewrites()}
             return trainer

@@ -70,7 +70,8 @@ class TrainRunner(Runner):
 
             fast = self.name == "jax"
             trainer = JaxTrainer(self._config, self._state, self._recipe,
-                                 fast_gradients=fast, keep_host_memory=fast)
+                                 fast_gradients=None if fast else False,
+                                 keep_host_memory=fast)
             self.settings = {"trainer": trainer.describe(),
                              "rewrites": trainer.rewrites()}
             return trainer

@@ -170,9 +170,9 @@ def jax_gradients(flax_params: dict[str, np.ndarray], config: DLNConfig, x: np.n
                   target: np.ndarray, loss_fn: Callable) -> tuple[float, dict[str, np.ndarray]]:
     """Loss and gradients (dotted Flax names and layouts) of port.model.DLN, in the
     dtype of the arrays given (float64 needs jax_enable_x64: see the worker).
-    Differentiated as the JAX trainer differentiates it: through the training rewrites
-    (port.fast_training: the convolutions' written-out gradients), so gradient parity
-    holds the path training runs to the float64 limit."""
+    Differentiated as the JAX trainer differentiates it on a CPU: through the training
+    rewrites (port.fast_training: the convolutions' written-out gradients), so gradient
+    parity holds the path training runs to the float64 limit."""
     import jax
     import jax.numpy as jnp
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench table2 clean
+.PHONY: setup demo test bench table2 mutants clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
+
+# Mutation testing of the toolkit itself (outside `make test`, ~20 min on 2 cores): each
+# mutant of tools/mutants.py's catalogue applied to a throwaway copy, its tests run there.
+mutants: $(STAMP)
+	$(BIN)/python tools/mutants.py
 
 bench: $(STAMP)
 	$(BIN)/dln bench --profile --report out/bench

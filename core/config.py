@@ -13,6 +13,11 @@ import json
 from typing import Any
 
 FA_REDUCTION = 16  # feature-aggregation squeeze ratio: fc.0 maps cin -> cin // 16
+# The widest DLN this toolkit builds: 177,342,506 parameters (0.66 GiB of float32; the
+# authors' width is 64, 700,586). Wider ones would pass the 2**28 values a checkpoint
+# may hold (weights/files.py) and no machine here could train or run them; a --variant
+# or a checkpoint's metadata asking for more is refused before anything is sized by it.
+MAX_DIM = 1024
 RESIDUAL_SIGNS = ("code", "paper")
 _TRUE = {"on", "true", "1", "yes"}
 _FALSE = {"off", "false", "0", "no"}
@@ -26,8 +31,9 @@ class ConfigError(UserError, ValueError):
 class DLNConfig:
     """Width and paper-versus-code switches of a DLN.
 
-    dim:           width of the trunk (64 in the authors' checkpoints); >= 16 because
-                   the FA block squeezes its input channels by 16.
+    dim:           width of the trunk (64 in the authors' checkpoints); even, >= 16
+                   because the FA block squeezes its input channels by 16, and
+                   <= MAX_DIM.
     brightness:    True (code): a max-over-channels map of the unscaled input is a 4th
                    input channel. False (paper): feat1 reads the 3 scaled channels only.
     gamma:         pred = x + gamma * P(x); an inference-time strength (paper), 1.0 in
@@ -47,6 +53,9 @@ class DLNConfig:
             raise ConfigError(
                 f"dim must be an even integer >= {FA_REDUCTION} (the FA reduction is "
                 f"{FA_REDUCTION} and the LBP encoder halves the width), got {self.dim}")
+        if self.dim > MAX_DIM:
+            raise ConfigError(f"dim must be at most {MAX_DIM} (177,342,506 parameters; the "
+                              f"authors' DLN has dim 64), got {self.dim}")
         if not isinstance(self.brightness, bool):
             raise ConfigError(f"brightness must be a bool, got {self.brightness!r}")
         try:
@@ -81,8 +90,9 @@ class DLNConfig:
     def from_json(cls, text: str) -> "DLNConfig":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"network config is not JSON: {err}") from None
+        except (TypeError, ValueError, RecursionError) as err:  # hostile text: nesting too
+            raise ConfigError(f"network config is not JSON: {' '.join(str(err).split())[:120]}"
+                              ) from None
         if not isinstance(data, dict):
             raise ConfigError("network config must be a JSON object")
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})

@@ -116,15 +116,13 @@ class SyntheticPairs:
         paths, problems = list_images([folder])
         targets: dict[str, np.ndarray] = {}
         for path in paths:
-            try:
-                image = to_uint8(load_image(path))
-            except ImageError as err:
-                problems.append(str(err))
-                continue
             if path.stem in targets:
                 problems.append(f"{path}: another image is also named {path.stem!r}; skipped")
                 continue
-            targets[path.stem] = resize_short_side(image)
+            try:
+                targets[path.stem] = resize_short_side(to_uint8(load_image(path)))
+            except ImageError as err:
+                problems.append(str(err) if str(path) in str(err) else f"{path}: {err}")
         if not targets:
             raise DataError(f"{folder}: no readable images")
         return cls(targets, problems)

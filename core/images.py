@@ -22,6 +22,7 @@ overwrite=False an existing file is never replaced, even one that appears meanwh
 from __future__ import annotations
 
 from core.errors import InputError, UserError
+from core.text import escape_text
 import errno
 import os
 import re
@@ -269,16 +270,28 @@ def write_png_atomic(array_uint8: np.ndarray, dst: str | os.PathLike,
     step is a hard link, which fails rather than replace a file that appeared in
     the meantime. Any OS failure (full disk, no permission) is an ImageError.
     """
+    write_pngs_atomic([array_uint8], [dst], overwrite)
+
+
+def write_pngs_atomic(arrays_uint8: list[np.ndarray], dsts: list[str | os.PathLike],
+                      overwrite: bool = True) -> None:
+    """Several PNGs published as a unit (core.atomic_files.atomic_paths): all are
+    encoded into temporary files first; if one cannot be written or published, none
+    of them is (a replaced file keeps its previous content)."""
     from PIL import Image
 
-    from core.atomic_files import atomic_path
+    from core.atomic_files import atomic_paths
 
-    dst = Path(dst)
+    dsts = [Path(d) for d in dsts]
     try:
-        with atomic_path(dst, overwrite=overwrite) as tmp:
-            with open(tmp, "wb") as fh:
-                Image.fromarray(np.ascontiguousarray(array_uint8)).save(fh, format="PNG")
+        with atomic_paths(dsts, overwrite=overwrite) as temps:
+            for array, tmp in zip(arrays_uint8, temps):
+                with open(tmp, "wb") as fh:
+                    Image.fromarray(np.ascontiguousarray(array)).save(fh, format="PNG")
     except FileExistsError:
-        raise OutputExistsError(f"{dst}: exists (use --overwrite to replace it)") from None
+        taken = [d for d in dsts if d.exists() or d.is_symlink()] or dsts
+        raise OutputExistsError(f"{escape_text(taken[0])}: exists (use --overwrite to replace "
+                                "it)") from None
     except OSError as err:
-        raise ImageError(f"{dst}: cannot write ({err.strerror or err})") from None
+        where = escape_text(" and ".join(map(str, dsts)))
+        raise ImageError(f"{where}: cannot write ({err.strerror or err})") from None

@@ -53,13 +53,26 @@ def builtin_image(name: str) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, :3]).astype(np.uint8)
 
 
+# Darkening takes ~95 bytes per pixel (float64 channels and their temporaries): 4 MP is
+# ~380 MiB, a 384 x 10,416 panorama; longer and thinner images are refused.
+MAX_RESIZED_PIXELS = 4_000_000
+
+
 def resize_short_side(image: np.ndarray, short_side: int = SHORT_SIDE) -> np.ndarray:
-    """Resize (antialiased bicubic) so that the shorter side is `short_side`."""
+    """Resize (antialiased bicubic) so that the shorter side is `short_side`. An image so
+    long and thin that the result would pass MAX_RESIZED_PIXELS is an ImageError (a
+    1 x 3000 strip would become 384 x 1,152,000 and take ~40 GB to darken)."""
     from PIL import Image
+
+    from core.images import ImageError
 
     h, w = image.shape[:2]
     scale = short_side / min(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size[0] * size[1] > MAX_RESIZED_PIXELS:
+        raise ImageError(f"{w}x{h} (WxH) resized to a shorter side of {short_side} would be "
+                         f"{size[0]}x{size[1]}, more than {MAX_RESIZED_PIXELS / 1e6:.0f} MP "
+                         "(sides more than 27:1 apart); not used")
     if size == (w, h):
         return image.copy()
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC,
@@ -97,8 +110,11 @@ def darken(image: np.ndarray, draw: DarkeningDraw, mean: int | None = None) -> n
 
 
 def name_seed(seed: int, name: str) -> int:
-    """A per-image seed that does not depend on the order images are processed in."""
-    return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**32)
+    """A per-image seed that does not depend on the order images are processed in. A
+    name's bytes as the file system holds them (a name that is not UTF-8 reaches
+    Python with its bytes escaped as surrogates; surrogateescape gives them back)."""
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode("utf-8", "surrogateescape"))) \
+        % (2**32)
 
 
 def make_pair(image: np.ndarray, name: str, seed: int) -> tuple[np.ndarray, np.ndarray, DarkeningDraw]:

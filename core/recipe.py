@@ -2,7 +2,7 @@
 
 `AUTHORS_RECIPE` holds the values of the authors' public training code; the two
 per-framework training steps (port/trainer.py, reference_torch/trainer.py), the loop's
-settings (dln/training_loop.py), `dln train`'s defaults and help text, the augmentation
+settings (dln/training_settings.py), `dln train`'s defaults and help text, the augmentation
 (core/data.py) and gradient / training parity (parity/grads) all read it, so each value
 is written down once, here:
 
@@ -29,6 +29,7 @@ Framework-neutral: plain numbers, no framework imported.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 LR_DECAYS = ("authors", "none")
 
@@ -39,10 +40,23 @@ def short_number(value: float) -> str:
 
 
 def authors_decay_epochs(total_epochs: int) -> tuple[int, ...]:
-    """Epochs (0-based) after which the authors divide the rate by 10: those e with
-    (e + 1) % (total_epochs * 2 / 3) == 0, the float test spelled as they spell it."""
+    """Epochs (0-based) after which the authors divide the rate by 10: those e in
+    [0, total_epochs) with (e + 1) % (total_epochs * 2 / 3) == 0, the float test spelled
+    as they spell it, found without visiting every epoch. Python's float remainder
+    is exact, so the test holds only where e + 1 is exactly k * period for a whole k;
+    the candidates are the whole numbers next to each multiple of the period up to
+    total_epochs (one multiple, as 2 * period > total_epochs), each checked with the
+    authors' very test."""
+    total_epochs = int(total_epochs)
+    if total_epochs < 1:
+        return ()
     period = total_epochs * 2 / 3
-    return tuple(e for e in range(total_epochs) if (e + 1) % period == 0)
+    found = set()
+    for k in range(1, int(total_epochs // period) + 1):
+        for candidate in (math.floor(k * period), math.ceil(k * period)):
+            if 1 <= candidate <= total_epochs and candidate % period == 0:
+                found.add(candidate - 1)
+    return tuple(sorted(found))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The `dln` command: argparse subcommands, each a thin call into a tested function.
 
 Every subcommand lives in dln/commands/<name>.py with `register(subparsers)` and an
-`ORDER` for the help listing; its handler returns the exit code. Errors a user can cause (bad files, bad options)
-derive from core.errors.UserError: they end in one line on stderr and exit code 2, never a
-traceback. Ctrl-C, SIGTERM and SIGHUP end in one line too (exit 130, 143, 129), after
+`ORDER` for the help listing; its handler returns the exit code. Numeric options take
+their argparse types from dln/arguments.py (each range-checked). Errors a user can
+cause (bad files, bad options) derive from core.errors.UserError: they end in one line
+on stderr (escaped: core.text) and exit code 2, never a traceback. Ctrl-C, SIGTERM and SIGHUP end in one line too (exit 130, 143, 129), after
 every temporary file has been removed.
 """
 
@@ -18,6 +19,7 @@ import signal
 import sys
 
 from core.errors import UserError
+from core.text import escape_text
 from dln import __version__, commands
 
 
@@ -36,7 +38,7 @@ class OneLineParser(argparse.ArgumentParser):
         if message.startswith("argument --") and message.endswith(": expected one argument"):
             option = message[len("argument "):].split(":")[0].split("/")[0]
             message += f" (a value that starts with '-' is written {option}=VALUE)"
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {escape_text(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,9 +98,20 @@ def signals_as_exceptions():
             signal.signal(number, old)
 
 
+def printing_never_fails() -> None:
+    """Whatever a name holds, printing it cannot raise: text that the terminal's encoding
+    cannot show (a file name that is not UTF-8, under a UTF-8 or an ASCII locale) is
+    written as backslash escapes instead of ending the run in a traceback after its
+    work is done. Names are also escaped where they are printed (core.text)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    printing_never_fails()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # a bad option: one line and SystemExit(2)
     if not getattr(args, "run", None):
         parser.print_help()
         return 2
@@ -108,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     except TerminatedBySignal as stop:
         print(f"dln {args.command}: stopped by {stop.name}", file=sys.stderr)
         return 128 + stop.signum
-    except UserError as err:
-        print(f"dln {args.command}: error: {err}", file=sys.stderr)
+    except UserError as err:  # one line, whatever names the message holds
+        print(f"dln {args.command}: error: {escape_text(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dln {args.command}: interrupted", file=sys.stderr)

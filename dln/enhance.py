@@ -1,8 +1,9 @@
 """`dln enhance`: images in, enhanced PNGs out, with either backend.
 
 Per image, in this order, each failure one line in `failures` while the others go on:
-1. its output name must be free: not taken by an earlier input with the same stem,
-   not the input itself, and not an existing file unless overwrite=True;
+1. its output name must be free: not an input of the run, not the output of an
+   earlier input (core.run_outputs, decided for all images before any is written),
+   and not an existing file unless overwrite=True;
 2. the header's pixel count must be within the limit (--max-pixels, or by default
    the smaller of DEFAULT_MAX_PIXELS and what a tiled run fits in 80 % of the memory
    available), refused before decoding;
@@ -28,6 +29,7 @@ from core.images import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, ImageTo
                          OutputExistsError, header_size, list_images, load_image, quantize,
                          write_png_atomic)
 from core.progress import progress
+from core.run_outputs import refused_outputs
 from dln.inference_plan import (BYTES_PER_PIXEL_PER_DIM, MEMORY_FRACTION,  # noqa: F401
                                 TILED_BYTES_PER_PIXEL, Engine, available_memory,
                                 bytes_per_pixel, estimated_bytes, plan_image,
@@ -101,13 +103,6 @@ def _prepare_output_dir(output_dir: Path) -> None:
                          f"({err.strerror or err})") from None
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def enhance_paths(ckpt, inputs: list[str | os.PathLike], output_dir: str | os.PathLike,
                   backend: str = "jax", overwrite: bool = False,
                   max_pixels: int | None = None, show_progress: bool = True,
@@ -134,10 +129,11 @@ def enhance_paths(ckpt, inputs: list[str | os.PathLike], output_dir: str | os.Pa
     engine.plan_folder(_whole_image_sizes(paths, ckpt.config, backend, tile, limit.pixels),
                        batch)
     pending: dict[tuple, list] = {}
-    seen: dict[str, Path] = {}
+    refused = refused_outputs((path, output_dir / f"{path.stem}.png") for path in paths)
+    result.failures += refused.values()  # decided for the whole run before any write
     for path in progress(paths, desc="enhance", unit="img", disable=not show_progress):
         dst = output_dir / f"{path.stem}.png"
-        if not _output_free(path, dst, seen, overwrite, result):
+        if path in refused or not _output_free(path, dst, overwrite, result):
             continue
         try:
             image = load_image(path, max_pixels=limit.pixels)
@@ -175,16 +171,7 @@ def _whole_image_sizes(paths: list[Path], config: DLNConfig, backend: str, tile,
     return sizes
 
 
-def _output_free(path: Path, dst: Path, seen: dict, overwrite: bool,
-                 result: "EnhanceResult") -> bool:
-    if path.stem in seen:
-        result.failures.append(f"{path}: output name {dst.name} already used by "
-                               f"{seen[path.stem]}")
-        return False
-    seen[path.stem] = path
-    if _same_file(path, dst):
-        result.failures.append(f"{path}: refused: the output {dst} would replace this input")
-        return False
+def _output_free(path: Path, dst: Path, overwrite: bool, result: "EnhanceResult") -> bool:
     if not overwrite and (dst.exists() or dst.is_symlink()):
         result.skipped.append(dst)
         result.failures.append(f"{path}: not enhanced: {dst} exists (--overwrite replaces it)")

@@ -18,10 +18,46 @@ from pathlib import Path
 import numpy as np
 
 from core.atomic_files import save_figure_atomic
+from core.errors import UserError
 from core.report_files import write_report
+from core.text import escape_text
 
 CSV_FIELDS = ("step", "epoch", "lr", "loss", "elapsed_s")
 CSV_FILE, JSON_FILE, PLOT_FILE = "log.csv", "log.json", "loss.png"
+MAX_LOG_BYTES = 1 << 30  # ~10 million steps of rows; a larger log.json is not one of ours
+EVAL_NUMBERS = ("mean_psnr_low_db", "mean_psnr_enhanced_db")  # what the plots read
+
+
+class LogDamaged(UserError):
+    """A log.json that exists but cannot be read as a training log."""
+
+
+def _number(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{value!r:.40} is not a number")
+    return float(value)
+
+
+def _count(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"{value!r:.40} is not a step count")
+    return value
+
+
+def _valid_row(row) -> dict:
+    """One per-step row as TrainLog.add_step writes it; TypeError/KeyError otherwise."""
+    return {"step": _count(row["step"]), "epoch": _count(row["epoch"]),
+            "lr": _number(row["lr"]), "loss": _number(row["loss"]),
+            "elapsed_s": _number(row["elapsed_s"])}
+
+
+def _valid_eval(entry) -> dict:
+    if not isinstance(entry, dict):
+        raise TypeError("an evaluation is not an object")
+    _count(entry["step"])
+    for key in EVAL_NUMBERS:
+        _number(entry[key])
+    return entry
 
 
 @dataclasses.dataclass
@@ -42,16 +78,32 @@ class TrainLog:
 
     @classmethod
     def read(cls, out_dir: str | Path, upto_step: int) -> "TrainLog":
-        """The log of an earlier run in out_dir, cut at `upto_step` (for --resume)."""
-        path = Path(out_dir) / JSON_FILE
-        if not path.is_file():
-            return cls()
+        """The log of an earlier run in out_dir, cut at `upto_step` (for --resume); an
+        empty log when there is none. LogDamaged (one line) when log.json is there but
+        is not a log this module wrote (cut short, edited, a FIFO, a huge file)."""
+        return cls.read_file(Path(out_dir) / JSON_FILE, upto_step)
+
+    @classmethod
+    def read_file(cls, path: Path, upto_step: int) -> "TrainLog":
+        from core.state_files import StateFileError, read_small_file
+
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            data = read_small_file(path, MAX_LOG_BYTES)
+        except FileNotFoundError:
             return cls()
-        return cls([r for r in data.get("rows", []) if r["step"] <= upto_step],
-                   [e for e in data.get("evals", []) if e["step"] <= upto_step])
+        except (OSError, StateFileError) as err:
+            raise LogDamaged(f"{escape_text(path)}: cannot be read "
+                             f"({getattr(err, 'strerror', None) or err})") from None
+        try:
+            parsed = json.loads(data)
+            rows = [_valid_row(r) for r in parsed["rows"]]
+            evals = [_valid_eval(e) for e in parsed.get("evals", [])]
+        except (ValueError, RecursionError, KeyError, TypeError, AttributeError) as err:
+            reason = " ".join(str(err).split())[:80] or type(err).__name__
+            raise LogDamaged(f"{escape_text(path)}: damaged ({type(err).__name__}: "
+                             f"{escape_text(reason)})") from None
+        return cls([r for r in rows if r["step"] <= upto_step],
+                   [e for e in evals if e["step"] <= upto_step])
 
     def csv_text(self) -> str:
         buffer = io.StringIO()
@@ -62,11 +114,13 @@ class TrainLog:
                              for k in CSV_FIELDS})
         return buffer.getvalue()
 
+    def json_text(self, header: dict) -> str:
+        return json.dumps({**header, "rows": self.rows, "evals": self.evals}, indent=1,
+                          allow_nan=True)
+
     def write(self, out_dir: str | Path, header: dict, plot: bool = True) -> list[Path]:
         """log.csv, log.json and (with plot) loss.png in out_dir, in that order."""
-        files = {CSV_FILE: self.csv_text(),
-                 JSON_FILE: json.dumps({**header, "rows": self.rows, "evals": self.evals},
-                                       indent=1, allow_nan=True)}
+        files = {CSV_FILE: self.csv_text(), JSON_FILE: self.json_text(header)}
         if plot:
             files[PLOT_FILE] = lambda dst: plot_loss(self, dst,
                                                      title=header.get("title", "training"))

@@ -1,4 +1,4 @@
-"""Training DLN, framework-neutral: settings, the authors' schedule, and the one loop.
+"""Training DLN, framework-neutral: the authors' schedule, resuming, and the one loop.
 
 The loop is shared by both frameworks; a framework only supplies a trainer with
 `step(low, high, lr) -> loss`, `loss_value(loss) -> float`, `weights() -> flat arrays`,
@@ -9,7 +9,9 @@ uninterrupted run would have done.
 
 The recipe (Adam settings, learning rate and its decay, batch, patch, epochs, seed,
 loss weight) is core.recipe.AUTHORS_RECIPE; TrainSettings' defaults are its values and
-`TrainSettings.recipe()` hands the run's values to the trainer. The learning-rate
+`TrainSettings.recipe()` hands the run's values to the trainer (dln/training_settings.py).
+One run per output folder at a time (a flock on OUT/.dln.lock); --resume starts from the
+newest step folder whose weights, optimizer state and settings all read back. The learning-rate
 schedule is the authors' float test (core.recipe.authors_decay_epochs: never fires
 with their default 500 epochs). Their loop runs epochs 0..nEpochs, one more than
 asked; here `--epochs N` runs N epochs. With `--steps S` the epoch count is
@@ -23,107 +25,27 @@ then the average's.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from core.errors import UserError
-from core.config import DLNConfig, parse_variant
-from core.recipe import AUTHORS_RECIPE, LR_DECAYS, TrainingRecipe
-from parity.trainers import FRAMEWORKS
-from dln.training_log import TrainLog
+from core.config import DLNConfig
+from core.recipe import AUTHORS_RECIPE
+from dln.training_settings import (TrainError, TrainSettings, check_output_folder,
+                                   check_resumable, stored_settings_usable)
+from core.state_files import LOCK_FILE, folder_lock
+from core.text import escape_text
+from dln.training_log import JSON_FILE, TrainLog
 from weights.training_checkpoint import TrainingCheckpoint, holds_a_run
 
-PRECISIONS = ("highest", "default")
-# Settings that determine the trajectory: a resumed run must match the stored ones.
-TRAJECTORY_FIELDS = ("framework", "data", "init", "batch", "patch", "lr", "lr_decay", "beta1",
-                     "beta2", "eps", "tv_weight", "seed", "variant", "zero_last_conv",
-                     "precision", "devices", "ema")
 LOG_WRITE_SECONDS = 30.0  # log.csv / log.json are rewritten at most this often mid-run
-
-
-class TrainError(UserError):
-    """Settings or a run state that cannot train; one line for the user."""
-
-
-@dataclasses.dataclass
-class TrainSettings:
-    out: str
-    framework: str = "jax"
-    data: str = "builtin"
-    init: str | None = None
-    epochs: int | None = None
-    steps: int | None = None
-    batch: int = AUTHORS_RECIPE.batch
-    patch: int = AUTHORS_RECIPE.patch
-    lr: float = AUTHORS_RECIPE.lr
-    lr_decay: str = AUTHORS_RECIPE.lr_decay
-    beta1: float = AUTHORS_RECIPE.beta1
-    beta2: float = AUTHORS_RECIPE.beta2
-    eps: float = AUTHORS_RECIPE.eps
-    tv_weight: float = AUTHORS_RECIPE.tv_weight
-    seed: int = AUTHORS_RECIPE.seed
-    variant: str | None = None
-    zero_last_conv: bool = False
-    ema: float = AUTHORS_RECIPE.ema_decay  # weight average decay; 0: none
-    heldout: str = "auto"
-    eval_every: int = 0
-    save_every: int = 1000
-    log_every: int = 10
-    workers: int = -1  # batch-making processes; -1 = auto (core.data.auto_processes)
-    precision: str = "highest"
-    devices: int = 0  # JAX data parallel: 0 = every local device
-    resume: bool = False
-
-    def check(self) -> None:
-        if self.framework not in FRAMEWORKS:
-            raise TrainError(f"framework must be one of {', '.join(FRAMEWORKS)}")
-        if self.lr_decay not in LR_DECAYS:
-            raise TrainError(f"lr decay must be one of {', '.join(LR_DECAYS)}")
-        if self.precision not in PRECISIONS:
-            raise TrainError(f"precision must be one of {', '.join(PRECISIONS)}")
-        if self.epochs is not None and self.steps is not None:
-            raise TrainError("give --epochs or --steps, not both")
-        for name in ("epochs", "steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise TrainError(f"--{name} must be at least 1, got {value}")
-        if self.batch < 1:
-            raise TrainError(f"--batch must be at least 1, got {self.batch}")
-        if self.patch < 11:
-            raise TrainError(f"--patch must be at least 11 (the SSIM window), got {self.patch}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise TrainError(f"--lr must be a positive number, got {self.lr}")
-        if not (0.0 <= self.ema < 1.0):
-            raise TrainError(f"--ema must be 0 (off) or a decay below 1, e.g. 0.995; "
-                             f"got {self.ema}")
-        if self.workers < -1:
-            raise TrainError("--workers must be -1 (auto) or more")
-        for name in ("eval_every", "save_every", "devices"):
-            if getattr(self, name) < 0:
-                raise TrainError(f"--{name.replace('_', '-')} must not be negative")
-        if self.log_every < 1:
-            raise TrainError("--log-every must be at least 1")
-        parse_variant(self.variant)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    def recipe(self) -> TrainingRecipe:
-        """The authors' recipe with this run's values (epochs: the authors' when unset)."""
-        return dataclasses.replace(
-            AUTHORS_RECIPE, beta1=self.beta1, beta2=self.beta2, eps=self.eps, lr=self.lr,
-            lr_decay=self.lr_decay, batch=self.batch, patch=self.patch, seed=self.seed,
-            tv_weight=self.tv_weight, ema_decay=self.ema,
-            epochs=self.epochs if self.epochs is not None else AUTHORS_RECIPE.epochs)
 
 
 # ---- the authors' learning-rate schedule ---------------------------------------------
@@ -166,7 +88,7 @@ def initial_state(settings: TrainSettings) -> tuple[DLNConfig, TrainingCheckpoin
     from weights.initial import authors_initial_state, zero_last
     from weights.training_checkpoint import torch_to_flax_state
 
-    overrides = parse_variant(settings.variant)
+    overrides = settings.overrides
     if settings.init:
         from weights.convert import load_checkpoint
 
@@ -212,53 +134,59 @@ class TrainResult:
     log: TrainLog
 
 
-def check_resumable(stored: dict, settings: TrainSettings) -> None:
-    defaults = TrainSettings(out="")  # a field a run stored before it existed: its default
-    then = {k: stored.get(k, getattr(defaults, k)) for k in TRAJECTORY_FIELDS}
-    differ = [f"{k} ({then[k]!r} then, {getattr(settings, k)!r} now)"
-              for k in TRAJECTORY_FIELDS if then[k] != getattr(settings, k)]
-    if differ:
-        raise TrainError("cannot resume with different settings: " + "; ".join(differ))
-
-
-def check_output_folder(out: Path) -> None:
-    """Refuse, before any work, an --out that cannot become a folder we can write in:
-    an existing file, a path under a file, or a folder where creating a file fails
-    (tried for real with a probe file, since permission bits do not bind root and a
-    read-only mount or /proc refuses even root)."""
-    if out.exists() and not out.is_dir():
-        raise TrainError(f"--out {out}: is a file, not a folder")
-    existing = out
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise TrainError(f"--out {out}: {existing} is a file, not a folder")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".dln-write-probe.", dir=existing)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as err:
-        raise TrainError(f"--out {out}: cannot write in {existing} "
-                         f"({err.strerror or err})") from None
-
-
 def train(settings: TrainSettings, echo: Callable[[str], None] | None = None,
           data=None) -> TrainResult:
-    """Run (or resume) training as `settings` say; write weights, logs and the plot."""
-    from core.data import BatchStream, auto_processes, open_training_data
-    from dln.heldout import evaluate_heldout
-    from core.progress import progress
-    from weights.training_checkpoint import load_state, save_state
-
+    """Run (or resume) training as `settings` say; write weights, logs and the plot.
+    One run per folder at a time: a second one is refused by the folder's lock."""
     echo = echo or (lambda line: print(line, file=sys.stderr))
     settings.check()
     out = Path(settings.out)
     check_output_folder(out)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with folder_lock(out, "another dln train"):
+            return _train_locked(settings, out, echo, data)
+    except BaseException:
+        if created:  # nothing of this run's is worth keeping in a folder it made
+            with contextlib.suppress(OSError):
+                (out / LOCK_FILE).unlink()
+                out.rmdir()  # only if empty
+        raise
+
+
+def resume_point(out: Path, settings: TrainSettings
+                 ) -> tuple[DLNConfig, TrainingCheckpoint, TrainLog]:
+    """The newest complete step of the run in `out` whose weights, optimizer state and
+    stored settings all read back (an older step when a newer one is damaged), checked
+    against `settings`, and the run's log up to that step: OUT/log.json, or, when that
+    is damaged, the copy inside the step folder. One line (a UserError) when no step
+    is usable, when the settings differ, or when neither log can be read."""
+    from dln.training_log import LogDamaged
+    from weights.training_checkpoint import load_state
+
+    config, state, stored = load_state(out, accept=stored_settings_usable)
+    check_resumable(stored, settings, config)
+    try:
+        return config, state, TrainLog.read(out, state.count)
+    except LogDamaged as damaged:
+        copy = state.folder / JSON_FILE if state.folder is not None else None
+        if copy is None or not copy.is_file():
+            raise LogDamaged(f"{damaged}; no copy in the step folder either: move it away to "
+                             "resume without the earlier rows") from None
+        return config, state, TrainLog.read_file(copy, state.count)  # damaged too: one line
+
+
+def _train_locked(settings: TrainSettings, out: Path, echo: Callable[[str], None],
+                  data) -> TrainResult:
+    from core.data import BatchStream, auto_processes, open_training_data
+    from dln.heldout import evaluate_heldout
+    from core.progress import progress
+    from weights.training_checkpoint import save_state
+
     log = TrainLog()
     if settings.resume:
-        config, state, stored = load_state(out)
-        check_resumable(stored, settings)
-        log = TrainLog.read(out, state.count)
+        config, state, log = resume_point(out, settings)
     elif holds_a_run(out):
         raise TrainError(f"{out} already holds a training run; add --resume to continue it, "
                          "or choose another --out")
@@ -266,12 +194,11 @@ def train(settings: TrainSettings, echo: Callable[[str], None] | None = None,
         config, state = initial_state(settings)
     data = data or open_training_data(settings.data, settings.patch, settings.heldout)
     for line in data.problems:
-        echo(f"skipped: {line}")
+        echo(f"skipped: {escape_text(line)}")
     processes = settings.workers if settings.workers >= 0 else auto_processes()
     stream = BatchStream(data.source, settings.batch, settings.patch, settings.seed,
                          processes=processes)
     schedule = make_schedule(settings, stream.steps_per_epoch)
-    out.mkdir(parents=True, exist_ok=True)
     trainer = make_trainer(settings, config, state)
     echo(f"data: {data.description}; {schedule.steps_per_epoch} step(s) per epoch")
     echo(f"{trainer.describe()}; {schedule.total_steps} steps, lr {settings.lr:g}"
@@ -302,7 +229,8 @@ def train(settings: TrainSettings, echo: Callable[[str], None] | None = None,
 
     def save() -> Path:
         header["summary"] = {"steps_done": done}
-        path = save_state(out, config, snapshot(), settings.to_json())
+        path = save_state(out, config, snapshot(), settings.to_json(),
+                          {JSON_FILE: log.json_text(header)})
         log.write(out, header)
         return path
 
@@ -354,7 +282,8 @@ def train(settings: TrainSettings, echo: Callable[[str], None] | None = None,
     header["summary"] = {"steps_done": done, "seconds_this_run": round(seconds, 2),
                          "final_loss": log.rows[-1]["loss"] if log.rows else None,
                          "heldout": heldout.as_dict() if heldout else None}
-    weights = save_state(out, config, snapshot(), settings.to_json())
+    weights = save_state(out, config, snapshot(), settings.to_json(),
+                         {JSON_FILE: log.json_text(header)})
     log.write(out, header)
     final = log.rows[-1]["loss"] if log.rows else float("nan")
     return TrainResult(out, weights, done, final, seconds, heldout, log)

@@ -52,3 +52,34 @@ def pointwise_conv_as_dot(next_fun, args, kwargs, context):
         y = y + conv.get_variable("params", "bias")
     return y
 
+
+
+
+def conv_general_dilated_pointwise_as_dot(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                                          rhs_dilation=None, dimension_numbers=None,
+                                          feature_group_count=1, precision=None, **kwargs):
+    """The same rewrite for Flax NNX, which has no method interceptor: a drop-in for
+    `lax.conv_general_dilated`, given to an nnx.Conv as its `conv_general_dilated`
+    attribute (port/nnx_inference.py sets it on the 1 x 1 convolutions of a copy of the
+    model's graph; nnx.Conv adds the bias afterwards, as the Linen interceptor does).
+    A 1 x 1, stride 1, unpadded, undilated, ungrouped NHWC / HWIO convolution becomes
+    dot_general over the channel axis; anything else goes to lax.conv_general_dilated
+    unchanged."""
+    def plain():
+        return lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count, precision=precision, **kwargs)
+
+    if rhs.ndim != 4 or lhs.ndim != 4 or any(kwargs.get(k) is not None
+                                             for k in ("preferred_element_type", "out_sharding")):
+        return plain()
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    zero_padding = padding == "VALID" or (
+        not isinstance(padding, str) and all(tuple(p) == (0, 0) for p in padding))
+    if (tuple(rhs.shape[:2]) != (1, 1) or tuple(window_strides) != (1, 1) or not zero_padding
+            or any(d is not None and tuple(d) != (1, 1) for d in (lhs_dilation, rhs_dilation))
+            or feature_group_count != 1 or dimension_numbers != nhwc):
+        return plain()
+    matrix = rhs.reshape(rhs.shape[2:])  # (1, 1, cin, cout) -> (cin, cout)
+    return lax.dot_general(lhs, matrix, (((3,), (0,)), ((), ())), precision=precision)

@@ -17,6 +17,11 @@ Adam is `optax.scale_by_adam(b1, b2, eps)` (bias-corrected moments, eps outside 
 square root: torch.optim.Adam's update) followed by `-lr * update`, with lr an
 argument of the step, so the authors' decays never recompile.
 
+Injection points (`StepHooks`, None in every real run): the training zoo
+(parity/grads/training_zoo.py) injects defects of the step through them, never by editing
+the step: `optimizer` replaces Adam (built from the recipe; its state must stay an
+optax.ScaleByAdamState), `gradients` transforms the gradient tree before the optimizer.
+
 Host memory: the trainer asks glibc to keep freed memory for reuse (port/host_memory.py),
 so XLA's per-step scratch (738 MB at dim 64, batch 4 x 96^2) is not page-faulted and
 zeroed again every step (0.4-0.5 s of system CPU time per step on a 2-core AMD EPYC).
@@ -29,6 +34,7 @@ here changes JAX's process-wide settings.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable
 
@@ -83,10 +89,26 @@ def nested_arrays(flat: dict[str, np.ndarray]) -> dict:
     return nest_dotted({k: np.asarray(v, np.float32) for k, v in flat.items()})
 
 
+@dataclasses.dataclass(frozen=True)
+class StepHooks:
+    """Explicit injection points of the train step (module docstring); None: the real one."""
+
+    optimizer: Callable[[TrainingRecipe], optax.GradientTransformation] | None = None
+    gradients: Callable[[dict], dict] | None = None
+
+    def make_optimizer(self, recipe: TrainingRecipe) -> optax.GradientTransformation:
+        if self.optimizer is None:
+            return adam(recipe.beta1, recipe.beta2, recipe.eps)
+        return self.optimizer(recipe)
+
+
+NO_HOOKS = StepHooks()
+
+
 @functools.lru_cache(maxsize=16)
 def make_train_step(config: DLNConfig, recipe: TrainingRecipe, mesh: Mesh,
-                    precision: str = PARITY_PRECISION, fast_gradients: bool = True
-                    ) -> Callable:
+                    precision: str = PARITY_PRECISION, fast_gradients: bool = True,
+                    hooks: StepHooks = NO_HOOKS) -> Callable:
     """jit(params, opt_state, low, high, lr) -> (params, opt_state, loss), sharded over mesh,
     with the recipe's Adam settings and loss weight, traced at `precision`. Cached, so
     trainers of one process with the same settings share one compilation.
@@ -100,7 +122,7 @@ def make_train_step(config: DLNConfig, recipe: TrainingRecipe, mesh: Mesh,
     4 x 96^2), the reference the rewrites are tested and timed against (`dln bench
     --workload train --backends jax,jax-plain`)."""
     model = DLN(config)
-    tx = adam(recipe.beta1, recipe.beta2, recipe.eps)
+    tx = hooks.make_optimizer(recipe)
 
     def loss_fn(params, low, high):
         if fast_gradients:
@@ -115,6 +137,8 @@ def make_train_step(config: DLNConfig, recipe: TrainingRecipe, mesh: Mesh,
     def step(params, opt_state, low, high, lr):
         with jax.default_matmul_precision(precision):
             loss, grads = jax.value_and_grad(loss_fn)(params, low, high)
+        if hooks.gradients is not None:
+            grads = hooks.gradients(grads)
         with jax.named_scope("adam"):
             updates, opt_state = tx.update(grads, opt_state, params)
             params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, updates)
@@ -139,8 +163,8 @@ class JaxTrainer:
 
     def __init__(self, config: DLNConfig, state: TrainingCheckpoint,
                  recipe: TrainingRecipe = AUTHORS_RECIPE, precision: str = PARITY_PRECISION,
-                 devices: int | list | None = None, fast_gradients: bool | None = None,
-                 keep_host_memory: bool = True):
+                 devices: int | list | None = None, hooks: StepHooks = NO_HOOKS,
+                 fast_gradients: bool | None = None, keep_host_memory: bool = True):
         """fast_gradients: the training rewrites of make_train_step; None (default): on a
         CPU mesh, where they were measured, and not elsewhere. keep_host_memory:
         port.host_memory's allocator policy, applied before JAX runs anything here."""
@@ -152,7 +176,7 @@ class JaxTrainer:
         self.fast_gradients = on_cpu if fast_gradients is None else bool(fast_gradients)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
-        self.tx = adam(recipe.beta1, recipe.beta2, recipe.eps)
+        self.tx = hooks.make_optimizer(recipe)
         params = jax.device_put(nested_arrays(state.params), self.replicated)
         if state.mu is None or state.nu is None:
             opt_state = self.tx.init(params)
@@ -164,7 +188,7 @@ class JaxTrainer:
         self.opt_state = jax.device_put(opt_state, self.replicated)
         self.count = int(state.count)
         self.train_step = make_train_step(config, recipe, self.mesh, precision,
-                                          self.fast_gradients)
+                                          self.fast_gradients, hooks=hooks)
         self._apply = None
 
     @property

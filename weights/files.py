@@ -43,7 +43,7 @@ from core.atomic_files import atomic_path
 from weights.errors import CheckpointError
 from weights.pickle_guard import UnsafePickleError
 from weights.tensor_checks import FLOAT_DTYPES_CONVERTED
-from weights.tensor_checks import (FloatConversions, check_config_json, one_line,
+from weights.tensor_checks import (FloatConversions, config_text, one_line,
                                    read_checkpoint_bytes)
 from weights.safetensors_format import (  # noqa: F401 (safetensors_bytes re-exported)
     is_safetensors_bytes, parse_safetensors, safetensors_bytes, safetensors_header)
@@ -139,7 +139,7 @@ def _parse_pth(data: bytes, path: Path, notes: list[str], check, expect_dln: boo
     if isinstance(metadata, dict):
         root = metadata.get("", {})
         if isinstance(root, dict) and "dln_config" in root:
-            config_json = check_config_json(root["dln_config"], path)
+            config_json = config_text(root["dln_config"], path)
     state = strip_dataparallel(obj)
     if expect_dln:  # False: any model's state dict (`dln check --weights`)
         require_dln_keys(state)

@@ -29,6 +29,7 @@ modules they are given.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Callable
 
@@ -64,7 +65,7 @@ class TensorRule:
 
     @property
     def flax_shape(self) -> tuple[int, ...]:
-        return tuple(np.shape(to_flax(self.kind, np.zeros(self.torch_shape, np.float32))))
+        return flax_shape(self.kind, self.torch_shape)
 
 
 # ---- layouts: torch <-> Flax, exact (only moves values) -----------------------------------
@@ -87,6 +88,23 @@ def to_flax(kind: str, value: np.ndarray) -> np.ndarray:
     if kind == "prelu":
         return value.reshape(()) if value.size == 1 else value
     return value
+
+
+def flax_shape(kind: str, torch_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape to_flax gives a tensor of torch_shape, by arithmetic on the shape alone:
+    nothing is allocated, so a shape a hostile file claims costs nothing to check."""
+    shape = tuple(int(n) for n in torch_shape)
+    if kind in ("conv", "conv_transpose") and len(shape) >= 2:
+        return (*shape[2:], shape[1], shape[0])
+    if kind == "conv_transpose_flip" and len(shape) >= 2:
+        return (*shape[2:], shape[0], shape[1])
+    if kind == "dense":
+        return shape[::-1]
+    if kind == "prelu":
+        return () if math.prod(shape) == 1 else shape
+    if kind in ("conv", "conv_transpose", "conv_transpose_flip"):
+        raise ValueError(f"a {kind} tensor has at least 2 axes, got shape {shape}")
+    return shape
 
 
 def to_torch(kind: str, value: np.ndarray, torch_shape: tuple[int, ...] | None = None

@@ -18,12 +18,13 @@ from its kind:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Iterator
 
 import numpy as np
 
 from core.config import FA_REDUCTION, DLNConfig
-from weights.rules import to_flax, to_torch
+from weights.rules import flax_shape, to_flax, to_torch
 
 LBP_OPS = ("conv1_1", "conv2", "conv3")  # lightening L1, darkening D, lightening L2
 
@@ -37,11 +38,7 @@ class TensorSpec:
 
     @property
     def flax_shape(self) -> tuple[int, ...]:
-        return flax_shape_of(self.kind, self.torch_shape)
-
-
-def flax_shape_of(kind: str, torch_shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(np.shape(to_flax(kind, np.zeros(torch_shape, np.float32))))
+        return flax_shape(self.kind, self.torch_shape)  # arithmetic: nothing allocated
 
 
 def _conv(name: str, cin: int, cout: int, k: int, act: bool = True) -> Iterator[TensorSpec]:
@@ -81,7 +78,7 @@ def tensor_specs(cfg: DLNConfig) -> list[TensorSpec]:
 
 
 def parameter_count(cfg: DLNConfig) -> int:
-    return sum(int(np.prod(s.torch_shape)) for s in tensor_specs(cfg))
+    return sum(math.prod(s.torch_shape) for s in tensor_specs(cfg))
 
 
 def torch_to_flax_array(kind: str, value: np.ndarray) -> np.ndarray:

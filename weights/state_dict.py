@@ -84,11 +84,19 @@ def check_against_spec(state: dict[str, np.ndarray], cfg: DLNConfig, naming: str
     specs = tensor_specs(cfg)
     expected = {(s.torch_name if naming == "torch" else s.flax_name):
                 (s.torch_shape if naming == "torch" else s.flax_shape) for s in specs}
+    check_names_and_shapes(state, expected,
+                           f"checkpoint does not match DLN({cfg.variant_string()}, dim={cfg.dim})")
+
+
+def check_names_and_shapes(state: dict, expected: dict[str, tuple[int, ...]], what: str) -> None:
+    """The strict check of any name -> tensor table (values or declarations with a shape)
+    against the expected name -> shape table: CheckpointError "WHAT: N missing: ...;
+    N unexpected: ...; N wrong shape: ..." with each list sorted."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(f"{k} {tuple(np.shape(state[k]))} != expected {expected[k]}"
+    wrong = sorted(f"{k} {tuple(np.shape(state[k]))} != expected {tuple(expected[k])}"
                    for k in set(expected) & set(state)
-                   if tuple(np.shape(state[k])) != expected[k])
+                   if tuple(np.shape(state[k])) != tuple(expected[k]))
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing: {_shorten(missing)}")
@@ -97,6 +105,4 @@ def check_against_spec(state: dict[str, np.ndarray], cfg: DLNConfig, naming: str
     if wrong:
         problems.append(f"{len(wrong)} wrong shape: {_shorten(wrong, 4)}")
     if problems:
-        raise CheckpointError(
-            f"checkpoint does not match DLN({cfg.variant_string()}, dim={cfg.dim}): "
-            + "; ".join(problems))
+        raise CheckpointError(f"{what}: " + "; ".join(problems))

@@ -12,10 +12,17 @@ from __future__ import annotations
 import numpy as np
 
 from core.config import DLNConfig
+from core.errors import InputError
 from weights.spec import tensor_specs
 
 
+SEED_LIMIT = 2**32  # seeds are 32-bit everywhere in dln (dln/arguments.py)
+
+
 def random_torch_state(config: DLNConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or \
+            not 0 <= seed < SEED_LIMIT:
+        raise InputError(f"a seed is a whole number from 0 to {SEED_LIMIT - 1:,}, got {seed!r}")
     rng = np.random.default_rng(seed)
     state: dict[str, np.ndarray] = {}
     for spec in tensor_specs(config):

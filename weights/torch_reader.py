@@ -87,14 +87,18 @@ class Declared:
         return stored
 
     def materialise(self, name: str, tensor):
-        """A real CPU tensor with the declared view over the stored bytes."""
+        """A real CPU tensor with the declared view over the stored bytes, holding the
+        values torch.load returns: a tensor whose pickled metadata names the negative
+        bit (torch sets it whenever the key "neg" is present, whatever its value) reads
+        negated, so it is negated here too (the stored bytes alone would flip its sign)."""
         import torch
 
         stored = self.check_view(name, tensor)
         if stored.key not in self._flat:
             self._flat[stored.key] = self._read_storage(stored)
-        return torch.as_strided(self._flat[stored.key], tuple(tensor.shape),
+        view = torch.as_strided(self._flat[stored.key], tuple(tensor.shape),
                                 tuple(tensor.stride()), int(tensor.storage_offset()))
+        return -view if tensor.is_neg() else view
 
     def _read_storage(self, stored: StoredStorage):
         """One storage's stored bytes as a flat CPU tensor (read once, then shared)."""

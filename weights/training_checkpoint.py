@@ -31,6 +31,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -55,6 +56,7 @@ class TrainingCheckpoint:
     nu: dict[str, np.ndarray] | None = None
     count: int = 0
     average: dict[str, np.ndarray] | None = None
+    folder: Path | None = None  # the step folder it was loaded from (load_state)
 
     @property
     def model_params(self) -> dict[str, np.ndarray]:
@@ -101,7 +103,7 @@ def holds_a_run(out_dir: str | Path) -> bool:
 
 
 def _write_pair(folder: Path, config: DLNConfig, state: TrainingCheckpoint,
-                settings_json: str) -> None:
+                settings_json: str, extra_files: dict[str, str]) -> None:
     from weights.convert import checkpoint_from_torch_state, safetensors_metadata
     from weights.files import save_safetensors
 
@@ -120,12 +122,15 @@ def _write_pair(folder: Path, config: DLNConfig, state: TrainingCheckpoint,
     if state.average is not None:
         metadata["train_weights"] = "exponential moving average of the training weights"
     save_safetensors(ckpt.flax_params, folder / WEIGHTS_FILE, metadata)
+    for name, text in extra_files.items():
+        (folder / name).write_text(text)  # inside the folder that one rename publishes
 
 
 def save_state(out_dir: str | Path, config: DLNConfig, state: TrainingCheckpoint,
-               settings_json: str) -> Path:
+               settings_json: str, extra_files: dict[str, str] | None = None) -> Path:
     """Publish one complete checkpoint folder, then the latest files beside it; returns
-    the path of the run's weights (OUT/weights.safetensors)."""
+    the path of the run's weights (OUT/weights.safetensors). extra_files {name: text}
+    go into the step folder too (the run's log up to this step)."""
     from core.atomic_files import atomic_directory, link_or_copy_atomic
 
     out = Path(out_dir)
@@ -145,7 +150,7 @@ def save_state(out_dir: str | Path, config: DLNConfig, state: TrainingCheckpoint
             generation += 1  # the same step saved again: a new name, never a clobber
         step = root / step_folder_name(state.count, generation)
         with atomic_directory(step) as folder:
-            _write_pair(folder, config, state, settings_json)
+            _write_pair(folder, config, state, settings_json, extra_files or {})
         for name in (WEIGHTS_FILE, OPTIMIZER_FILE):
             if (step / name).is_file():
                 link_or_copy_atomic(step / name, out / name)
@@ -157,33 +162,39 @@ def save_state(out_dir: str | Path, config: DLNConfig, state: TrainingCheckpoint
     return out / WEIGHTS_FILE
 
 
-def load_state(out_dir: str | Path) -> tuple[DLNConfig, TrainingCheckpoint, dict]:
+def load_state(out_dir: str | Path, accept: Callable[[dict], None] | None = None
+               ) -> tuple[DLNConfig, TrainingCheckpoint, dict]:
     """(config, state, stored settings) of the latest complete checkpoint in out_dir,
     for --resume: the newest step folder that reads back whole (an older one if a
-    newer one is damaged), or the two files of a run made before step folders."""
+    newer one is damaged), or the two files of a run made before step folders.
+    accept(settings), when given, raises CheckpointError for stored settings that are
+    damaged, which makes the folder count as damaged too."""
     out = Path(out_dir)
-    folders = step_folders(out)
-    if not folders:
-        return _load_pair(out, out)
+    folders = step_folders(out) or [out]
     first_error = None
     for folder in folders:
         try:
-            return _load_pair(folder, out)
+            config, state, settings = _load_pair(folder, out)
+            if accept is not None:
+                accept(settings)
         except CheckpointError as err:
             first_error = first_error or err
+            continue
+        state.folder = folder
+        return config, state, settings
     raise first_error
 
 
 def _load_pair(folder: Path, out: Path) -> tuple[DLNConfig, TrainingCheckpoint, dict]:
     from weights.convert import load_checkpoint
-    from weights.files import load_safetensors, read_safetensors_metadata
+    from weights.files import load_safetensors
 
     weights_path, optimizer_path = folder / WEIGHTS_FILE, folder / OPTIMIZER_FILE
     for path in (weights_path, optimizer_path):
         if not path.is_file():
             raise CheckpointError(f"{path}: missing; nothing to resume in {out}")
     ckpt = load_checkpoint(weights_path)
-    weights_meta = read_safetensors_metadata(weights_path)
+    weights_meta = ckpt.metadata  # the header read by that one load, not read again
     arrays, meta = load_safetensors(optimizer_path)
     if (meta.get("format"), meta.get("format_version")) != (OPTIMIZER_FORMAT,
                                                             OPTIMIZER_FORMAT_VERSION):
@@ -204,10 +215,15 @@ def _load_pair(folder: Path, out: Path) -> tuple[DLNConfig, TrainingCheckpoint, 
             raise CheckpointError(f"{optimizer_path}: moment {name!r} has the wrong shape")
     try:
         settings = json.loads(meta["settings"])
-    except (KeyError, json.JSONDecodeError):
-        raise CheckpointError(f"{optimizer_path}: stored settings are unreadable") from None
+    except (KeyError, ValueError, RecursionError):
+        settings = None
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{optimizer_path}: stored settings are unreadable")
+    step = meta.get("step", "")
+    if not (step.isascii() and step.isdigit() and len(step) < 19):
+        raise CheckpointError(f"{optimizer_path}: stored step {step[:20]!r} is not a count")
     if raw:  # an averaging run: weights.safetensors holds the average
-        state = TrainingCheckpoint(raw, mu, nu, int(meta["step"]), dict(ckpt.flax_params))
+        state = TrainingCheckpoint(raw, mu, nu, int(step), dict(ckpt.flax_params))
     else:
-        state = TrainingCheckpoint(dict(ckpt.flax_params), mu, nu, int(meta["step"]))
+        state = TrainingCheckpoint(dict(ckpt.flax_params), mu, nu, int(step))
     return ckpt.config, state, settings

@@ -6,7 +6,9 @@ import sys
 
 from core.config import parse_variant
 from core.images import DEFAULT_MAX_PIXELS
+from core.text import escape_text
 from core.tiling import DEFAULT_TILE
+from dln.arguments import finite_float, positive_int
 
 ORDER = 20
 
@@ -23,13 +25,13 @@ def register(sub) -> None:
     p.add_argument("--backend", choices=("jax", "torch", "torch-compile"), default="jax",
                    help="jax (default), torch (eager, channels_last), or torch-compile "
                         "(whole images through torch.compile; tiles run eager)")
-    p.add_argument("--gamma", type=float, default=None,
+    p.add_argument("--gamma", type=finite_float, default=None,
                    help="enhancement strength: pred = x + gamma * P(x) (default: the checkpoint's)")
     p.add_argument("--variant", default=None, help="switches the checkpoint cannot tell")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output PNGs (without it each one is refused with a "
                         "line, the others are written, and the exit code is 1)")
-    p.add_argument("--max-pixels", type=_positive_int, default=None,
+    p.add_argument("--max-pixels", type=positive_int, default=None,
                    help="refuse larger images from their header, before decoding (default: "
                         f"{DEFAULT_MAX_PIXELS:,}, which admits 50-megapixel photos through "
                         "tiling, or fewer if a tiled run would not fit in 80%% of the memory "
@@ -40,7 +42,7 @@ def register(sub) -> None:
                         f"else stage by stage in {DEFAULT_TILE}x{DEFAULT_TILE} tiles; off: "
                         "always whole; N: always N x N tiles. Tiles and buckets are exact: "
                         "equal to the whole-image forward to float32 rounding")
-    p.add_argument("--batch", type=_positive_int, default=1,
+    p.add_argument("--batch", type=positive_int, default=1,
                    help="whole images of one size bucket per forward pass (default 1). JAX "
                         "pads each image to its bucket, each side up to the next of 32, 40, "
                         "48, 56, 64, 80, ..., 256, 320, 384, 448, 512, 640, 768, 896, 1024, "
@@ -55,18 +57,6 @@ def register(sub) -> None:
                         "$XDG_CACHE_HOME/dln-port/jax, else ~/.cache/dln-port/jax), which "
                         "lets a second run of the same sizes compile nothing")
     p.set_defaults(run=run)
-
-
-def _positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text.replace("_", "").replace(",", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def run(args) -> int:
@@ -86,10 +76,10 @@ def run(args) -> int:
                            overwrite=args.overwrite, max_pixels=args.max_pixels, tile=tile,
                            batch=args.batch, use_cache=not args.no_cache)
     for line in result.notes:
-        print(f"note: {line}", file=sys.stderr)
+        print(f"note: {escape_text(line)}", file=sys.stderr)
     for line in result.failures:
-        print(f"dln enhance: {line}", file=sys.stderr)
-    print(f"wrote {len(result.written)} image(s) to {args.out} with {args.backend}"
+        print(f"dln enhance: {escape_text(line)}", file=sys.stderr)
+    print(f"wrote {len(result.written)} image(s) to {escape_text(args.out)} with {args.backend}"
           + (f"; {len(result.failures)} problem(s)" if result.failures else ""))
     # 0: all written; 1: some inputs refused or unreadable (each named above);
     # 2 (from the CLI): nothing could start (bad checkpoint, bad options).

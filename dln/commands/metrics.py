@@ -3,63 +3,13 @@ authors' protocol (core/evaluation.py); `--compare-libraries` prints the honest 
 
 from __future__ import annotations
 
-from core.errors import UserError
-
-import dataclasses
-import json
-import math
 import sys
 
+from core.errors import UserError
+from core.text import escape_text
+
 ORDER = 40
-
-METRIC_NAMES = ("psnr", "ssim", "theta")
-
-
-@dataclasses.dataclass(frozen=True)
-class FolderEvaluation:
-    images: list[dict]          # {"name", "psnr", "ssim", "theta"} per pair
-    mean: dict[str, float]      # mean of the per-image values
-    only_pred: list[str]
-    only_gt: list[str]
-
-    def to_json(self) -> str:
-        finite = lambda v: v if isinstance(v, str) or math.isfinite(v) else None  # noqa: E731
-        return json.dumps({
-            "protocol": "uint8 RGB, data range 255; PSNR; SSIM = scikit-image defaults "
-                        "(uniform 7x7, sample covariance) averaged over channels; theta = mean "
-                        "XYZ angle in degrees; means of per-image values",
-            "images": [{k: finite(v) for k, v in row.items()} for row in self.images],
-            "mean": {k: finite(v) for k, v in self.mean.items()},
-            "unmatched_predictions": self.only_pred, "unmatched_ground_truth": self.only_gt,
-        }, indent=2)
-
-    def to_table(self) -> str:
-        width = max(5, *(len(r["name"]) for r in self.images))
-        lines = [f"{'image':<{width}}  {'PSNR':>9}  {'SSIM':>8}  {'theta':>8}"]
-        for row in self.images + [dict(name="mean", **self.mean)]:
-            lines.append(f"{row['name']:<{width}}  {row['psnr']:9.4f}  {row['ssim']:8.5f}  "
-                         f"{row['theta']:8.4f}")
-        return "\n".join(lines)
-
-
-def evaluate_folders(pred_dir, gt_dir) -> FolderEvaluation:
-    """The authors' evaluation of every pair of images with one name in both folders."""
-    from core.image_pairs import load_uint8, match_by_name
-    from core.progress import progress
-    from core.evaluation import evaluate_pair
-
-    matched = match_by_name(pred_dir, gt_dir)
-    images = []
-    for name, pred_path, gt_path in progress(matched.pairs, desc="metrics", unit="image"):
-        pred, gt = load_uint8(pred_path), load_uint8(gt_path)
-        if pred.shape != gt.shape:
-            raise UserError(f"{name}: prediction {pred.shape[0]}x{pred.shape[1]} and ground "
-                            f"truth {gt.shape[0]}x{gt.shape[1]} (HxW) differ in size")
-        if min(pred.shape[:2]) < 7:
-            raise UserError(f"{name}: SSIM's 7x7 window needs images of at least 7x7 pixels")
-        images.append(dict(name=name, **evaluate_pair(pred, gt)))
-    mean = {k: float(sum(r[k] for r in images) / len(images)) for k in METRIC_NAMES}
-    return FolderEvaluation(images, mean, matched.only_pred, matched.only_gt)
+TABLE1_FILES = ("table1.md", "table1.json", "table1.png")  # what --out receives
 
 
 def register(sub) -> None:
@@ -90,15 +40,28 @@ def _run_compare(args) -> int:
                         "(then the bundled samples/low vs samples/high)")
     pred_dir = args.pred if args.pred is not None else SAMPLE_IMAGES / "low"
     gt_dir = args.gt if args.gt is not None else SAMPLE_IMAGES / "high"
+    if args.out:  # a report file that is one of the images compared: refused before reading
+        _refuse_outputs_among_inputs(pred_dir, gt_dir, args.out)
     rows = library_compare.compare_folders(pred_dir, gt_dir)
     print(library_compare.to_json(rows) if args.json else library_compare.to_markdown(rows))
     if args.out:
         for path in library_compare.write_report(rows, args.out):
-            print(f"wrote {path}", file=sys.stderr)
+            print(f"wrote {escape_text(path)}", file=sys.stderr)
     return 0
 
 
+def _refuse_outputs_among_inputs(pred_dir, gt_dir, out) -> None:
+    from pathlib import Path
+
+    from core.images import list_images
+    from core.run_outputs import OutputPlan
+
+    plan = OutputPlan(list_images([pred_dir, gt_dir])[0])
+    plan.claim_all(Path(out) / name for name in TABLE1_FILES)
+
+
 def run(args) -> int:
+    from dln.folder_metrics import evaluate_folders
 
     if args.compare_libraries:
         return _run_compare(args)
@@ -110,7 +73,8 @@ def run(args) -> int:
     for label, names in (("predictions without ground truth", result.only_pred),
                          ("ground truth without predictions", result.only_gt)):
         if names:
-            print(f"note: {len(names)} {label} skipped: {', '.join(names[:5])}"
+            shown = ", ".join(escape_text(n) for n in names[:5])
+            print(f"note: {len(names)} {label} skipped: {shown}"
                   + (" ..." if len(names) > 5 else ""), file=sys.stderr)
     print(result.to_json() if args.json else result.to_table())
     return 0

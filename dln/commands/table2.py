@@ -8,6 +8,8 @@ ORDER = 60
 
 
 def register(sub) -> None:
+    from dln.arguments import int_range
+
     p = sub.add_parser(
         "table2", help="parameters, time and quality of models, beside the published Table 2",
         description="For each --model: parameters, median synchronised time per image at the "
@@ -21,7 +23,7 @@ def register(sub) -> None:
                    help="a .pth or .safetensors checkpoint, named in the table (repeatable)")
     p.add_argument("--backend", default="jax",
                    help="jax, torch or both as jax,torch (each model runs on each; default jax)")
-    p.add_argument("--repeats", type=int, default=5,
+    p.add_argument("--repeats", type=int_range(1, 1000), default=5,
                    help="timed runs per model after the warm-up (median reported; default 5)")
     p.add_argument("--column", choices=("voc", "lol"), default=None,
                    help="which published column group the measured metrics go under "
@@ -31,9 +33,31 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
+REPORT_FILES = ("table2.md", "table2.json", "table2_grid.png")  # what --report receives
+
+
+def _refuse_reports_among_inputs(models, data: str, report: str) -> None:
+    """A report file that would replace a checkpoint or an image of the run: one line,
+    before anything runs (core.run_outputs)."""
+    from pathlib import Path
+
+    from core.images import list_images
+    from core.run_outputs import OutputPlan
+
+    inputs = [Path(path) for _, path in models]
+    if data != "builtin":
+        root = Path(data)
+        folders = [root / split / kind for split in ("", "eval15", "test")
+                   for kind in ("low", "high")]
+        inputs += list_images([f for f in folders if f.is_dir()])[0]
+    OutputPlan(inputs).claim_all(Path(report) / name for name in REPORT_FILES)
+
+
 def run(args) -> int:
     import os
     import sys
+
+    from core.text import escape_text
 
     if "torch" not in sys.modules:
         # PyTorch's OpenMP threads wait passively at barriers: libgomp's default busy
@@ -46,12 +70,14 @@ def run(args) -> int:
     if bad or not backends:
         raise UserError(f"--backend must be jax, torch or jax,torch; got {args.backend!r}")
     models = [parse_model(m) for m in args.model]
+    if args.report:
+        _refuse_reports_among_inputs(models, args.data, args.report)
     result = run_table2(models, args.data, backends, args.repeats, args.column)
     print(table_markdown(result), end="")
     if args.report:
         paths = write_report(result, args.report)
-        print("wrote " + ", ".join(str(p) for p in paths))
+        print("wrote " + ", ".join(escape_text(p) for p in paths))
     for problem in result.problems:
-        print(f"dln table2: {problem}", file=sys.stderr)
+        print(f"dln table2: {escape_text(problem)}", file=sys.stderr)
     # pairs that could not be read were left out of the means: say so in the exit code
     return 1 if result.problems else 0

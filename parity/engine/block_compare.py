@@ -23,6 +23,7 @@ import numpy as np
 from parity.engine.hooks import PREDICTION
 from parity.engine.tolerance import FORWARD_ATOL, compare
 from weights.rules import flax_path_candidates  # noqa: F401  (the Sequential fallback)
+from core.text import escape_text  # noqa: F401  (the one escaping function; re-exported)
 
 PASS, FAIL, SHAPE, MISSING = "pass", "fail", "shape mismatch", "missing in JAX"
 ONLY_TORCH, ONLY_FLAX = "only in torch", "only in flax"
@@ -192,11 +193,6 @@ def format_shape(shape: tuple[int, ...] | None) -> str:
 
 def _num(value: float | None) -> str:
     return "-" if value is None else (f"{value:.2e}" if np.isfinite(value) else "inf")
-
-
-def escape_text(text: str) -> str:
-    """One line, always: control characters (a newline in a file name) as escapes."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def format_table(report: LayerReport) -> list[str]:

@@ -27,6 +27,7 @@ from parity.bench.flops import network_flops
 from core.atomic_files import save_figure_atomic
 from core.report_files import json_text
 from core.report_files import write_report as write_report_files
+from core.text import escape_markdown
 
 # Table 2 of the report, verbatim. (time in ms; None = "-").
 PUBLISHED_ROWS = (
@@ -219,14 +220,16 @@ def table_markdown(result: Table2Result) -> str:
         cells = _metric_cells((row.mean("psnr"), row.mean("ssim"), row.mean("theta")))
         groups = cells + blank if result.column == "voc" else blank + cells
         h, w = row.resolution
-        lines.append(f"| {row.name} | measured ({row.backend}) | {row.parameters:,} | "
+        lines.append(f"| {escape_markdown(row.name)} | measured ({row.backend}) | "
+                     f"{row.parameters:,} | "
                      f"{row.time_ms:,.1f} ms ({h}x{w}) | {row.gflops_per_s:,.1f} | "
                      + " | ".join(groups) + " |")
     notes = [
         "",
         f"Published rows: {PUBLISHED_NOTE}. Their GFLOP/s is implied by {PUBLISHED_GFLOP:.0f} "
         "GFLOP per 400x600 (HxW) image divided by the published time.",
-        f"Measured rows: data = {result.data} ({len(result.pairs)} images), metrics in the "
+        f"Measured rows: data = {escape_markdown(result.data)} ({len(result.pairs)} images), "
+        "metrics in the "
         f"{result.column.upper()} columns; time = median of {result.repeats} synchronised runs "
         "after a warm-up at the dataset's most common resolution (H x W), on "
         f"{result.machine.get('cpu') or 'an unknown CPU'} ({result.machine.get('cpus')} cores); "
@@ -240,7 +243,8 @@ def per_image_markdown(result: Table2Result) -> str:
     lines = ["| model | image | PSNR | SSIM | θ |", "| --- | --- | --- | --- | --- |"]
     for row in result.rows:
         for m in row.per_image:
-            lines.append(f"| {row.name} | {m['image']} | {m['psnr']:.2f} | {m['ssim']:.4f} | "
+            lines.append(f"| {escape_markdown(row.name)} | {escape_markdown(m['image'])} | "
+                         f"{m['psnr']:.2f} | {m['ssim']:.4f} | "
                          f"{m['theta']:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -285,7 +289,8 @@ def write_report(result: Table2Result, folder) -> list[Path]:
     text = ("# Table 2, measured\n\n" + table_markdown(result)
             + "\n## Per image\n\n" + per_image_markdown(result))
     if result.problems:
-        text += "\n## Problems\n\n" + "".join(f"- {p}\n" for p in result.problems)
+        text += "\n## Problems\n\n" + "".join(f"- {escape_markdown(p)}\n"
+                                                for p in result.problems)
     return write_report_files(folder, {"table2.md": text,
                                        "table2.json": json_text(result.as_dict()),
                                        "table2_grid.png": lambda dst: plot_grid(result, dst)})

@@ -42,3 +42,18 @@ def test_config_json_round_trips_and_rejects_unknown_fields():
 def test_stored_configs_of_the_wrong_type_raise_config_error_not_a_traceback(text):
     with pytest.raises(ConfigError):
         DLNConfig.from_json(text)
+
+
+@pytest.mark.parametrize("text", ["dim=1026", "dim=20000", "dim=" + "9" * 40])
+def test_absurd_widths_are_one_config_error_before_anything_is_sized(text):
+    from core.config import MAX_DIM
+
+    with pytest.raises(ConfigError) as info:
+        parse_variant(text)
+    assert "\n" not in str(info.value)
+    assert DLNConfig(dim=MAX_DIM).dim == MAX_DIM
+
+
+def test_a_stored_config_nested_past_the_recursion_limit_is_a_config_error():
+    with pytest.raises(ConfigError):
+        DLNConfig.from_json("[" * 100_000 + "]" * 100_000)

@@ -41,7 +41,7 @@ def test_the_authors_decay_is_a_float_test_that_never_fires_at_500_epochs():
 
 
 def test_training_settings_default_to_the_recipe_and_hand_it_back():
-    from dln.training_loop import TRAJECTORY_FIELDS, TrainSettings
+    from dln.training_settings import TRAJECTORY_FIELDS, TrainSettings
 
     settings = TrainSettings(out="unused")
     for name in RUN_FIELDS:
@@ -106,3 +106,17 @@ def test_the_recipe_values_are_spelled_in_the_recipe_only():
 def test_a_recipe_is_hashable_so_compiled_steps_can_be_cached_by_it():
     assert hash(TrainingRecipe()) == hash(AUTHORS_RECIPE)
     assert TrainingRecipe(lr=2e-5) != AUTHORS_RECIPE
+
+
+def test_authors_decay_epochs_equal_their_float_test_and_need_no_loop_over_epochs():
+    from core.recipe import authors_decay_epochs
+
+    def by_their_loop(total: int) -> tuple[int, ...]:
+        period = total * 2 / 3
+        return tuple(e for e in range(total) if (e + 1) % period == 0)
+
+    assert all(authors_decay_epochs(t) == by_their_loop(t) for t in range(0, 3001))
+    # a loop over 10**21 epochs would never end; the arithmetic answers at once, and for
+    # such a total 2/3 of it is a whole float, so the float test fires once
+    (epoch,) = authors_decay_epochs(10**21)
+    assert (epoch + 1) % (10**21 * 2 / 3) == 0 and epoch < 10**21

@@ -185,3 +185,49 @@ def test_written_png_equals_the_network_output_quantised(tmp_path, authors_pth_1
 
     assert_pngs_match(np.asarray(Image.open(tmp_path / "o" / "a.png")), expected,
                       what="dln enhance vs the network's quantised output")
+
+
+def test_overwrite_into_the_input_folder_never_replaces_a_png_input_with_a_jpgs_output(
+        tmp_path, authors_pth_16, capsys):
+    folder = tmp_path / "p"
+    folder.mkdir()
+    _dark(6, 5).save(folder / "a.jpg")
+    _dark(6, 5).save(folder / "a.png")
+    _dark(6, 5).save(folder / "b.jpg")
+    original = (folder / "a.png").read_bytes()
+    code, _, lines = _enhance(["--weights", str(authors_pth_16), "--backend", "torch",
+                               "--overwrite", "--out", str(folder), str(folder)], capsys)
+    assert code == 1 and len(lines) == 2, lines
+    assert (folder / "a.png").read_bytes() == original
+    assert all("a.png" in line and "input" in line for line in lines)
+    assert (folder / "b.png").exists()
+
+
+def test_out_b_with_inputs_a_and_b_holding_one_name_replaces_neither(tmp_path, authors_pth_16,
+                                                                    capsys):
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    _dark(6, 5).save(a / "x.png")
+    _dark(7, 5).save(b / "x.png")
+    before = {p: p.read_bytes() for p in (a / "x.png", b / "x.png")}
+    code, _, lines = _enhance(["--weights", str(authors_pth_16), "--backend", "torch",
+                               "--overwrite", "--out", str(b), str(a), str(b)], capsys)
+    assert code == 1 and len(lines) == 2, lines
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_an_output_that_is_a_hard_link_to_the_input_is_refused(tmp_path, authors_pth_16,
+                                                              capsys):
+    import os
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    _dark(6, 5).save(tmp_path / "in" / "x.png")
+    os.link(tmp_path / "in" / "x.png", tmp_path / "out" / "x.png")
+    original = (tmp_path / "in" / "x.png").read_bytes()
+    code, _, lines = _enhance(["--weights", str(authors_pth_16), "--backend", "torch",
+                               "--overwrite", "--out", str(tmp_path / "out"),
+                               str(tmp_path / "in")], capsys)
+    assert code == 1 and len(lines) == 1 and "would replace this input" in lines[0], lines
+    assert (tmp_path / "out" / "x.png").read_bytes() == original

@@ -128,3 +128,16 @@ def test_compare_libraries_cli_defaults_to_the_bundled_samples_and_checks_option
     out = capsys.readouterr().out
     assert "| a | SSIM | each library's defaults" in out
     assert "not the implementations" in out
+
+
+def test_a_table1_report_that_would_replace_a_compared_image_is_refused_first(tmp_path,
+                                                                               capsys):
+    _write_folders(tmp_path, names=("a", "table1"))
+    before = (tmp_path / "pred" / "table1.png").read_bytes()
+    capsys.readouterr()
+    code = main(["metrics", "--compare-libraries", "--pred", str(tmp_path / "pred"),
+                 "--gt", str(tmp_path / "gt"), "--out", str(tmp_path / "pred")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "table1.png" in err, err
+    assert (tmp_path / "pred" / "table1.png").read_bytes() == before
+    assert not (tmp_path / "pred" / "table1.md").exists()

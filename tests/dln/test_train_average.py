@@ -94,7 +94,9 @@ def test_resuming_with_another_ema_decay_is_refused_in_one_line(tmp_path, capsys
 
 @pytest.mark.parametrize("decay", ["1", "-0.1", "nan"])
 def test_an_ema_decay_outside_zero_to_one_is_one_line(tmp_path, capsys, decay):
-    code = main(["train", *TINY, "--steps", "1", "--ema", decay, "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit) as stop:  # argparse's own one-line error
+        main(["train", *TINY, "--steps", "1", "--ema", decay, "--out", str(tmp_path / "r")])
+    code = stop.value.code
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--ema" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r").exists()

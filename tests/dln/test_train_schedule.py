@@ -9,7 +9,8 @@ from core.config import ConfigError, DLNConfig
 from core.errors import UserError
 from weights.initial import authors_initial_state
 from core.recipe import authors_decay_epochs
-from dln.training_loop import TrainError, TrainSettings, check_resumable, make_schedule
+from dln.training_loop import make_schedule
+from dln.training_settings import TrainError, TrainSettings, check_resumable
 
 
 def test_authors_decay_never_fires_with_their_default_500_epochs():

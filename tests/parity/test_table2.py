@@ -163,3 +163,16 @@ def test_table2_refuses_bad_arguments_in_one_line(tmp_path, capsys, lol_folder, 
         assert main(argv) == 2, argv
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == len(cases) and all(e.startswith("dln table2: error:") for e in err), err
+
+
+def test_model_and_image_names_cannot_break_a_table2_markdown_row():
+    from types import SimpleNamespace
+
+    from parity.evaluation.table2 import per_image_markdown
+
+    row = SimpleNamespace(name="evil | *bold*\nnext", per_image=[
+        {"image": "x|y\n", "psnr": 20.0, "ssim": 0.5, "theta": 3.0}])
+    lines = per_image_markdown(SimpleNamespace(rows=[row])).splitlines()
+    assert len(lines) == 3
+    cells = lines[2].replace("\\|", "").split("|")
+    assert len(cells) == 7 and "\\*bold\\*" in lines[2] and "\\n" in lines[2]

@@ -86,3 +86,32 @@ def test_config_is_inferred_from_shapes_and_travels_back_to_pth(tmp_path, author
     pth = tmp_path / "s.pth"
     assert main(["convert", str(st), str(pth)]) == 0
     assert load_checkpoint(pth).config == cfg
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_a_checkpoints_checks_run_once_per_load(tmp_path, authors_pth_16, monkeypatch, suffix):
+    """The stored config is parsed once and the tensor table compared once, while the
+    tensors are only declared (issue of repeated validation: once per load)."""
+    import importlib
+
+    convert_module = importlib.import_module("weights.convert")  # the package exports convert()
+    src = authors_pth_16
+    if suffix == ".safetensors":
+        src = tmp_path / "w.safetensors"
+        convert_module.convert(authors_pth_16, src)
+    calls = {"spec": 0, "config": 0}
+    real_check, real_parse = convert_module.check_against_spec, DLNConfig.from_json.__func__
+
+    def counted_check(*args):
+        calls["spec"] += 1
+        return real_check(*args)
+
+    def counted_parse(cls, text):
+        calls["config"] += 1
+        return real_parse(cls, text)
+
+    monkeypatch.setattr(convert_module, "check_against_spec", counted_check)
+    monkeypatch.setattr(DLNConfig, "from_json", classmethod(counted_parse))
+    ckpt = convert_module.load_checkpoint(src)
+    assert ckpt.config.dim == 16
+    assert calls == {"spec": 1, "config": 1 if suffix == ".safetensors" else 0}

@@ -19,6 +19,7 @@ import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -179,8 +180,9 @@ def amplifying_files(folder: Path) -> dict[str, Path]:
     files = {}
     unknown = _dln16()
     unknown["huge"] = _expanded((32768, 32768))            # 4 GiB as float32
+    dim_4096 = SimpleNamespace(dim=4096, input_channels=4)  # past MAX_DIM: DLNConfig refuses
     huge_dln = OrderedDict((s.torch_name, _expanded(s.torch_shape))
-                           for s in tensor_specs(DLNConfig(dim=4096)))  # 2.9e9 values, 11 GiB
+                           for s in tensor_specs(dim_4096))  # 2.9e9 values, 11 GiB
     for name, state in (("unknown key", unknown), ("huge DLN", huge_dln)):
         for legacy in (False, True):
             path = folder / f"{name.replace(' ', '_')}{'_legacy' if legacy else ''}.pth"
@@ -195,6 +197,23 @@ def amplifying_files(folder: Path) -> dict[str, Path]:
     path = folder / "declared_huge.safetensors"
     path.write_bytes(len(text).to_bytes(8, "little") + text + small[8 + size:])
     files["safetensors header"] = path
+    # a real dim-16 file whose metadata claims a far wider network: its implied shapes
+    # are computed by arithmetic and compared with the declared ones, never allocated
+    ckpt16 = {k: v.numpy() for k, v in _dln16().items()}
+    for dim in (16000, 1024):
+        from weights.convert import checkpoint_from_torch_state, safetensors_metadata
+        small = checkpoint_from_torch_state(ckpt16, CFG16)
+        meta = safetensors_metadata(small)
+        meta["config"] = json.dumps({**json.loads(meta["config"]), "dim": dim})
+        path = folder / f"claims_dim_{dim}.safetensors"
+        path.write_bytes(safetensors_bytes(small.flax_params, meta))
+        files[f"safetensors claiming dim {dim}"] = path
+    legacy_meta = _dln16()
+    legacy_meta._metadata = OrderedDict(  # type: ignore[attr-defined]
+        [("", {"version": 1, "dln_config": json.dumps({"dim": 1024})})])
+    path = folder / "pth_claiming_dim_1024.pth"
+    path.write_bytes(_torch_bytes(legacy_meta))
+    files["pth claiming dim 1024"] = path
     # object-per-byte bloat: a pickle of millions of empty dicts, each memoised
     bloat = folder / "many_objects.pth"
     bloat.write_bytes(b"\x80\x02]" + b"}\x94a" * 2_000_000 + b".")

@@ -133,3 +133,34 @@ def test_census_sees_variables_and_modules_without_computing():
     census = flax_census(fnn.Conv(4, (3, 3)), np.zeros((1, 3, 8, 8), np.float32))
     assert census.shapes == {"params/kernel": (3, 3, 3, 4), "params/bias": (4,)}
     assert "" in census.modules
+
+
+@pytest.mark.parametrize("kind", ["conv", "conv_transpose", "conv_transpose_flip", "dense",
+                                  "prelu", "bias", "scale", "mean", "var", "embedding"])
+def test_flax_shape_by_arithmetic_equals_the_shape_the_layout_rule_gives(kind):
+    from weights.rules import flax_shape, to_flax
+
+    shapes = {"conv": [(5, 3, 2, 4), (5, 3, 7), (6, 2, 1, 3, 2)], "dense": [(5, 3)],
+              "prelu": [(1,), (7,)]}
+    for shape in shapes.get(kind, shapes["conv"]) + ([(9,)] if kind not in (
+            "conv", "conv_transpose", "conv_transpose_flip", "dense") else []):
+        value = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+        assert flax_shape(kind, shape) == to_flax(kind, value).shape, (kind, shape)
+
+
+def test_the_tensor_table_of_the_widest_dln_is_sized_without_allocating():
+    """Shapes a checkpoint's metadata implies are compared before any allocation: the
+    Flax shapes of a dim-1024 DLN (177 million values, 0.66 GiB) cost no array."""
+    import tracemalloc
+
+    from core.config import MAX_DIM, DLNConfig
+    from weights.spec import tensor_specs
+
+    tracemalloc.start()
+    try:
+        shapes = [s.flax_shape for s in tensor_specs(DLNConfig(dim=MAX_DIM))]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert shapes[0] == (3, 3, 4, 2 * MAX_DIM)
+    assert peak < 4 << 20, f"{peak / 2**20:.1f} MiB traced while sizing the table"

@@ -1,29 +1,25 @@
-"""Exact tiled DLN inference, framework-neutral: the stage plan, tiles, buckets, map storage.
+"""Exact tiled inference, framework-neutral: the stage loop, tiles, buckets, map storage.
 
-DLN is local except for the three feature-aggregation (FA) means: each LBP's FA
-averages its input over height and width. So the forward pass splits into five
-stages, each computed tile by tile once the previous stages are complete:
+A network that is local except for a few global means over height and width (DLN:
+each LBP's feature aggregation averages its input) runs stage by stage: a stage
+reads the input image and/or the maps of the stages before it, and, when it needs
+one, the mean of those maps over the whole image; it writes new map channels, or the
+output. Each stage runs tile by tile once the stages before it are complete. The
+network declares its stages as a table of `Stage` rows (DLN's is weights.stages,
+read off its tensor table); this module owns the loop, the zero-padded reads and
+the storage of the maps.
 
-  stage      input maps (channels)            output        halo (pixels per side)
-  f1         x (3)                            f1 (dim)      2: feat1 3x3 + feat2 3x3
-  lbp1..3    f1, o1.. (k * dim) + FA mean     o_k (dim)     9: outlayer 1x1, then three
-                                                            3x3 convs in each of L1, D and
-                                                            L2 (chained L1 -> D -> L2), 1x1
-                                                            local weights add nothing
-  final      f1, o1, o2, o3 (4 * dim), x      pred (3)      2: feature 3x3 + out 3x3
+A tile reads its core region plus the stage's halo (the receptive radius of its
+chain of convolutions); everything outside the image is zero and every
+convolution's output is multiplied by the validity mask, which is exactly the zero
+padding the whole-image network applies before each convolution. The means are
+accumulated over the valid pixels of the complete maps. Every tile of a stage
+therefore has one fixed shape (one compilation) and the result equals the
+whole-image forward to float32 rounding.
 
-A tile reads its core region plus the halo; everything outside the image is zero
-and every convolution's output is multiplied by the validity mask, which is
-exactly the zero padding the whole-image network applies before each convolution.
-The FA mean of each stage is accumulated over the valid pixels of the complete
-maps. Every tile of a stage therefore has one fixed shape (one compilation) and
-the result equals the whole-image forward to float32 rounding.
-
-The frameworks provide a `StageRunner` (port.tiled, reference_torch.tiled); this
-module owns the loop, the zero-padded reads and the storage of the maps: in
-memory when they fit the budget, else a numpy.memmap scratch file in a temporary
-folder (removed afterwards) that is mapped only for each read or write, so its
-pages never accumulate in the process's resident set.
+The maps stay in memory when they fit the budget, else in a nameless numpy.memmap
+scratch file, reserved whole before the first tile, that is mapped only for each read
+or write, so its pages never accumulate in the process's resident set.
 """
 
 from __future__ import annotations
@@ -39,10 +35,7 @@ import numpy as np
 
 from core.errors import InputError
 
-HALO_F1 = 2
-HALO_LBP = 9
-HALO_FINAL = 2
-DEFAULT_TILE = 512          # core size of a tile; halos add 2 x 9 at most (530 x 530)
+DEFAULT_TILE = 512          # core size of a tile; halos add twice the largest halo
 MIN_TILE = 16
 
 # Bucket sides for whole-image runs: 2^k x {1, 1.25, 1.5, 1.75} from 32 up
@@ -103,10 +96,12 @@ def plan_buckets(shapes: list[tuple[int, int]], compile_pixels: float,
                  max_pixels: int | None = None) -> list[tuple[int, int]]:
     """The bucket shapes a folder of whole images runs in, chosen for the whole folder.
 
-    shapes: each image's (height, width), already landscape. Every image starts in its
-    own ladder bucket (bucket_shape); then, greedily, the two buckets whose merger into
-    one (the larger height, the larger width) saves the most are merged, while that
-    saves anything. The cost of a plan is the padded pixels computed plus
+    shapes: each image's (height, width), already landscape. The images are grouped by
+    their own ladder bucket (bucket_shape), and each group starts in the smallest shape
+    that holds all its images (a folder of 600 x 400 photos runs unpadded, not in the
+    640 x 448 bucket); then, greedily, the two buckets whose merger into one (the larger
+    height, the larger width) saves the most are merged, while that saves anything.
+    The cost of a plan is the padded pixels computed plus
     `compile_pixels` for every bucket shape not in `compiled` (a compilation costs as
     much time as computing that many pixels); a merged bucket above max_pixels is
     never formed. Each image then runs in the smallest planned bucket that covers it.
@@ -114,27 +109,29 @@ def plan_buckets(shapes: list[tuple[int, int]], compile_pixels: float,
     """
     if not shapes:
         return []
-    # Every bucket formed is made of ladder sides, so an image fits a bucket exactly when
-    # its own ladder bucket does: the plan needs only how many images each own bucket
-    # holds (a few dozen at most), however many images the folder has.
+    # The plan works on groups (one per own ladder bucket: a few dozen at most, however
+    # many images the folder has): each group's image count and tight shape.
     counts: dict[tuple[int, int], int] = {}
+    tight: dict[tuple[int, int], tuple[int, int]] = {}
     for shape in shapes:
         own = bucket_shape(*shape)
         counts[own] = counts.get(own, 0) + 1
+        held = tight.get(own, (0, 0))
+        tight[own] = (max(held[0], int(shape[0])), max(held[1], int(shape[1])))
 
     def plan_cost(buckets) -> tuple[float, list[tuple[int, int]]]:
-        """(cost, the buckets some image runs in): a bucket no image picks is dropped,
+        """(cost, the buckets some group runs in): a bucket no group picks is dropped,
         so it can neither cost a compilation nor catch images a later merger frees."""
         used: dict[tuple[int, int], int] = {}
         for own, count in counts.items():
-            b = smallest_cover(buckets, own)
+            b = smallest_cover(buckets, tight[own])
             used[b] = used.get(b, 0) + count * b[0] * b[1]
         value = sum(used.values()) + sum(compile_pixels for b in used if b not in compiled)
         return value, sorted(used)
 
-    buckets = sorted(counts)
+    buckets = sorted(set(tight.values()))
     if len(buckets) > PLAN_MAX_BUCKETS:
-        return buckets  # too many to plan in time: each image in its own ladder bucket
+        return sorted(counts)  # too many to plan in time: each image in its ladder bucket
     best, buckets = plan_cost(buckets)
     while len(buckets) > 1:
         trial = None
@@ -152,49 +149,80 @@ def plan_buckets(shapes: list[tuple[int, int]], compile_pixels: float,
     return buckets
 
 
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One row of a network's stage table."""
+
+    name: str
+    halo: int      # pixels of context each side: the receptive radius of the stage
+    reads: int     # leading channels of the stage maps it reads (0: none)
+    image: bool    # it reads the input image too
+    mean: bool     # it takes the mean, over the whole image, of the maps it reads
+    writes: int    # channels it appends to the stage maps; 0: its result is the output
+
+
 class StageRunner(Protocol):
-    """One framework's fixed-shape stage functions (NHWC numpy in and out, batch 1).
+    """One framework's fixed-shape stage functions (NHWC numpy in and out, batch 1)."""
 
-    Each takes the stage's input tile (core + 2 x halo on each axis, zero outside the
-    image) and the validity mask of the same extent, and returns the core (tile x tile)."""
+    stages: tuple[Stage, ...]
 
-    dim: int
-
-    def f1(self, x_tile: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
-
-    def lbp(self, index: int, z_tile: np.ndarray, mean: np.ndarray,
-            mask: np.ndarray) -> np.ndarray: ...
-
-    def final(self, z_tile: np.ndarray, x_tile: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
+    def start_stage(self, index: int, maps: np.ndarray | None, image: np.ndarray | None,
+                    mean: np.ndarray | None, mask: np.ndarray):
+        """Start stage `index` on one tile: its inputs (core + 2 x halo on each axis, zero
+        outside the image) and the validity mask of that extent. Returns a handle whose
+        result() is the tile's core; a backend that computes asynchronously returns at
+        once, so that the loop reads the next tile meanwhile."""
+        ...
 
 
-def map_bytes(height: int, width: int, dim: int) -> int:
-    """Storage of the four stage maps (f1, o1, o2, o3) of one image, float32."""
-    return int(height) * int(width) * 4 * dim * 4
+def map_channels(stages) -> int:
+    return sum(stage.writes for stage in stages)
+
+
+def largest_halo(stages) -> int:
+    return max(stage.halo for stage in stages)
+
+
+def map_bytes(height: int, width: int, channels: int) -> int:
+    """Storage of `channels` float32 stage maps of one image."""
+    return int(height) * int(width) * int(channels) * 4
 
 
 class MapStore:
-    """The (H, W, 4 * dim) float32 stage maps: an array, or a memmap scratch file."""
+    """The (H, W, channels) float32 stage maps: an array, or a memmap scratch file.
+
+    The scratch file is created without a name (O_TMPFILE, or unlinked as soon as it is
+    opened), so no kill, not even SIGKILL, can leave it behind, and its whole size is
+    reserved up front with posix_fallocate: a disk or tmpfs without room for it is one
+    line before any tile runs, never a SIGBUS in the middle of the run."""
 
     def __init__(self, height: int, width: int, channels: int, in_memory: bool,
                  scratch_dir: str | None = None):
         self.shape = (height, width, channels)
         self._array = None
-        self._dir = None
+        self._file = None
         if in_memory:
             self._array = np.zeros(self.shape, np.float32)
             return
-        need = map_bytes(height, width, channels // 4)
+        need = int(height) * int(width) * int(channels) * 4
         where = scratch_dir or tempfile.gettempdir()
-        free = shutil.disk_usage(where).free
-        if free < need * 1.05:
-            raise InputError(f"tiled inference needs {need / 2**30:.1f} GiB of scratch space "
-                             f"in {where}, which has {free / 2**30:.1f} GiB free (set TMPDIR "
-                             "to a roomier folder)")
-        self._dir = tempfile.mkdtemp(prefix="dln-tiles-", dir=where)
-        self._path = os.path.join(self._dir, "maps.f32")
-        with open(self._path, "wb") as fh:
-            fh.truncate(need)
+        try:
+            self._file = tempfile.TemporaryFile(prefix="dln-tiles-", dir=where)
+        except OSError as err:
+            raise InputError(f"tiled inference cannot create its scratch file in {where} "
+                             f"({err.strerror or err}; set TMPDIR to a writable folder)") \
+                from None
+        try:
+            os.posix_fallocate(self._file.fileno(), 0, need)
+        except OSError as err:
+            self.close()
+            try:
+                free = f", which has {_size(shutil.disk_usage(where).free)} free"
+            except OSError:
+                free = ""
+            raise InputError(f"tiled inference needs {_size(need)} of scratch space in "
+                             f"{where}{free} ({err.strerror or err}; set TMPDIR to a "
+                             "roomier folder)") from None
 
     @property
     def on_disk(self) -> bool:
@@ -204,7 +232,7 @@ class MapStore:
         if self._array is not None:
             return self._array[y0:y1]
         _, width, channels = self.shape
-        return np.memmap(self._path, np.float32, "r+", offset=y0 * width * channels * 4,
+        return np.memmap(self._file, np.float32, "r+", offset=y0 * width * channels * 4,
                          shape=(y1 - y0, width, channels))
 
     def read(self, y0: int, x0: int, size_y: int, size_x: int, channels: int) -> np.ndarray:
@@ -230,15 +258,19 @@ class MapStore:
 
     def close(self) -> None:
         self._array = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def padded_region(image: np.ndarray, y0: int, x0: int, size_y: int, size_x: int) -> np.ndarray:
@@ -276,48 +308,65 @@ class TiledPlan:
 
 
 def run_tiled(runner: StageRunner, image: np.ndarray, plan: TiledPlan,
-              on_tile=None) -> np.ndarray:
-    """The network's float32 (H, W, 3) output for one (H, W, 3) image, stage by stage.
+              on_tile=None, timeline=None) -> np.ndarray:
+    """The network's float32 (H, W, C) output for one (H, W, C) image, stage by stage
+    in the order of runner.stages.
 
-    on_tile(): called after every tile of every stage (5 x tile_count calls), for a
-    progress bar."""
-    height, width, _ = image.shape
-    dim, tile = runner.dim, plan.tile
+    Within a stage, the next tile's inputs are read, and the previous tile's result
+    written, while the current tile computes (when the runner computes asynchronously).
+    on_tile(): called after every tile of every stage (len(stages) x tile_count calls),
+    for a progress bar; timeline: a core.timeline.Timeline for tile_read / tile_wait /
+    tile_write spans."""
+    from core.timeline import Timeline
+
+    timeline = timeline or Timeline.off()
+    height, width = image.shape[:2]
+    stages, tile = runner.stages, plan.tile
     image = np.asarray(image, np.float32)
     origins = tile_origins(height, width, tile)
-    output = np.empty((height, width, 3), np.float32)
-    sums = np.zeros(4 * dim, np.float64)   # per-channel sums of f1, o1, o2, o3 over valid pixels
+    output = None
+    channels = map_channels(stages)
+    sums = np.zeros(channels, np.float64)   # per-channel sums of the maps over valid pixels
     tick = on_tile or (lambda: None)
+    with MapStore(height, width, channels, plan.maps_in_memory, plan.scratch_dir) as maps:
+        written = 0
 
-    def region(y, x, halo):
-        return y - halo, x - halo, tile + 2 * halo, tile + 2 * halo
-
-    with MapStore(height, width, 4 * dim, plan.maps_in_memory, plan.scratch_dir) as maps:
-        def store(y, x, channel0, core):
-            valid = core[:min(tile, height - y), :min(tile, width - x)]
-            sums[channel0:channel0 + dim] += valid.sum(axis=(0, 1), dtype=np.float64)
-            maps.write(y, x, channel0, core)
-
-        for y, x in origins:
-            r = region(y, x, HALO_F1)
-            store(y, x, 0, runner.f1(padded_region(image, *r),
-                                     validity_mask(height, width, *r)))
+        def finish(stage, y, x, handle):
+            nonlocal output
+            with timeline.span("tile_wait", stage=stage.name):
+                core = handle.result()
+            with timeline.span("tile_write", stage=stage.name):
+                h, w = min(tile, height - y), min(tile, width - x)
+                if stage.writes:
+                    sums[written:written + stage.writes] += \
+                        core[:h, :w].sum(axis=(0, 1), dtype=np.float64)
+                    maps.write(y, x, written, core)
+                else:
+                    if output is None:
+                        output = np.empty((height, width, core.shape[-1]), np.float32)
+                    output[y:y + h, x:x + w] = core[:h, :w]
             tick()
-        for index in range(3):
-            channels = (index + 1) * dim
-            mean = (sums[:channels] / (height * width)).astype(np.float32)
+
+        for index, stage in enumerate(stages):
+            mean = ((sums[:stage.reads] / (height * width)).astype(np.float32)
+                    if stage.mean else None)
+            size = tile + 2 * stage.halo
+            pending = None
             for y, x in origins:
-                r = region(y, x, HALO_LBP)
-                store(y, x, channels, runner.lbp(index, maps.read(*r, channels), mean,
-                                                 validity_mask(height, width, *r)))
-                tick()
-        for y, x in origins:
-            r = region(y, x, HALO_FINAL)
-            pred = runner.final(maps.read(*r, 4 * dim), padded_region(image, *r),
-                                validity_mask(height, width, *r))
-            h, w = min(tile, height - y), min(tile, width - x)
-            output[y:y + h, x:x + w] = pred[:h, :w]
-            tick()
+                y0, x0 = y - stage.halo, x - stage.halo
+                with timeline.span("tile_read", stage=stage.name):
+                    inputs = (maps.read(y0, x0, size, size, stage.reads) if stage.reads
+                              else None,
+                              padded_region(image, y0, x0, size, size) if stage.image
+                              else None, mean,
+                              validity_mask(height, width, y0, x0, size, size))
+                handle = runner.start_stage(index, *inputs)
+                del inputs
+                if pending is not None:
+                    finish(stage, *pending)
+                pending = (y, x, handle)
+            finish(stage, *pending)
+            written += stage.writes
     return output
 
 

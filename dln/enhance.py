@@ -1,17 +1,20 @@
 """`dln enhance`: images in, enhanced PNGs out, with either backend.
 
-Per image, in this order, each failure one line in `failures` while the others go on:
-1. its output name must be free: not an input of the run, not the output of an
-   earlier input (core.run_outputs, decided for all images before any is written),
-   and not an existing file unless overwrite=True;
-2. the header's pixel count must be within the limit (--max-pixels, or by default
-   the smaller of DEFAULT_MAX_PIXELS and what a tiled run fits in 80 % of the memory
-   available), refused before decoding;
-3. it must decode (core.images.load_image);
-4. the network runs whole, bucketed or tiled (dln.inference_plan: all three equal
-   the whole-image forward to float32 rounding); its output must be finite;
-5. the PNG is written atomically (never half-written, never clobbering a file
-   that appeared meanwhile unless overwrite=True).
+A run has two parts. Planning, from the file headers, before anything is decoded or
+written (`plan_run`): each image's output name must be free (not an input of the run,
+not the output of an earlier input: core.run_outputs, decided for all images at once;
+not an existing file unless overwrite=True); its pixel count must be within the limit
+(--max-pixels, or by default the smaller of DEFAULT_MAX_PIXELS and what a tiled run
+fits in 80 % of the memory available); the predictor plans it whole (in a size bucket
+or at its own size) or tiled (frameworks.memory_plan), and whole images are grouped
+into batches. Every problem of this part is one line in `failures` (an image) or a
+refusal of the run (InputError, exit 2: `--tile off` with an image that fits no whole
+run, no scratch space for a tiled one). After it, the list of (input, output) pairs of
+the run is complete.
+
+Then the run itself (dln.enhance_pipeline.Pipeline), batch by batch in the planned
+order, in three threads so that decoding and encoding overlap the network; a failure
+of one image or batch is one line while the others go on.
 """
 
 from __future__ import annotations
@@ -19,23 +22,23 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
 
 from core.config import DLNConfig
 from core.errors import InputError
 from core.images import (DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, ImageTooLargeError,
-                         OutputExistsError, header_size, list_images, load_image, quantize,
-                         write_png_atomic)
-from core.progress import progress
+                         header_size, list_images)
+from core.memory import MEMORY_FRACTION, available_memory, working_budget
 from core.run_outputs import refused_outputs
-from dln.inference_plan import (BYTES_PER_PIXEL_PER_DIM, MEMORY_FRACTION,  # noqa: F401
-                                TILED_BYTES_PER_PIXEL, Engine, available_memory,
-                                bytes_per_pixel, estimated_bytes, plan_image,
-                                tile_working_bytes)
+from core.timeline import Timeline
+from core.tiling import map_bytes, map_channels
+from dln.enhance_pipeline import Pipeline
+from frameworks.memory_plan import (TILED_BYTES_PER_PIXEL, ImagePlan,  # noqa: F401
+                                    batch_that_fits, estimated_bytes, tile_working_bytes,
+                                    tiled_estimate)
+from frameworks.predictor import Predictor
 
 BACKENDS = ("jax", "torch")
+READ_AHEAD_BYTES = 256 * 2**20  # decoded images held ahead of the network, at most
 
 
 @dataclasses.dataclass
@@ -70,10 +73,10 @@ def pixel_limit(config: DLNConfig, backend: str, max_pixels: int | None = None) 
     if fits >= DEFAULT_MAX_PIXELS:
         return PixelLimit(DEFAULT_MAX_PIXELS, "the default --max-pixels")
     return PixelLimit(max(fits, 1), f"what fits in {MEMORY_FRACTION:.0%} of the "
-                                    f"{_gib(available)} of memory available")
+                                    f"{_size(available)} of memory available")
 
 
-def _gib(n: float) -> str:
+def _size(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
@@ -82,15 +85,10 @@ def too_large_line(err: ImageTooLargeError, config: DLNConfig, backend: str,
     need = tiled_estimate(err.pixels, config, backend)
     size = f"{err.size[0]}x{err.size[1]} = " if err.size else ""
     return (f"{err.path}: refused before decoding: {size}{err.pixels / 1e6:.2f} MP would need "
-            f"about {_gib(need)} for the tiled {backend} forward pass (dim {config.dim}); the "
+            f"about {_size(need)} for the tiled {backend} forward pass (dim {config.dim}); the "
             f"limit is {limit.pixels / 1e6:.2f} MP (about "
-            f"{_gib(tiled_estimate(limit.pixels, config, backend))}, {limit.reason}); "
+            f"{_size(tiled_estimate(limit.pixels, config, backend))}, {limit.reason}); "
             "--max-pixels changes it")
-
-
-def tiled_estimate(pixels: int, config: DLNConfig, backend: str) -> int:
-    """Memory of a tiled run over `pixels` pixels (stage maps in a scratch file)."""
-    return tile_working_bytes(config, backend) + int(pixels) * TILED_BYTES_PER_PIXEL
 
 
 def _prepare_output_dir(output_dir: Path) -> None:
@@ -103,19 +101,126 @@ def _prepare_output_dir(output_dir: Path) -> None:
                          f"({err.strerror or err})") from None
 
 
+@dataclasses.dataclass
+class Job:
+    """One image of the run: where it comes from and goes, and how it runs."""
+    path: Path
+    dst: Path
+    plan: ImagePlan
+    size: tuple[int, int] | None        # (height, width) from the header (EXIF may swap)
+    key: tuple | None = None            # whole images: the predictor's group key
+
+
+@dataclasses.dataclass
+class Unit:
+    """What the network runs in one go: a batch of whole images of one key, or one
+    tiled image."""
+    jobs: list[Job]
+    key: tuple | None                   # None: tiled
+
+
+def plan_run(paths: list[Path], output_dir: Path, predictor: Predictor, limit: PixelLimit,
+             overwrite: bool, batch: int, result: EnhanceResult) -> list[Unit]:
+    """Every image planned from its header, in the order given; the refused ones are
+    lines in result.failures. Returns the units to run, in order."""
+    from PIL import Image
+
+    config, backend = predictor.config, predictor.backend
+    if limit.pixels > (Image.MAX_IMAGE_PIXELS or 0):
+        Image.MAX_IMAGE_PIXELS = limit.pixels  # as load_image does: headers up to the limit
+    jobs: list[Job] = []
+    refused = refused_outputs((path, output_dir / f"{path.stem}.png") for path in paths)
+    result.failures += refused.values()  # decided for the whole run before any write
+    for path in paths:
+        dst = output_dir / f"{path.stem}.png"
+        if path in refused or not _output_free(path, dst, overwrite, result):
+            continue
+        size = header_size(path)
+        if size and size[0] * size[1] > limit.pixels:
+            err = ImageTooLargeError(path, size[0] * size[1], limit.pixels, size[::-1])
+            result.failures.append(too_large_line(err, config, backend, limit))
+            continue
+        plan = predictor.plan(*size) if size else ImagePlan("whole")  # unreadable: fails later
+        jobs.append(Job(path, dst, plan, size))
+    _refuse_what_cannot_run(jobs, predictor)
+    predictor.plan_folder([j.size for j in jobs if j.size and
+                           predictor.in_buckets(j.plan, *j.size)], batch)
+    units: list[Unit] = []
+    open_units: dict[tuple, Unit] = {}
+    for job in jobs:
+        if job.plan.mode == "tiled":
+            units.append(Unit([job], None))
+            continue
+        job.key = predictor.group_key(job.plan, *job.size) if job.size else None
+        unit = open_units.get(job.key)
+        if unit is None or job.key is None:
+            unit = Unit([], job.key)
+            units.append(unit)
+            open_units[job.key] = unit
+        unit.jobs.append(job)
+        if len(unit.jobs) >= _batch_limit(job, batch, result):
+            del open_units[job.key]
+    # the largest first, the smallest last: the run ends with the shortest encode
+    return sorted(units, key=lambda u: -sum(j.size[0] * j.size[1] for j in u.jobs if j.size))
+
+
+def _batch_limit(job: Job, batch: int, result: EnhanceResult) -> int:
+    fits = batch_that_fits(job.plan, batch)
+    if fits < batch:
+        line = (f"--batch {batch} lowered to {fits} for images of {job.key[0]}x{job.key[1]} "
+                f"(about {_size(job.plan.estimate_bytes)} each; the working budget is "
+                f"{_size(working_budget())})")
+        if line not in result.notes:
+            result.notes.append(line)
+    return fits
+
+
+def _refuse_what_cannot_run(jobs: list[Job], predictor: Predictor) -> None:
+    """Refuse the run (InputError: one line, exit 2) before anything runs when an image
+    cannot run as asked: --tile off over the budget, or no scratch space for a tiled
+    image's stage maps."""
+    budget = working_budget()
+    for job in jobs:
+        if not job.plan.fits:
+            h, w = job.size
+            raise InputError(
+                f"{job.path}: {h}x{w} needs about {_size(job.plan.estimate_bytes)} to run "
+                f"whole (--tile off), more than the working budget of {_size(budget)}; "
+                "use --tile auto (or --tile N) to run it in tiles")
+    on_disk = [j for j in jobs if j.plan.mode == "tiled" and not j.plan.maps_in_memory]
+    if on_disk:
+        import shutil
+        import tempfile
+
+        channels = map_channels(predictor.stages.stages)
+        need = max(map_bytes(*j.size, channels) for j in on_disk)
+        where = tempfile.gettempdir()
+        try:
+            free = shutil.disk_usage(where).free
+        except OSError:
+            return  # the scratch file's own reservation says why, per image
+        if free < need:
+            raise InputError(f"tiled inference needs {_size(need)} of scratch space in "
+                             f"{where}, which has {_size(free)} free (set TMPDIR to a "
+                             "roomier folder)")
+
+
 def enhance_paths(ckpt, inputs: list[str | os.PathLike], output_dir: str | os.PathLike,
                   backend: str = "jax", overwrite: bool = False,
                   max_pixels: int | None = None, show_progress: bool = True,
                   tile: str | int = "auto", batch: int = 1, use_cache: bool = True,
-                  cache_dir: str | os.PathLike | None = None) -> EnhanceResult:
+                  cache_dir: str | os.PathLike | None = None,
+                  timeline: Timeline | None = None) -> EnhanceResult:
     """Enhance every image named by `inputs` (files or folders) into output_dir/<stem>.png.
 
-    tile: "auto", "off" or a tile side (dln.inference_plan); batch: whole images of one
-    size bucket per forward pass; use_cache: JAX's persistent compilation cache in
-    cache_dir (default dln.inference_plan.compilation_cache_dir()).
+    tile: "auto", "off" or a tile side (frameworks.memory_plan); batch: whole images of
+    one size bucket per forward pass; use_cache: JAX's persistent compilation cache in
+    cache_dir (default port.compile_cache.compilation_cache_dir()); timeline: where the
+    time goes (core.timeline; off by default).
     No image at all among the inputs is an InputError (exit 2)."""
     if batch < 1:
         raise InputError(f"--batch must be at least 1, got {batch}")
+    timeline = timeline or Timeline.off()
     output_dir = Path(output_dir)
     paths, failures = list_images(inputs)
     if not paths:
@@ -123,52 +228,20 @@ def enhance_paths(ckpt, inputs: list[str | os.PathLike], output_dir: str | os.Pa
             f"no {', '.join(s[1:] for s in IMAGE_SUFFIXES)} files in {', '.join(map(str, inputs))}"
         raise InputError(f"nothing to enhance: {named}")
     _prepare_output_dir(output_dir)
-    engine = Engine(ckpt, backend, use_cache=use_cache, cache_dir=cache_dir)
+    with timeline.span("predictor"):
+        predictor = Predictor(ckpt, backend, tile=tile, use_cache=use_cache,
+                              cache_dir=cache_dir, timeline=timeline)
+    result = EnhanceResult([], [], failures, notes=list(predictor.warnings))
     limit = pixel_limit(ckpt.config, backend, max_pixels)
-    result = EnhanceResult([], [], failures)
-    engine.plan_folder(_whole_image_sizes(paths, ckpt.config, backend, tile, limit.pixels),
-                       batch)
-    pending: dict[tuple, list] = {}
-    refused = refused_outputs((path, output_dir / f"{path.stem}.png") for path in paths)
-    result.failures += refused.values()  # decided for the whole run before any write
-    for path in progress(paths, desc="enhance", unit="img", disable=not show_progress):
-        dst = output_dir / f"{path.stem}.png"
-        if path in refused or not _output_free(path, dst, overwrite, result):
-            continue
-        try:
-            image = load_image(path, max_pixels=limit.pixels)
-        except ImageTooLargeError as err:
-            result.failures.append(too_large_line(err, ckpt.config, backend, limit))
-            continue
-        except ImageError as err:
-            result.failures.append(str(err))
-            continue
-        plan = plan_image(image.shape[0], image.shape[1], ckpt.config, backend, tile)
-        if plan.mode == "tiled":
-            result.notes.append(f"{path}: {image.shape[0]}x{image.shape[1]}, {plan.describe()}")
-            _finish(result, [(path, dst)], overwrite,
-                    lambda: [engine.tiled(image, plan, show_progress, path.name)])
-            continue
-        key = engine.group_key(*image.shape[:2])
-        group = pending.setdefault(key, [])
-        group.append((path, dst, image))
-        if len(group) >= batch:
-            _flush(engine, key, group, result, overwrite)
-    for key, group in pending.items():
-        _flush(engine, key, group, result, overwrite)
+    with timeline.span("plan"):
+        units = plan_run(paths, output_dir, predictor, limit, overwrite, batch, result)
+    result.notes += [w for w in predictor.warnings if w not in result.notes]
+    # Here every (input, output) pair of the run is known (the jobs of `units`), and
+    # nothing has been written yet.
+    timeline.note(images=sum(len(u.jobs) for u in units), units=len(units),
+                  buckets=sorted({u.key for u in units if u.key}, key=str))
+    Pipeline(predictor, result, overwrite, limit, show_progress, timeline).run(units)
     return result
-
-
-def _whole_image_sizes(paths: list[Path], config: DLNConfig, backend: str, tile,
-                       max_pixels: int | None) -> list[tuple[int, int]]:
-    """Header sizes of the images that will run whole (for the JAX bucket plan)."""
-    sizes = []
-    for path in paths:
-        size = header_size(path)
-        if size and (max_pixels is None or size[0] * size[1] <= max_pixels) and \
-                plan_image(*size, config, backend, tile).mode == "whole":
-            sizes.append(size)
-    return sizes
 
 
 def _output_free(path: Path, dst: Path, overwrite: bool, result: "EnhanceResult") -> bool:
@@ -177,51 +250,3 @@ def _output_free(path: Path, dst: Path, overwrite: bool, result: "EnhanceResult"
         result.failures.append(f"{path}: not enhanced: {dst} exists (--overwrite replaces it)")
         return False
     return True
-
-
-def _flush(engine: Engine, key: tuple, group: list, result: "EnhanceResult",
-           overwrite: bool) -> None:
-    if group:
-        images = [image for _, _, image in group]
-        _finish(result, [(path, dst) for path, dst, _ in group], overwrite,
-                lambda: engine.whole(images, key))
-        group.clear()
-
-
-def _finish(result: "EnhanceResult", targets: list[tuple[Path, Path]], overwrite: bool,
-            forward: Callable[[], list[np.ndarray]]) -> None:
-    """Run forward() for the targets' images and write each output PNG."""
-    try:
-        outputs = _run_network(forward, targets[0][0] if len(targets) == 1 else
-                               ", ".join(str(p) for p, _ in targets))
-    except ImageError as err:
-        result.failures.append(str(err))
-        return
-    for (path, dst), output in zip(targets, outputs):
-        if not np.all(np.isfinite(output)):
-            result.failures.append(f"{path}: the network's output holds NaN or Inf (weights "
-                                   "too large for float32?); nothing written")
-            continue
-        try:
-            write_png_atomic(quantize(output), dst, overwrite=overwrite)
-            result.written.append(dst)
-        except OutputExistsError:
-            result.skipped.append(dst)
-            result.failures.append(f"{path}: not enhanced: {dst} appeared meanwhile "
-                                   "(--overwrite replaces it)")
-        except ImageError as err:
-            result.failures.append(str(err))
-
-
-def _run_network(forward: Callable[[], list[np.ndarray]], what) -> list[np.ndarray]:
-    try:
-        return forward()
-    except InputError as err:  # e.g. no room for the scratch file of a tiled run
-        raise ImageError(f"{what}: {err}") from None
-    except MemoryError:
-        raise ImageError(f"{what}: out of memory in the forward pass (try --tile 256 or a "
-                         "smaller --max-pixels)") from None
-    except Exception as err:  # noqa: BLE001 - e.g. an accelerator out of memory
-        text = " ".join(str(err).split())[:160]
-        raise ImageError(f"{what}: the forward pass failed ({type(err).__name__}: {text})") \
-            from None

@@ -65,11 +65,12 @@ def evaluate_heldout(enhance: Callable[[np.ndarray], np.ndarray],
 def evaluate_checkpoint(path, pairs: Sequence[ImagePair] | None = None,
                         backend: str = "jax") -> HeldoutResult:
     """Held-out PSNR of a .pth / .safetensors checkpoint (default: the built-in held-out
-    pairs chelsea, coffee, rocket, as darkened in samples/), on any backend of
-    parity.bench.backends (jax, torch, torch-compile)."""
+    pairs chelsea, coffee, rocket, as darkened in samples/), on any backend of the one
+    predictor (frameworks.predictor: jax, torch, torch-compile), each image run as its
+    memory plan says."""
     from core.data import builtin_heldout
-    from parity.bench.backends import make_runner
+    from frameworks.predictor import Predictor
     from weights.convert import load_checkpoint
 
-    enhance = make_runner(backend, load_checkpoint(path)).infer
+    enhance = Predictor(load_checkpoint(path), backend).predict
     return evaluate_heldout(enhance, builtin_heldout() if pairs is None else pairs)

@@ -22,18 +22,21 @@ Images of one bucket and orientation are batched.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from core.config import DLNConfig
-from core.tiling import HALO_F1, HALO_FINAL, HALO_LBP, bucket_batch, bucket_shape, landscape
+from core.timeline import Timeline
+from core.tiling import bucket_batch, bucket_shape, landscape
 from port.inference import PARITY_PRECISION, make_apply, params_to_device
 from port.model import DLN, ConvBlock
 from port.pointwise import pointwise_conv_as_dot
-
-LBP_NAMES = ("feat_out_1", "feat_out_2", "feat_out_3")
+from weights.stages import LBP_NAMES, dln_stages
 
 
 def _masking(mask, pointwise_as_dot: bool):
@@ -84,37 +87,36 @@ def _masked_mean(z, mask):
 
 
 class JaxStages:
-    """core.tiling.StageRunner for the port: one jit per stage (fixed tile shapes)."""
+    """core.tiling.StageRunner for the port (weights.stages' table): one jit per stage,
+    compiled once per tile shape."""
 
     def __init__(self, params_tree: dict, config: DLNConfig, pointwise_as_dot: bool = True):
-        self.dim = config.dim
         self.config = config
+        self.dim = config.dim
+        self.stages = dln_stages(config)
         self._model = DLN(config)
         self._params = params_to_device(params_tree)
-        self._dot = pointwise_as_dot
-        self._f1 = jax.jit(self._stage_f1)
-        self._lbp = jax.jit(self._stage_lbp, static_argnums=1)
-        self._final = jax.jit(self._stage_final)
+        self.pointwise_as_dot = pointwise_as_dot
+        self._stage = jax.jit(self._stage_forward, static_argnums=(1, 2))
         self._bucket = jax.jit(self._bucket_forward)
 
     def _apply(self, params, mask, fn, *args):
         # traced in true float32 ("highest"), as port.inference.make_apply
         with jax.default_matmul_precision(PARITY_PRECISION), \
-                nn.intercept_methods(_masking(mask, self._dot)):
+                nn.intercept_methods(_masking(mask, self.pointwise_as_dot)):
             return self._model.apply({"params": params}, *args, method=fn)
 
-    # each stage: input tile with halo -> core of the tile
-    def _stage_f1(self, params, x, mask):
-        out = self._apply(params, mask, _f1, x, mask)
-        return out[:, HALO_F1:-HALO_F1, HALO_F1:-HALO_F1]
-
-    def _stage_lbp(self, params, index, z, mean, mask):
-        out = self._apply(params, mask, lambda m, z_, s_: _lbp(m, index, z_, s_), z, mean)
-        return out[:, HALO_LBP:-HALO_LBP, HALO_LBP:-HALO_LBP]
-
-    def _stage_final(self, params, z, x, mask):
-        out = self._apply(params, mask, _final, z, x)
-        return out[:, HALO_FINAL:-HALO_FINAL, HALO_FINAL:-HALO_FINAL]
+    def _stage_forward(self, params, name: str, halo: int, maps, image, mean, mask):
+        """One stage on a batch of tiles (input with halo) -> the tiles' cores."""
+        if name == "f1":
+            out = self._apply(params, mask, _f1, image, mask)
+        elif name == "final":
+            out = self._apply(params, mask, _final, maps, image)
+        else:
+            index = int(name.removeprefix("lbp")) - 1
+            out = self._apply(params, mask, lambda m, z_, s_: _lbp(m, index, z_, s_), maps,
+                              mean)
+        return out[:, halo:-halo, halo:-halo]
 
     def _bucket_forward(self, params, x, mask):
         """Whole padded images (N, Hb, Wb, 3) with masks: every FA mean over valid pixels."""
@@ -125,19 +127,11 @@ class JaxStages:
             maps.append(self._apply(params, mask, fn, z, _masked_mean(z, mask)))
         return self._apply(params, mask, _final, jnp.concatenate(maps, axis=-1), x)
 
-    @staticmethod
-    def _host(out) -> np.ndarray:
-        return np.asarray(jax.block_until_ready(out))
-
-    def f1(self, x_tile, mask):
-        return self._host(self._f1(self._params, x_tile[None], mask[None]))[0]
-
-    def lbp(self, index, z_tile, mean, mask):
-        return self._host(self._lbp(self._params, index, z_tile[None], mean[None],
-                                    mask[None]))[0]
-
-    def final(self, z_tile, x_tile, mask):
-        return self._host(self._final(self._params, z_tile[None], x_tile[None], mask[None]))[0]
+    def start_stage(self, index, maps, image, mean, mask) -> "Fetch":
+        stage = self.stages[index]
+        batch = (lambda a: None if a is None else a[None])
+        return Fetch(self._stage(self._params, stage.name, stage.halo, batch(maps),
+                                 batch(image), batch(mean), mask[None]))
 
     @property
     def params(self):
@@ -146,7 +140,18 @@ class JaxStages:
     def bucket(self, x: np.ndarray, mask: np.ndarray, params=None) -> np.ndarray:
         """(N, Hb, Wb, 3) padded batch and (N, Hb, Wb, 1) masks -> (N, Hb, Wb, 3), with
         the checkpoint's parameters or the given ones (e.g. transposed)."""
-        return self._host(self._bucket(self._params if params is None else params, x, mask))
+        out = self._bucket(self._params if params is None else params, x, mask)
+        return np.asarray(jax.block_until_ready(out))
+
+
+class Fetch:
+    """A dispatched stage tile: result() waits for it and brings its core to the host."""
+
+    def __init__(self, out):
+        self._out = out
+
+    def result(self) -> np.ndarray:
+        return np.asarray(jax.block_until_ready(self._out))[0]
 
 
 def transposed_params(tree: dict) -> dict:
@@ -160,54 +165,119 @@ def whole_group_key(height: int, width: int) -> tuple[int, int, bool]:
 
 
 class JaxWholeImage:
-    """Whole images, bucketed (masked only where padded), portrait ones transposed."""
+    """Whole images, bucketed (masked only where padded), portrait ones transposed.
 
-    def __init__(self, stages: JaxStages):
+    Each program (batch size, landscape shape, masked or plain) is traced, lowered and
+    compiled ahead of its first use (`program`), so a caller can compile the next
+    shape while the current one computes; `submit` prepares a batch on the host and
+    dispatches it without waiting, `Pending.result` waits and crops."""
+
+    def __init__(self, stages: JaxStages, timeline: Timeline | None = None):
         self.config = stages.config
         self._stages = stages
-        self._plain = make_apply(stages.config)
+        self.plain = make_apply(stages.config, pointwise_as_dot=stages.pointwise_as_dot)
         self._params = self._stages.params
         self._transposed = None
+        self._programs: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+        self.timeline = timeline or Timeline.off()
 
     def params(self, transposed: bool):
         if not transposed:
             return self._params
-        if self._transposed is None:
-            self._transposed = jax.jit(transposed_params)(self._params)
-        return self._transposed
+        with self._lock:
+            if self._transposed is None:
+                self._transposed = jax.jit(transposed_params)(self._params)
+            return self._transposed
 
-    def run(self, images: list[np.ndarray], bucket: tuple[int, int] | None = None
-            ) -> list[np.ndarray]:
-        """Images of one orientation -> their (H, W, 3) float32 outputs, run in `bucket`
-        (landscape; default: the first image's whole_group_key bucket)."""
+    def program(self, batch: int, shape: tuple[int, int], masked: bool):
+        """The compiled forward of (batch, *shape) images, masked (padded buckets) or
+        plain (images that fill their shape); compiled once per process (the persistent
+        cache, when enabled, makes a later process's compilation a cache read)."""
+        key = (int(batch), int(shape[0]), int(shape[1]), bool(masked))
+        with self._lock:
+            if key in self._programs:
+                return self._programs[key]
+            x = jax.ShapeDtypeStruct((key[0], key[1], key[2], 3), jnp.float32)
+            label = f"{key[0]}x{key[1]}x{key[2]}" + (" masked" if masked else "")
+            with self.timeline.span("trace", program=label):
+                if masked:
+                    mask = jax.ShapeDtypeStruct((key[0], key[1], key[2], 1), jnp.float32)
+                    lowered = self._stages._bucket.lower(self._params, x, mask)
+                else:
+                    lowered = self.plain.lower(self._params, x)
+            with self.timeline.span("compile", program=label):
+                self._programs[key] = lowered.compile()
+            return self._programs[key]
+
+    def submit(self, images: list[np.ndarray], bucket: tuple[int, int] | None = None,
+               after: "Pending | None" = None) -> "Pending":
+        """Dispatch images of one orientation in `bucket` (landscape; default: the first
+        image's whole_group_key bucket) and return at once; with `after`, the dispatch
+        waits until that batch has computed (its host work and compilation do not), so
+        that one batch computes at a time."""
         portrait = {im.shape[0] > im.shape[1] for im in images}
         if len(portrait) != 1:
             raise ValueError("images of one batch must share an orientation")
         transposed = portrait.pop()
-        batch = [np.swapaxes(im, 0, 1) if transposed else im for im in images]
-        bucket = tuple(bucket or bucket_shape(*batch[0].shape[:2]))
+        with self.timeline.span("host_prep", images=len(images)):
+            batch = [np.swapaxes(im, 0, 1) if transposed else im for im in images]
+            bucket = tuple(bucket or bucket_shape(*batch[0].shape[:2]))
+            masked = not all(im.shape[:2] == bucket for im in batch)
+            if masked:
+                x, mask = bucket_batch(batch, bucket)
+                args = (x, mask)
+            else:
+                args = (np.stack(batch).astype(np.float32, copy=False),)
+        program = self.program(len(images), bucket, masked)
         params = self.params(transposed)
-        if all(im.shape[:2] == bucket for im in batch):
-            out = np.asarray(jax.block_until_ready(
-                self._plain(params, np.stack(batch).astype(np.float32))))
-        else:
-            x, mask = bucket_batch(batch, bucket)
-            out = self._stages.bucket(x, mask, params)
-        outputs = [o[:im.shape[0], :im.shape[1]] for o, im in zip(out, batch)]
-        return [np.swapaxes(o, 0, 1) if transposed else o for o in outputs]
+        if after is not None:
+            with self.timeline.span("wait_previous"):
+                after.wait()
+        with self.timeline.span("dispatch"):
+            start = time.time()
+            out = program(params, *args)
+        return Pending(out, [im.shape[:2] for im in batch], transposed, self.timeline,
+                       f"{len(images)}x{bucket[0]}x{bucket[1]}" + (" masked" if masked else ""),
+                       start)
+
+    def run(self, images: list[np.ndarray], bucket: tuple[int, int] | None = None
+            ) -> list[np.ndarray]:
+        """Images of one orientation -> their (H, W, 3) float32 outputs."""
+        return self.submit(images, bucket).result()
 
 
-def enable_compilation_cache(folder) -> None:
-    """Keep every compiled XLA executable in `folder` (JAX's persistent compilation
-    cache), so a later process with the same shapes compiles nothing. Entries of any
-    compile time and size are kept: the stage and bucket programs compile in ~0.3-2 s."""
-    import os
+class Pending:
+    """A dispatched batch: wait() until it has computed (its "compute" span runs from
+    the dispatch to the moment it is seen ready), result() for each image's output."""
 
-    from jax.experimental.compilation_cache import compilation_cache
+    def __init__(self, out, shapes, transposed: bool, timeline: Timeline, label: str,
+                 started: float):
+        self._out, self._shapes, self._transposed = out, shapes, transposed
+        self._timeline, self.label, self._started = timeline, label, started
+        self._lock = threading.Lock()
+        self._computed = False
 
-    os.makedirs(folder, exist_ok=True)
-    if jax.config.jax_compilation_cache_dir != str(folder):
-        compilation_cache.reset_cache()  # a process may switch folders (tests do)
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    def wait(self) -> None:
+        # polled rather than blocked in XLA, so that a signal (Ctrl-C, SIGTERM) reaches
+        # the waiting main thread at once
+        while not self._computed and not self._ready():
+            time.sleep(0.005)
+        with self._lock:
+            if not self._computed:
+                jax.block_until_ready(self._out)  # ready: raises what the program raised
+                self._timeline.add("compute", self._started, time.time(), program=self.label,
+                                   asynchronous=True)
+                self._computed = True
+
+    def _ready(self) -> bool:
+        out = self._out
+        return out is None or out.is_ready()
+
+    def result(self) -> list[np.ndarray]:
+        self.wait()
+        with self._timeline.span("transfer", program=self.label):
+            host = np.asarray(self._out)
+            self._out = None
+            outputs = [o[:h, :w] for o, (h, w) in zip(host, self._shapes)]
+            return [np.swapaxes(o, 0, 1) if self._transposed else o for o in outputs]

@@ -16,17 +16,27 @@ import numpy as np
 import torch
 
 from core.config import DLNConfig
-from core.tiling import HALO_F1, HALO_FINAL, HALO_LBP
 from reference_torch.inference import model_from_state
+from weights.stages import dln_stages
+
+
+class Computed:
+    def __init__(self, value: np.ndarray):
+        self._value = value
+
+    def result(self) -> np.ndarray:
+        return self._value
 
 
 class TorchStages:
-    """core.tiling.StageRunner for the reference model."""
+    """core.tiling.StageRunner for the reference model (weights.stages' table), and its
+    unmodified whole-image forward."""
 
     def __init__(self, state: dict[str, np.ndarray], config: DLNConfig,
                  channels_last: bool = True, compile_whole: bool = False):
         self.dim = config.dim
         self.config = config
+        self.stages = dln_stages(config)
         self._format = torch.channels_last if channels_last else torch.contiguous_format
         self._model = model_from_state(state, config).to(memory_format=self._format)
         self._whole_model = self._model
@@ -46,7 +56,8 @@ class TorchStages:
     def _mask_output(self, module, inputs, output):
         return output if self._mask is None else output * self._mask
 
-    def _tensor(self, nhwc: np.ndarray) -> torch.Tensor:
+    def tensor(self, nhwc: np.ndarray) -> torch.Tensor:
+        """A (N, H, W, C) numpy batch as an NCHW tensor in this runner's memory format."""
         x = torch.from_numpy(np.ascontiguousarray(nhwc, np.float32)).permute(0, 3, 1, 2)
         return x.contiguous(memory_format=self._format)
 
@@ -77,7 +88,7 @@ class TorchStages:
 
     def _run(self, mask_nhwc, fn, *args):
         """fn(*args, mask) with every conv output masked."""
-        self._mask = self._tensor(mask_nhwc)
+        self._mask = self.tensor(mask_nhwc)
         try:
             with torch.inference_mode():
                 return fn(*args, self._mask)
@@ -85,23 +96,30 @@ class TorchStages:
             self._mask = None
 
     # ---- core.tiling.StageRunner ----
-    def f1(self, x_tile, mask):
-        out = self._run(mask[None], self._f1, self._tensor(x_tile[None]))
-        return self._numpy(out[:, :, HALO_F1:-HALO_F1, HALO_F1:-HALO_F1])[0]
+    def start_stage(self, index, maps, image, mean, mask) -> "Computed":
+        """PyTorch on the CPU computes synchronously: the result is there on return."""
+        return Computed(self._run_stage(index, maps, image, mean, mask))
 
-    def lbp(self, index, z_tile, mean, mask):
-        out = self._run(mask[None], self._lbp, index, self._tensor(z_tile[None]),
-                        torch.from_numpy(np.asarray(mean, np.float32)[None]))
-        return self._numpy(out[:, :, HALO_LBP:-HALO_LBP, HALO_LBP:-HALO_LBP])[0]
-
-    def final(self, z_tile, x_tile, mask):
-        out = self._run(mask[None], self._final, self._tensor(z_tile[None]),
-                        self._tensor(x_tile[None]))
-        return self._numpy(out[:, :, HALO_FINAL:-HALO_FINAL, HALO_FINAL:-HALO_FINAL])[0]
+    def _run_stage(self, index, maps, image, mean, mask):
+        stage = self.stages[index]
+        if stage.name == "f1":
+            args = (self.tensor(image[None]),)
+            fn = self._f1
+        elif stage.name == "final":
+            args = (self.tensor(maps[None]), self.tensor(image[None]))
+            fn = self._final
+        else:
+            lbp = int(stage.name.removeprefix("lbp")) - 1
+            args = (lbp, self.tensor(maps[None]),
+                    torch.from_numpy(np.asarray(mean, np.float32)[None]))
+            fn = self._lbp
+        out = self._run(mask[None], fn, *args)
+        h = stage.halo
+        return self._numpy(out[:, :, h:-h, h:-h])[0]
 
     def bucket(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """(N, Hb, Wb, 3) padded batch and (N, Hb, Wb, 1) masks -> (N, Hb, Wb, 3)."""
-        xt, mt = self._tensor(x), self._tensor(mask)
+        xt, mt = self.tensor(x), self.tensor(mask)
         self._mask = mt
         try:
             with torch.inference_mode():
@@ -115,7 +133,11 @@ class TorchStages:
             self._mask = None
         return self._numpy(out)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The unmodified reference forward (torch.compile'd when asked) on an NCHW batch."""
+        with torch.inference_mode():
+            return self._whole_model(x)
+
     def whole(self, image: np.ndarray) -> np.ndarray:
         """The unmodified reference forward on one (H, W, 3) image (no masks, no padding)."""
-        with torch.inference_mode():
-            return self._numpy(self._whole_model(self._tensor(image[None])))[0]
+        return self._numpy(self.forward(self.tensor(image[None])))[0]

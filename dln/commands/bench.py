@@ -56,8 +56,13 @@ def register(sub) -> None:
                         "(make_apply(pointwise_as_dot=False)); with --workload train: add a "
                         "row for the JAX step without its training rewrites (jax-plain)")
     p.add_argument("--profile", action="store_true",
-                   help="after timing, trace the JAX forward: time per layer and per kind of op "
-                        "(--workload train: the JAX training step, time per kind of work)")
+                   help="after timing, trace the JAX forward: time per layer and per kind of "
+                        "op. With --workload folder|large: account for every second of each run "
+                        "(start-up, checkpoint, planning, decoding, tracing, compiling, compute "
+                        "per bucket, transfer, encoding, writing) and measure the compute it "
+                        "should cost (folder: the sum of each image's per-image forward; "
+                        "large: its tiles at the per-image rate). With --workload train: the "
+                        "JAX training step's op time per kind of work")
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="also write bench.json, bench.md and bench_latency.png here "
@@ -135,7 +140,7 @@ def _run_workload(args) -> int:
     weights = args.weights or str(SAMPLE_CHECKPOINT)
     if not Path(weights).is_file():
         raise UserError(f"--weights {weights}: no such file")
-    result = run_workload(args.workload, weights, rows)
+    result = run_workload(args.workload, weights, rows, profile=args.profile)
     result["machine"] = machine_description()
     text = workload_text(result, result["machine"])
     print(json.dumps(result, indent=2) if args.json else text, end="" if not args.json else "\n")

@@ -38,12 +38,16 @@ def register(sub) -> None:
                         "available)")
     p.add_argument("--tile", default="auto", metavar="auto|off|N",
                    help="auto (default): the whole image when its forward pass fits the "
-                        "working budget (3 GiB, or 80%% of the memory available if less), "
-                        f"else stage by stage in {DEFAULT_TILE}x{DEFAULT_TILE} tiles; off: "
-                        "always whole; N: always N x N tiles. Tiles and buckets are exact: "
-                        "equal to the whole-image forward to float32 rounding")
+                        "working budget (3 GiB, or 80%% of the memory available, cgroup "
+                        "limits included, if less; JAX counts its padded size bucket, and "
+                        "runs an image whose bucket does not fit at its own size), else stage "
+                        f"by stage in {DEFAULT_TILE}x{DEFAULT_TILE} tiles; off: always whole "
+                        "(an image that does not fit the budget is refused before anything "
+                        "runs); N: always N x N tiles. Tiles and buckets are exact: equal to "
+                        "the whole-image forward to float32 rounding")
     p.add_argument("--batch", type=positive_int, default=1,
-                   help="whole images of one size bucket per forward pass (default 1). JAX "
+                   help="whole images of one size bucket per forward pass (default 1; "
+                        "lowered, with a note, to as many as fit the working budget). JAX "
                         "pads each image to its bucket, each side up to the next of 32, 40, "
                         "48, 56, 64, 80, ..., 256, 320, 384, 448, 512, 640, 768, 896, 1024, "
                         "1280, ... (at most 25%% more per side, none for sides on that "
@@ -52,29 +56,58 @@ def register(sub) -> None:
                         "padding costs less than the compilations saved (shapes already in "
                         "the cache count as free), so a folder compiles a handful of "
                         "programs")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="write where the run's time went to FILE (JSON: named spans per "
+                        "thread on one clock: decode, trace, compile, compute per bucket, "
+                        "transfer, encode, write; `dln bench --workload folder --profile` "
+                        "accounts for them)")
     p.add_argument("--no-cache", action="store_true",
                    help="do not use JAX's persistent compilation cache ($DLN_CACHE_DIR, else "
                         "$XDG_CACHE_HOME/dln-port/jax, else ~/.cache/dln-port/jax), which "
-                        "lets a second run of the same sizes compile nothing")
+                        "lets a second run of the same sizes compile nothing, nor the "
+                        "checkpoint kept there (a .pth read once is kept as safetensors, so "
+                        "that later JAX runs need not import PyTorch)")
     p.set_defaults(run=run)
 
 
-def run(args) -> int:
-    from dln.enhance import enhance_paths
-    from dln.inference_plan import parse_tile
-    from weights.convert import load_checkpoint
+def _write_profile(path: str, timeline) -> None:
+    from core.atomic_files import write_text_atomic
+    from core.errors import UserError
 
+    try:
+        write_text_atomic(path, timeline.to_json())
+    except OSError as err:
+        raise UserError(f"--profile {path}: cannot write ({err.strerror or err})") from None
+
+
+def run(args) -> int:
+    from core.timeline import Timeline
+    from dln.enhance import enhance_paths
+    from frameworks.memory_plan import parse_tile
+
+    timeline = Timeline(enabled=args.profile is not None)
+    kept = None   # JAX: a .pth's verified conversion kept in the cache folder
+    with timeline.span("imports"):
+        from dln.checkpoint_cache import load_checkpoint_once
+        if args.backend == "jax" and not args.no_cache:
+            from port.compile_cache import compilation_cache_dir, usable_cache_folder
+
+            kept = compilation_cache_dir()
+            kept = None if usable_cache_folder(kept) else kept
     tile = parse_tile(args.tile)
     overrides = parse_variant(args.variant)
     if args.gamma is not None:
         overrides["gamma"] = args.gamma
         parse_variant(f"gamma={args.gamma}")  # validate
-    ckpt = load_checkpoint(args.weights, overrides)
+    with timeline.span("load_checkpoint"):
+        ckpt = load_checkpoint_once(args.weights, overrides, kept)
     for note in ckpt.notes:
         print(f"note: {note}", file=sys.stderr)
     result = enhance_paths(ckpt, args.inputs, args.out, backend=args.backend,
                            overwrite=args.overwrite, max_pixels=args.max_pixels, tile=tile,
-                           batch=args.batch, use_cache=not args.no_cache)
+                           batch=args.batch, use_cache=not args.no_cache, timeline=timeline)
+    if args.profile:
+        _write_profile(args.profile, timeline)
     for line in result.notes:
         print(f"note: {escape_text(line)}", file=sys.stderr)
     for line in result.failures:

@@ -103,3 +103,20 @@ def profile_forward(apply, params, x, config, runs: int = 2) -> dict:
              for k, v in sorted(per_kind.items(), key=lambda kv: -kv[1])]
     return {"wall_ms": 1e3 * min(walls), "op_ms_total": op_total, "by_kind": kinds,
             "layers": layers, "runs": runs}
+
+
+def compiled_stats(apply, params, x) -> dict:
+    """XLA's own view of the compiled forward: buffer bytes and HLO FLOP count."""
+    compiled = apply.lower(params, x).compile()
+    stats: dict = {}
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        stats["xla_temp_bytes"] = int(memory.temp_size_in_bytes)
+        stats["xla_argument_bytes"] = int(memory.argument_size_in_bytes)
+        stats["xla_output_bytes"] = int(memory.output_size_in_bytes)
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list):  # older jax returned one dict per device
+        cost = cost[0] if cost else None
+    if cost and "flops" in cost:
+        stats["xla_hlo_flops"] = float(cost["flops"])
+    return stats

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from parity.bench.backends import BackendUnavailable, Runner
+from parity.bench.backends import BackendUnavailable
 
 TRAIN_BACKENDS = ("jax", "torch", "torch-compile", "jax-plain")
 DEFAULT_TRAIN_BACKENDS = ("jax", "torch", "torch-compile")
@@ -42,12 +42,12 @@ def train_batch(batch: int, patch: int, seed: int = 0) -> tuple[np.ndarray, np.n
     return low, high
 
 
-class TrainRunner(Runner):
-    """Runner interface (parity.bench.backends) over a trainer: prepare() builds the
-    batch and runs the warm-up steps, step() runs one training step."""
+class TrainRunner:
+    """What the benchmark worker times (as the predictor's prepare / step for inference):
+    prepare() builds the batch and runs the warm-up steps, step() runs one training step;
+    `settings` says how the trainer was configured."""
 
     def __init__(self, backend: str, ckpt, batch: int, patch: int):
-        super().__init__()
         from core.recipe import AUTHORS_RECIPE
         from weights.training_checkpoint import TrainingCheckpoint
 
@@ -55,6 +55,7 @@ class TrainRunner(Runner):
             raise ValueError(f"unknown backend {backend!r} (choose from "
                              f"{', '.join(TRAIN_BACKENDS)})")
         self.name = backend
+        self.settings: dict = {}
         self.batch, self.patch = batch, patch
         self._state = TrainingCheckpoint(dict(ckpt.flax_params))
         self._config = ckpt.config
@@ -103,10 +104,7 @@ class TrainRunner(Runner):
 
             jax.block_until_ready((self.trainer.params, self.trainer.opt_state, loss))
 
-    def infer(self, image_hwc):
-        return self.trainer.enhancer()(image_hwc)
-
-    def profile(self, runs: int = 2) -> dict:
+    def train_profile(self, runs: int = 2) -> dict:
         """Per-kind op times of the JAX train step (parity.bench.train_profile)."""
         if not self.name.startswith("jax"):
             raise ValueError("the training profile needs a jax backend")

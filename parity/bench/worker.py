@@ -19,6 +19,9 @@ library prints is ignored by the driver). Requests:
   {"op": "matmul", "library": "numpy" | "torch" | "jax", "n": N, "repeats": r}
       seconds of r (N x N) @ (N x N) float32 products, after one warm-up
   {"op": "profile"}   (jax only) per-op times of the forward, parity.bench.jax_profile
+  {"op": "per_image", "sizes": [[H, W], ...], "repeats": r}
+      after setup: for each size, one forward pass of one image at exactly that size
+      (JAX: compiled first), timed r times; the best of each, in seconds
   {"op": "quit"}
 
 Separate processes keep the backends' thread pools and allocators apart, while
@@ -67,7 +70,7 @@ class Worker:
         self._matmul_cache: dict = {}
 
     def setup(self, req: dict) -> dict:
-        from parity.bench.backends import BackendUnavailable, make_runner
+        from frameworks.predictor import BackendUnavailable, Predictor
         from weights.convert import load_checkpoint
 
         ckpt = load_checkpoint(req["weights"])
@@ -81,8 +84,8 @@ class Worker:
             else:
                 x = np.random.default_rng(req.get("seed", 0)).random(
                     (req["batch"], req["height"], req["width"], 3), dtype=np.float32)
-                runner = make_runner(req["backend"], ckpt, jax_fast=req.get("jax_fast", True),
-                                     channels_last=req.get("channels_last", False))
+                runner = Predictor(ckpt, req["backend"], jax_fast=req.get("jax_fast", True),
+                                   channels_last=req.get("channels_last", False))
             start = time.perf_counter()
             runner.prepare(x)
             warmup = time.perf_counter() - start
@@ -91,8 +94,10 @@ class Worker:
         self.runner = runner
         reply = {"ok": True, "settings": runner.settings, "warmup_s": warmup,
                  "rss_before_mib": before, "peak_rss_mib": peak_rss_mib()}
-        if hasattr(runner, "compiled_stats"):
-            reply["xla"] = runner.compiled_stats()
+        if getattr(runner, "backend", None) == "jax":
+            from parity.bench.jax_profile import compiled_stats
+
+            reply["xla"] = compiled_stats(*runner.jax_forward)
         return reply
 
     def time(self, req: dict) -> dict:
@@ -104,9 +109,27 @@ class Worker:
                 "peak_rss_mib": peak_rss_mib()}
 
     def profile(self, req: dict) -> dict:
-        if not hasattr(self.runner, "profile"):
+        if self.runner is not None and hasattr(self.runner, "train_profile"):
+            return {"ok": True, "profile": self.runner.train_profile(int(req.get("runs", 2)))}
+        if self.runner is None or getattr(self.runner, "backend", None) != "jax":
             return {"ok": False, "error": "profile needs the jax backend, set up first"}
-        return {"ok": True, "profile": self.runner.profile(int(req.get("runs", 2)))}
+        from parity.bench.jax_profile import profile_forward
+
+        return {"ok": True, "profile": profile_forward(*self.runner.jax_forward,
+                                                       self.runner.config,
+                                                       int(req.get("runs", 2)))}
+
+    def per_image(self, req: dict) -> dict:
+        from parity.bench.backends import time_steps
+
+        if self.runner is None:
+            return {"ok": False, "error": "per_image before setup"}
+        rng = np.random.default_rng(0)
+        best = []
+        for height, width in req["sizes"]:
+            self.runner.prepare(rng.random((1, height, width, 3), dtype=np.float32))
+            best.append(min(time_steps(self.runner.step, int(req.get("repeats", 1)))))
+        return {"ok": True, "seconds": best}
 
     def _matmul_step(self, library: str, n: int):
         key = (library, n)
@@ -164,7 +187,7 @@ def main() -> int:
             if op == "quit":
                 reply({"ok": True})
                 return 0
-            if op not in ("setup", "time", "matmul", "profile"):
+            if op not in ("setup", "time", "matmul", "profile", "per_image"):
                 reply({"ok": False, "error": f"unknown op {op!r}"})
                 continue
             reply(getattr(worker, op)(req))

@@ -38,8 +38,10 @@ TUNED_GLIBC = ("glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold
                "glibc.malloc.top_pad=268435456")
 ROWS = ("jax", "torch", "torch-tuned-glibc", "torch-compile")
 # Floors, measured in one run on the same machine.
-FLOOR_FOLDER_COLD = 1.3    # JAX end to end, cold cache, at least 1.3x PyTorch eager
+FLOOR_FOLDER_COLD = 1.4    # JAX end to end, cold cache, at least 1.4x PyTorch eager
 FLOOR_FOLDER_WARM = 1.5    # warm cache
+FLOOR_FOLDER_TUNED = 1.3   # warm cache, against PyTorch with the tuned glibc allocator
+FLOOR_OVER_COMPUTE = 1.15  # JAX total at most 15% above its compute (with --profile)
 FLOOR_LARGE_SPEEDUP = 1.3  # 12 MP, tiled both
 FLOOR_LARGE_RSS_MIB = 3 * 1024
 
@@ -76,29 +78,41 @@ def write_workload(name: str, folder: Path, seed: int = 0, limit: int | None = N
 
 
 def run_enhance(weights: str, backend: str, inputs: Path, out: Path, extra_env: dict,
-                extra_args: list[str]) -> dict:
-    """One `dln enhance` process: wall seconds, peak RSS (MiB), exit code."""
+                extra_args: list[str], profile: Path | None = None) -> dict:
+    """One `dln enhance` process: wall seconds, peak RSS (MiB), exit code; with
+    `profile`, its --profile timeline there and the account of it (parity.bench.run_profile)."""
     env = {**os.environ, "DLN_NO_PROGRESS": "1", **extra_env}
     cmd = [sys.executable, "-m", "dln.cli", "enhance", "--weights", weights, "--backend",
            backend, "--out", str(out), "--overwrite", *extra_args, str(inputs)]
+    if profile:
+        cmd[4:4] = ["--profile", str(profile)]
     root = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: it cannot fill and block
+        started = time.time()
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL,
                                 stderr=stderr)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
+        ended = started + seconds
         proc.returncode = code = os.waitstatus_to_exitcode(status)
         stderr.seek(0)
         err = stderr.read().decode(errors="replace").strip().splitlines()
     # ru_maxrss of the child is the larger of its own peak and this (small) parent's RSS at
     # the fork; the parent only generates PNGs, so the figure is the enhance process's.
-    return {"total_s": seconds, "peak_rss_mib": usage.ru_maxrss / 1024, "exit_code": code,
-            "last_error": err[-1] if err and code else None}
+    figures = {"total_s": seconds, "peak_rss_mib": usage.ru_maxrss / 1024, "exit_code": code,
+               "last_error": err[-1] if err and code else None}
+    if profile and code == 0:
+        from parity.bench.run_profile import account, load
+
+        figures["account"] = account(load(profile), started, ended)
+    return figures
 
 
 def run_workload(name: str, weights: str, rows: tuple[str, ...] = ROWS, seed: int = 0,
-                 show_progress: bool = True) -> dict:
+                 show_progress: bool = True, profile: bool = False) -> dict:
+    """Every row's `dln enhance` process on the workload; with profile, each run's
+    account of its time and the compute reference (per_image_reference)."""
     from core.progress import progress
 
     if name not in WORKLOADS:
@@ -124,19 +138,76 @@ def run_workload(name: str, weights: str, rows: tuple[str, ...] = ROWS, seed: in
                                                          unit="run", disable=not show_progress):
             if backend.startswith("torch") and "OMP_WAIT_POLICY" not in os.environ:
                 env = {**env, "OMP_WAIT_POLICY": "PASSIVE"}
+            trace = tmp / f"profile-{label}-{cache_state or 'run'}.json" if profile else None
             figures = run_enhance(weights, backend, inputs, tmp / f"out-{label}", env,
-                                  extra_args)
+                                  extra_args, trace)
             row = {"backend": label, "total_s": figures["total_s"], "images": len(images),
                    "peak_rss_mib": figures["peak_rss_mib"], "exit_code": figures["exit_code"]}
+            if "account" in figures:
+                row["account"] = figures["account"]
             if cache_state:
                 row["cache"] = cache_state
             if figures["last_error"]:
                 row["error"] = figures["last_error"]
             result_rows.append(row)
-        sizes = sorted({tuple(int(v) for v in _png_size(p)) for p in images})
-    return {"workload": name, "rows": result_rows, "seed": seed,
-            "image_sizes_hxw": [list(s) for s in sizes], "weights": weights,
-            "floors": workload_floors(name, result_rows)}
+        image_sizes = [tuple(int(v) for v in _png_size(p)) for p in images]
+        sizes = sorted(set(image_sizes))
+    result = {"workload": name, "rows": result_rows, "seed": seed,
+              "image_sizes_hxw": [list(s) for s in sizes], "weights": weights}
+    if profile and any(r["backend"] == "jax" for r in result_rows):
+        result["reference"] = per_image_reference(name, weights, image_sizes)
+    result["floors"] = workload_floors(name, result_rows, result.get("reference"))
+    return result
+
+
+def per_image_reference(name: str, weights: str, sizes: list[tuple[int, int]]) -> dict:
+    """What the JAX run's compute should cost, from `dln bench`'s per-image forward (one
+    image at exactly its size, compiled beforehand, best of two; a fresh worker):
+    folder: the sum over its images; large: its tiles at the per-image rate, i.e. the
+    seconds per pixel of one whole DEFAULT_TILE x DEFAULT_TILE image times the pixels
+    the tiles compute (tile + 2 x halo on each side, per stage, weighted by the stage's
+    share of the network's FLOPs)."""
+    from parity.bench.benchmark import WorkerProcess
+    from weights.convert import load_checkpoint
+
+    worker = WorkerProcess("jax per-image reference")
+    try:
+        worker.request({"op": "setup", "backend": "jax", "weights": weights, "batch": 1,
+                        "height": 32, "width": 32}, timeout=900)
+        if name == "folder":
+            seconds = worker.request({"op": "per_image", "sizes": [list(s) for s in sizes],
+                                      "repeats": 2}, timeout=1800)["seconds"]
+            return {"what": "sum of per-image compute", "seconds": float(sum(seconds)),
+                    "per_image_s": seconds, "sizes_hxw": [list(s) for s in sizes]}
+        tile = DEFAULT_TILE
+        one = worker.request({"op": "per_image", "sizes": [[tile, tile]], "repeats": 2},
+                             timeout=900)["seconds"][0]
+    finally:
+        worker.close()
+    pixels = tiled_pixels(load_checkpoint(weights).config, *sizes[0], tile)
+    return {"what": f"tiles at the per-image rate of one {tile}x{tile} image",
+            "seconds": one / (tile * tile) * pixels, "rate_s_per_mp": one / (tile * tile) * 1e6,
+            "tiled_pixels": pixels}
+
+
+def tiled_pixels(config, height: int, width: int, tile: int) -> float:
+    """Pixels a tiled run computes, FLOP-weighted: each stage's tiles with their halos
+    times the stage's share of the network's FLOPs."""
+    from core.tiling import tile_count
+    from parity.bench.flops import layer_flops
+    from weights.stages import LBP_NAMES, dln_stages
+
+    flops = layer_flops(config, 64, 64)
+    stage_of = {"feat1": "f1", "feat2": "f1", "feature": "final", "out": "final",
+                **{lbp: f"lbp{i + 1}" for i, lbp in enumerate(LBP_NAMES)}}
+    share: dict[str, float] = {}
+    for layer, f in flops.items():
+        stage = stage_of[layer.split(".")[0]]
+        share[stage] = share.get(stage, 0.0) + f
+    total = sum(share.values())
+    count = tile_count(height, width, tile)
+    return sum(share[s.name] / total * count * (tile + 2 * s.halo) ** 2
+               for s in dln_stages(config))
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -146,7 +217,7 @@ def _png_size(path: Path) -> tuple[int, int]:
         return im.height, im.width
 
 
-def workload_floors(name: str, rows: list[dict]) -> list[dict]:
+def workload_floors(name: str, rows: list[dict], reference: dict | None = None) -> list[dict]:
     def seconds(backend, cache=None):
         for row in rows:
             if row["backend"] == backend and row.get("cache") == cache and \
@@ -166,6 +237,18 @@ def workload_floors(name: str, rows: list[dict]) -> list[dict]:
             ratio = torch_s / jax_s
             floors.append({"floor": label, "value": ratio, "threshold": threshold,
                            "passed": ratio >= threshold})
+    tuned = seconds("torch-tuned-glibc")
+    if name == "folder" and tuned and seconds("jax", "warm"):
+        floors.append({"floor": "folder jax warm / torch-tuned-glibc", "threshold":
+                       FLOOR_FOLDER_TUNED, "value": tuned / seconds("jax", "warm"),
+                       "passed": tuned / seconds("jax", "warm") >= FLOOR_FOLDER_TUNED})
+    if reference:
+        jax_s = seconds("jax", "warm" if name == "folder" else "cold")
+        if jax_s:
+            ratio = jax_s / reference["seconds"]
+            floors.append({"floor": f"{name} jax total / {reference['what']}", "value": ratio,
+                           "threshold": FLOOR_OVER_COMPUTE, "at_most": True,
+                           "passed": ratio <= FLOOR_OVER_COMPUTE})
     if name == "large":
         for row in rows:
             floors.append({"floor": f"{row['backend']} peak RSS (MiB)",
@@ -187,6 +270,18 @@ def workload_text(result: dict, machine: dict) -> str:
         lines.append(f"| {label} | {row['total_s']:.1f} | {row['peak_rss_mib']:.0f} | "
                      f"{row['exit_code']} |")
     for f in result["floors"]:
-        lines.append(f"floor {f['floor']}: {f['value']:.2f} (threshold {f['threshold']}) "
+        bound = "at most" if f.get("at_most") else "at least"
+        lines.append(f"floor {f['floor']}: {f['value']:.2f} ({bound} {f['threshold']}) "
                      f"{'passed' if f['passed'] else 'MISSED'}")
+    reference = result.get("reference")
+    if reference:
+        lines.append(f"compute reference: {reference['what']} = {reference['seconds']:.1f} s "
+                     "(JAX, each alone after its compilation, best of 2)")
+    for row in result["rows"]:
+        if "account" in row:
+            from parity.bench.run_profile import account_text
+
+            label = row["backend"] + (f" ({row['cache']} cache)" if row.get("cache") else "")
+            ref = reference["seconds"] if reference and row["backend"] == "jax" else None
+            lines += [""] + account_text(label, row["account"], ref)
     return "\n".join(lines) + "\n"

@@ -88,19 +88,12 @@ def compare_pair(name: str, pred_uint8: np.ndarray, gt_uint8: np.ndarray) -> lis
     return rows
 
 
-def load_pairs(pred_dir, gt_dir) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, pred uint8, gt uint8) for the images of two folders matched by name."""
-    from core.image_pairs import load_uint8, match_by_name
-
-    matched = match_by_name(pred_dir, gt_dir)
-    return [(name, load_uint8(p), load_uint8(g)) for name, p, g in matched.pairs]
-
-
 def compare_folders(pred_dir, gt_dir) -> list[Row]:
+    from core.image_pairs import read_matched
     from core.progress import progress
 
     rows: list[Row] = []
-    for name, pred, gt in progress(load_pairs(pred_dir, gt_dir), desc="compare", unit="pair"):
+    for name, pred, gt in progress(read_matched(pred_dir, gt_dir), desc="compare", unit="pair"):
         if pred.shape != gt.shape:
             raise InputError(f"{name}: prediction {pred.shape} and ground truth {gt.shape} "
                              "differ in size")

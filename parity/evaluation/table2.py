@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.image_pairs import ImagePair
+from core.image_pairs import ImagePair, open_heldout_pairs
 from parity.bench.benchmark import machine_description
 from parity.bench.flops import network_flops
 from core.atomic_files import save_figure_atomic
@@ -114,25 +114,6 @@ def parse_model(text: str) -> tuple[str, str]:
     return name, path
 
 
-def load_pairs(data: str) -> tuple[list[ImagePair], str, list[str]]:
-    """('builtin' | a LOL-layout folder) -> (pairs, description, problems)."""
-    from core.data import HELDOUT_SPLITS, builtin_heldout, folder_heldout, pair_folders
-
-    if data == "builtin":
-        return builtin_heldout(), "built-in held-out synthetic pairs (seed 0)", []
-    root = Path(data)
-    if not root.is_dir():
-        raise Table2Error(f"--data {data}: not a folder (give a LOL-layout folder or 'builtin')")
-    found = pair_folders(root, HELDOUT_SPLITS)
-    if found is None:
-        raise Table2Error(f"--data {data}: no low/ and high/ folders (nor eval15/low, eval15/high)")
-    held, problems = folder_heldout(*found)
-    if not held:
-        raise Table2Error(f"--data {data}: no usable image pairs"
-                          + (f" ({problems[0]})" if problems else ""))
-    return held, f"{found[0].parent}", problems
-
-
 def common_resolution(pairs: list[ImagePair]) -> tuple[int, int]:
     """The most common (height, width) of the inputs; ties go to the first seen."""
     counts = collections.Counter(p.low.shape[:2] for p in pairs)
@@ -140,28 +121,35 @@ def common_resolution(pairs: list[ImagePair]) -> tuple[int, int]:
 
 
 # ---- measuring one model ---------------------------------------------------------------------
-def evaluate_model(name: str, path: str, backend: str, pairs: list[ImagePair], repeats: int,
+def evaluate_model(name: str, ckpt, backend: str, pairs: list[ImagePair], repeats: int,
                    keep_outputs: int = GRID_IMAGES, tick=None) -> ModelRow:
+    """One model (a loaded weights.convert.Checkpoint) on one backend."""
     from core.data import to_float
     from core.images import quantize
     from core.evaluation import evaluate_pair
-    from parity.bench.backends import make_runner, time_steps
-    from weights.convert import load_checkpoint
+    from frameworks.predictor import Predictor
+    from parity.bench.backends import time_steps
 
-    ckpt = load_checkpoint(path)
-    runner = make_runner(backend, ckpt, channels_last=True)  # torch's faster format here
+    path = ckpt.source
+    predictor = Predictor(ckpt, backend, channels_last=True)  # torch's faster format here
     per_image, outputs = [], {}
     for i, pair in enumerate(pairs):
-        pred = quantize(runner.infer(to_float(pair.low)))
+        # each image as its memory plan says (whole, or tiled when that does not fit)
+        pred = quantize(predictor.predict(to_float(pair.low)))
         per_image.append({"image": pair.name, **evaluate_pair(pred, pair.high)})
         if i < keep_outputs:
             outputs[pair.name] = pred
         if tick:
             tick()
     height, width = common_resolution(pairs)
-    first = next(p for p in pairs if p.low.shape[:2] == (height, width))
-    runner.prepare(to_float(first.low)[None])  # places the input; warm-up run included
-    runs = [s * 1e3 for s in time_steps(runner.step, repeats)]
+    first = to_float(next(p for p in pairs if p.low.shape[:2] == (height, width)).low)
+    if predictor.plan(height, width, tile="auto", own_size=True).mode == "whole":
+        predictor.prepare(first[None])  # places the input; warm-up run included
+        step = predictor.step
+    else:   # too large to run whole here: the time of the tiled run users get
+        def step():
+            predictor.predict(first)
+    runs = [s * 1e3 for s in time_steps(step, repeats)]
     median_ms = float(np.median(runs))
     flop = network_flops(ckpt.config, height, width)
     return ModelRow(name, backend, str(path), ckpt.config.variant_string(), ckpt.parameter_count,
@@ -173,22 +161,24 @@ def run_table2(models: list[tuple[str, str]], data: str, backends: tuple[str, ..
                repeats: int = DEFAULT_REPEATS, column: str | None = None,
                show_progress: bool = True) -> Table2Result:
     from core.progress import progress
+    from weights.convert import load_checkpoint
 
     if not models:
         raise Table2Error("give at least one --model NAME=FILE")
     if repeats < 1:
         raise Table2Error(f"--repeats must be >= 1, got {repeats}")
-    pairs, description, problems = load_pairs(data)
+    pairs, description, problems = open_heldout_pairs(data)
     column = column or ("voc" if data == "builtin" else "lol")
     rows = []
     bar = progress(None, desc="table2", unit="img", disable=not show_progress,
                    total=len(models) * len(backends) * len(pairs))
     try:
         for name, path in models:
+            ckpt = load_checkpoint(path)   # read and checked once, for every backend
             for backend in backends:
                 label = name if len(backends) == 1 else f"{name} ({backend})"
                 bar.set_postfix_str(label)
-                rows.append(evaluate_model(label, path, backend, pairs, repeats,
+                rows.append(evaluate_model(label, ckpt, backend, pairs, repeats,
                                            tick=lambda: bar.update(1)))
     finally:
         bar.close()

@@ -76,7 +76,8 @@ def test_compilation_cache_is_written_to_the_given_folder(tmp_path, authors_pth_
 
 def test_auto_runs_small_images_whole_and_12_megapixels_tiled_with_maps_on_disk():
     from core.config import DLNConfig
-    from dln.inference_plan import WHOLE_IMAGE_BUDGET, parse_tile, plan_image
+    from core.memory import WHOLE_IMAGE_BUDGET
+    from frameworks.memory_plan import parse_tile, plan_image
 
     cfg = DLNConfig()
     budget = WHOLE_IMAGE_BUDGET
@@ -106,24 +107,29 @@ def test_folder_plan_merges_buckets_only_while_compilations_cost_more_than_paddi
     shapes = [landscape(*s) for s in sizes]
     own = sorted({bucket_shape(*s) for s in shapes})
     assert len(own) == 7     # portrait images share the landscape buckets: 12 sizes, 7 shapes
-    assert plan_buckets(shapes, compile_pixels=0) == own          # compiling is free: no merge
+    # each ladder bucket's images start in the smallest shape holding them all: 360x480
+    # and 384x512 share the 384x512 bucket, every other group is one size, unpadded
+    tight = [(240, 320), (300, 400), (384, 512), (480, 640), (576, 768), (600, 800),
+             (768, 1024)]
+    assert plan_buckets(shapes, compile_pixels=0) == tight          # compiling is free
     merged = plan_buckets(shapes, compile_pixels=150_000)
-    assert 1 < len(merged) < len(own)
+    assert 1 < len(merged) < len(tight)
     one = plan_buckets(shapes, compile_pixels=10**9)             # compiling is dear: one bucket
     assert one == [(768, 1024)]
     # a bucket above max_pixels is never formed by a merger
     capped = plan_buckets(shapes, compile_pixels=10**9, max_pixels=400_000)
-    assert all(h * w <= 400_000 for h, w in capped if (h, w) not in own)
+    assert all(h * w <= 400_000 for h, w in capped if (h, w) not in tight)
     for plan in (merged, one, capped):
         covers = _cover_cost(plan, shapes)
         assert all(c is not None and c[0] >= s[0] and c[1] >= s[1]
                    for c, s in zip(covers, shapes)), (plan, covers)
     # shapes compiled before cost nothing: a warm plan keeps them instead of merging
-    assert plan_buckets(shapes, compile_pixels=10**9, compiled=set(own)) == own
-    # each image counts, whatever shape in its own bucket it has: one more 240x320-like
-    # image per bucket weighs the same as a copy of the bucket's first image
-    assert plan_buckets(shapes + [(250, 310)], 150_000) == \
-        plan_buckets(shapes + [(240, 320)], 150_000)
+    assert plan_buckets(shapes, compile_pixels=10**9, compiled=set(tight)) == tight
+    assert plan_buckets(shapes, compile_pixels=150_000, compiled=set(merged)) == merged
+    # each image counts: one more image in the 384x512 group weighs the same whatever
+    # its size within the group's tight shape
+    assert plan_buckets(shapes + [(370, 500)], 150_000) == \
+        plan_buckets(shapes + [(384, 512)], 150_000)
 
 
 def test_a_folder_of_too_many_distinct_buckets_is_left_unmerged():
@@ -161,7 +167,7 @@ def test_a_merged_or_transposed_bucket_gives_the_plain_forward(tmp_path):
 
 def test_the_bucket_index_remembers_compiled_shapes_per_batch(tmp_path):
     from core.config import DLNConfig
-    from dln.inference_plan import BucketIndex
+    from port.compile_cache import BucketIndex
 
     index = BucketIndex(tmp_path, DLNConfig(dim=16))
     assert index.compiled(1) == set()

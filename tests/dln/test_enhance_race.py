@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import core.atomic_files
-import dln.enhance
+import dln.enhance_pipeline
 from dln.cli import main
 
 ANOTHER = b"another process's file"
@@ -18,7 +18,7 @@ ANOTHER = b"another process's file"
 
 def _stage_race(monkeypatch, window: str, raced):
     if window == "while the network runs":
-        real_run = dln.enhance._run_network
+        real_run = dln.enhance_pipeline._run_network
 
         def network_then_another_process_writes(forward, what):
             outputs = real_run(forward, what)
@@ -26,7 +26,8 @@ def _stage_race(monkeypatch, window: str, raced):
                 raced.write_bytes(ANOTHER)
             return outputs
 
-        monkeypatch.setattr(dln.enhance, "_run_network", network_then_another_process_writes)
+        monkeypatch.setattr(dln.enhance_pipeline, "_run_network",
+                            network_then_another_process_writes)
     else:  # inside the atomic writer: after its check, before its publish
         real_temporary = core.atomic_files._temporary_beside
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from core.config import DLNConfig
-from core.tiling import HALO_F1, HALO_FINAL, HALO_LBP, MapStore, padded_region, tile_count
+from core.tiling import MapStore, padded_region, tile_count
 from parity.engine.tiling import compare_tiled_with_whole
 from weights.convert import load_checkpoint
 
@@ -26,10 +26,22 @@ def ckpt16(tmp_path_factory):
     return load_checkpoint(path)
 
 
-def test_halos_are_the_receptive_fields_of_the_stages():
+def test_the_stage_table_read_off_the_tensor_table_has_the_receptive_fields_as_halos(ckpt16):
+    from port.tiled import JaxStages
+    from reference_torch.tiled import TorchStages
+    from weights.stages import dln_stages
+
+    table = dln_stages(DLNConfig())
     # f1: two 3x3 convs; LBP: 1x1 outlayer, then 3 x (three 3x3 convs) chained, 1x1
     # local weights; final: feature 3x3 + out 3x3
-    assert (HALO_F1, HALO_LBP, HALO_FINAL) == (2, 3 * 3, 2)
+    assert [(s.name, s.halo) for s in table] == [("f1", 2), ("lbp1", 9), ("lbp2", 9),
+                                                 ("lbp3", 9), ("final", 2)]
+    assert [(s.reads, s.writes, s.mean, s.image) for s in table] == [
+        (0, 64, False, True), (64, 64, True, False), (128, 64, True, False),
+        (192, 64, True, False), (256, 0, False, True)]
+    # both frameworks run the one table
+    assert JaxStages(ckpt16.flax_tree(), ckpt16.config).stages == dln_stages(ckpt16.config)
+    assert TorchStages(ckpt16.torch_state, ckpt16.config).stages == dln_stages(ckpt16.config)
 
 
 @pytest.mark.parametrize("size,tile,stores", [((45, 71), 20, (True, False)),
@@ -46,12 +58,12 @@ def test_the_memmap_store_reads_zeros_outside_and_round_trips(tmp_path):
     rng = np.random.default_rng(0)
     values = rng.random((7, 9, 8), dtype=np.float32)
     with MapStore(7, 9, 8, in_memory=False, scratch_dir=str(tmp_path)) as store:
-        assert store.on_disk and any(tmp_path.iterdir())
+        assert store.on_disk and not any(tmp_path.iterdir())  # a file without a name
         store.write(0, 0, 0, values)
         np.testing.assert_array_equal(store.read(-2, -3, 11, 15, 8),
                                       padded_region(values, -2, -3, 11, 15))
         np.testing.assert_array_equal(store.read(3, 4, 2, 2, 5), values[3:5, 4:6, :5])
-    assert not any(tmp_path.iterdir())  # the scratch folder is removed afterwards
+    assert not any(tmp_path.iterdir())
     assert tile_count(7, 9, 4) == 6
 
 
@@ -64,3 +76,58 @@ def test_sample_weights_dim64_tiled_equals_whole_on_a_small_image():
                                     maps_in_memory=(False,), bucket=False)
     bad = [r for r in rows if not r["passed"]]
     assert not bad, bad
+
+
+KILLED_CHILD = """
+import sys, time
+from core.tiling import MapStore
+store = MapStore(512, 512, 256, in_memory=False, scratch_dir=sys.argv[1])  # 256 MiB reserved
+print("reserved", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_sigkilled_tiled_run_leaves_no_scratch_bytes(tmp_path):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    free_before = shutil.disk_usage(scratch).free
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, str(scratch)],
+                             stdout=subprocess.PIPE, text=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    try:
+        assert child.stdout.readline().strip() == "reserved"
+        assert not any(scratch.iterdir())
+        held = free_before - shutil.disk_usage(scratch).free
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    assert not any(scratch.iterdir())
+    # the reservation was real while it ran (disk usage of other processes moves the free
+    # figure too, so only the sign is asserted: at least half the 256 MiB was taken)
+    assert held >= 2**27, held
+
+
+def test_scratch_space_that_cannot_be_reserved_is_one_clear_error(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from core.errors import InputError
+
+    def no_room(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    with pytest.raises(InputError) as err:
+        MapStore(100, 100, 64, in_memory=False, scratch_dir=str(tmp_path))
+    assert "needs 2 MiB of scratch space in" in str(err.value) and "\n" not in str(err.value)
+    assert "No space left on device" in str(err.value)
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(InputError, match="cannot create its scratch file"):
+        MapStore(4, 4, 4, in_memory=False, scratch_dir=str(tmp_path / "missing"))

@@ -1,5 +1,6 @@
-"""The timed forward passes: the fast JAX forward equals the port, runners agree,
-and a failing torch.compile is reported as unavailable instead of crashing."""
+"""The timed forward passes (the one predictor's prepare / step): the fast JAX forward
+equals the port, backends agree, and a failing torch.compile is reported as
+unavailable instead of crashing."""
 
 from __future__ import annotations
 
@@ -68,34 +69,34 @@ def test_pointwise_rewrite_leaves_3x3_and_strided_convs_alone():
         assert_close(np.asarray(rewritten(params)), np.asarray(plain(params)), what=str(conv))
 
 
-def test_jax_and_torch_runners_give_the_same_image(ckpt16):
-    from parity.bench.backends import make_runner
+def test_jax_and_torch_predictors_give_the_same_image(ckpt16):
+    from frameworks.predictor import Predictor
 
     image = _x(1, 11, 17, seed=3)[0]
     outputs = {}
     for backend in ("jax", "torch"):
-        runner = make_runner(backend, ckpt16)
-        outputs[backend] = runner.infer(image)
+        runner = Predictor(ckpt16, backend)
+        outputs[backend] = runner.predict(image)
         runner.prepare(image[None])
         runner.step()
     assert outputs["jax"].shape == image.shape
-    assert_close(outputs["jax"], outputs["torch"], what="jax runner vs torch runner")
+    assert_close(outputs["jax"], outputs["torch"], what="jax predictor vs torch predictor")
 
 
-def test_torch_channels_last_runner_gives_the_same_image(ckpt16):
-    from parity.bench.backends import make_runner
+def test_torch_channels_last_predictor_gives_the_same_image(ckpt16):
+    from frameworks.predictor import Predictor
 
     image = _x(1, 11, 17, seed=4)[0]
-    nchw = make_runner("torch", ckpt16).infer(image)
-    last = make_runner("torch", ckpt16, channels_last=True)
+    nchw = Predictor(ckpt16, "torch", channels_last=False).predict(image)
+    last = Predictor(ckpt16, "torch", channels_last=True)
     assert last.settings["memory_format"] == "channels_last"
-    assert_close(last.infer(image), nchw, what="channels_last vs NCHW")
+    assert_close(last.predict(image), nchw, what="channels_last vs NCHW")
 
 
 def test_a_failing_torch_compile_is_reported_unavailable_with_its_reason(ckpt16, monkeypatch):
     import torch
 
-    from parity.bench.backends import BackendUnavailable, make_runner
+    from frameworks.predictor import BackendUnavailable, Predictor
 
     def broken_compile(model, **kwargs):
         def run(x):
@@ -103,22 +104,22 @@ def test_a_failing_torch_compile_is_reported_unavailable_with_its_reason(ckpt16,
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    runner = make_runner("torch-compile", ckpt16)
+    runner = Predictor(ckpt16, "torch-compile")
     with pytest.raises(BackendUnavailable, match="No working C\\+\\+ compiler"):
         runner.prepare(_x(1, 8, 8))
 
 
 def test_unknown_backend_is_refused(ckpt16):
-    from parity.bench.backends import make_runner
+    from frameworks.predictor import Predictor
 
     with pytest.raises(ValueError, match="unknown backend"):
-        make_runner("tensorflow", ckpt16)
+        Predictor(ckpt16, "tensorflow")
 
 
 def test_jax_profile_attributes_op_time_to_the_authors_layer_names(ckpt16):
     from parity.bench.flops import layer_flops
-    from parity.bench.jax_profile import kind_of, layer_of
-    from parity.bench.backends import make_runner
+    from frameworks.predictor import Predictor
+    from parity.bench.jax_profile import kind_of, layer_of, profile_forward
 
     assert layer_of("jit(forward)/DLN/DLN.residual/feat_out_2/fusion/outlayer/conv/"
                     "dot_general") == "feat_out_2.fusion.outlayer.conv"
@@ -129,9 +130,9 @@ def test_jax_profile_attributes_op_time_to_the_authors_layer_names(ckpt16):
                    kernels) == "3x3 convolution"
     assert kind_of("concatenate", "jit(f)/DLN/DLN.residual/concatenate", kernels) == "concatenate"
 
-    runner = make_runner("jax", ckpt16)
+    runner = Predictor(ckpt16, "jax")
     runner.prepare(_x(1, 16, 24))
-    profile = runner.profile(runs=1)
+    profile = profile_forward(*runner.jax_forward, ckpt16.config, runs=1)
     every_layer = {n.rsplit(".", 1)[0] for n in layer_flops(ckpt16.config, 16, 24)}
     conv_layers = {n for n in every_layer if n.endswith("conv") or n == "out"}
     seen = {r["layer"] for r in profile["layers"]}

@@ -130,9 +130,9 @@ def test_published_rows_are_the_reports_figures_marked_as_published(
 
 def test_builtin_data_are_the_bundled_samples(tmp_path):
     from core.paths import SAMPLE_IMAGES
-    from parity.evaluation.table2 import load_pairs
+    from core.image_pairs import open_heldout_pairs
 
-    pairs, _, problems = load_pairs("builtin")
+    pairs, _, problems = open_heldout_pairs("builtin")
     assert not problems
     assert [p.name for p in pairs] == sorted(p.stem for p in (SAMPLE_IMAGES / "low").iterdir())
     for pair in pairs:
@@ -163,6 +163,32 @@ def test_table2_refuses_bad_arguments_in_one_line(tmp_path, capsys, lol_folder, 
         assert main(argv) == 2, argv
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == len(cases) and all(e.startswith("dln table2: error:") for e in err), err
+
+
+def test_table2_runs_images_over_the_budget_in_tiles_with_the_same_metrics(
+        lol_folder, authors_pth_16, monkeypatch):
+    import frameworks.memory_plan as memory_plan
+    from frameworks.predictor import Predictor
+    from parity.evaluation.table2 import run_table2
+
+    whole = run_table2([("m", str(authors_pth_16))], str(lol_folder), ("torch",), repeats=1,
+                       show_progress=False)
+    tiled_runs = []
+    original = Predictor.run_tiled
+
+    def spy(self, image, plan, *args, **kwargs):
+        tiled_runs.append(plan.tile)
+        return original(self, image, plan, *args, **kwargs)
+
+    # a budget below one 24x36 whole image: every pair, and the timing, run in tiles
+    monkeypatch.setattr(memory_plan, "working_budget", lambda: 20 * 36 * 1000)
+    monkeypatch.setattr(Predictor, "run_tiled", spy)
+    tiled = run_table2([("m", str(authors_pth_16))], str(lol_folder), ("torch",), repeats=1,
+                       show_progress=False)
+    assert len(tiled_runs) == len(SIZES) + 1      # every pair, and the one timed run
+    for a, b in zip(whole.rows[0].per_image, tiled.rows[0].per_image):
+        assert a["image"] == b["image"]
+        assert abs(a["psnr"] - b["psnr"]) < 0.05 and abs(a["ssim"] - b["ssim"]) < 1e-3, (a, b)
 
 
 def test_model_and_image_names_cannot_break_a_table2_markdown_row():

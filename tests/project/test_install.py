@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("core", "dln", "port", "reference_torch", "weights", "parity", "samples")
+PACKAGES = ("core", "dln", "frameworks", "port", "reference_torch", "weights", "parity", "samples")
 BUNDLED = ["weights/sample/dln_sample.pth", "weights/sample/README.md"] + [
     f"samples/{side}/{name}.png" for side in ("low", "high")
     for name in ("chelsea", "coffee", "rocket")]

@@ -2,6 +2,7 @@
 
     dln/                         application: CLI, commands, enhance, demo, training loop
     parity/                      comparison engine, zoo, gradients, evaluation, bench
+    frameworks/                  a framework's implementation by name (the trainer)
     port/  reference_torch/      the two models (and examples/, a second worked example)
     weights/                     checkpoint files and layout rules
     core/                        config, recipe, errors, images, data, evaluation protocol
@@ -20,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 # samples/ is data only (the bundled PNG pairs, package data with an empty __init__)
 LAYERS = {"samples": 0, "core": 0, "weights": 1, "port": 2, "reference_torch": 2, "examples": 2,
-          "parity": 3, "dln": 4}
+          "frameworks": 3, "parity": 4, "dln": 5}
 SIBLINGS_APART = {("port", "reference_torch"), ("reference_torch", "port")}
 FRAMEWORKS = {"torch", "jax", "jaxlib", "flax", "optax", "dm_pix", "chex"}
 

@@ -1,0 +1,79 @@
+"""A .pth checkpoint read once: its verified conversion, kept for later JAX runs.
+
+Reading a .pth goes through PyTorch (its zip reader and weights-only unpickler, after
+the pickle scan: weights.files), so a JAX run of `dln enhance` on a .pth imports
+PyTorch for that alone: ~1.5 s of a run's start-up on the 2-core AMD EPYC, as long as
+importing JAX. After a JAX run has read a .pth, its checkpoint (tensors, network
+config) is kept as safetensors in the cache folder, under the sha256 of the file's
+bytes and the variant asked for; a later JAX run of the same bytes reads that instead
+(~0.04 s, no PyTorch). What is kept is what the checks of the first read accepted, and
+safetensors are read with their declared shapes checked against the tensor table like
+any other, so a cached entry is trusted no more than the compilation cache beside it.
+A file whose reading produced notes (converted dtypes, ...) is not kept, so that every
+run shows them; at most MAX_ENTRIES files are kept (the oldest go first); any problem
+with the cache folder just means reading the .pth again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+CACHE_SUBFOLDER = "checkpoints"
+MAX_ENTRIES = 8
+
+
+def _key(path: Path, overrides: dict) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    variant = json.dumps(overrides, sort_keys=True, default=str)
+    return f"{digest.hexdigest()}-{hashlib.sha256(variant.encode()).hexdigest()[:16]}"
+
+
+def load_checkpoint_once(path, overrides: dict | None, cache_folder: Path | None):
+    """weights.convert.load_checkpoint(path, overrides), or its kept conversion when
+    `cache_folder` holds one for these bytes; cache_folder None: no cache."""
+    from weights.convert import load_checkpoint
+    from weights.files import is_safetensors_path
+
+    overrides = dict(overrides or {})
+    source = Path(path)
+    if cache_folder is None or is_safetensors_path(source) or not source.is_file():
+        return load_checkpoint(source, overrides)
+    key = _key(source, overrides)
+    if key is None:
+        return load_checkpoint(source, overrides)
+    folder = Path(cache_folder) / CACHE_SUBFOLDER
+    kept = folder / f"{key}.safetensors"
+    if kept.is_file() and not kept.is_symlink():
+        try:
+            ckpt = load_checkpoint(kept, overrides)
+            ckpt.source = source
+            os.utime(kept)          # recently used: kept longest
+            return ckpt
+        except Exception:  # noqa: BLE001 - a damaged entry: read the .pth again
+            pass
+    ckpt = load_checkpoint(source, overrides)
+    if not ckpt.notes:
+        _keep(ckpt, folder, kept)
+    return ckpt
+
+
+def _keep(ckpt, folder: Path, kept: Path) -> None:
+    from weights.convert import save_checkpoint
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(ckpt, kept, overwrite=True)
+        entries = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+        for old in entries[:-MAX_ENTRIES]:
+            old.unlink(missing_ok=True)
+    except Exception:  # noqa: BLE001 - a cache that cannot be written is no cache
+        pass

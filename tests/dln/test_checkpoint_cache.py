@@ -1,0 +1,62 @@
+"""A .pth read once by a JAX run is kept as its verified safetensors conversion: later
+JAX runs of the same bytes read it without PyTorch and get the same tensors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dln.checkpoint_cache import CACHE_SUBFOLDER, load_checkpoint_once
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _same(a, b) -> bool:
+    return a.config == b.config and a.torch_state.keys() == b.torch_state.keys() and all(
+        np.array_equal(a.torch_state[k], b.torch_state[k]) for k in a.torch_state)
+
+
+def test_the_kept_conversion_gives_the_same_checkpoint_per_variant(tmp_path, authors_pth_16):
+    from weights.convert import load_checkpoint
+
+    direct = load_checkpoint(authors_pth_16)
+    first = load_checkpoint_once(authors_pth_16, {}, tmp_path)
+    kept = list((tmp_path / CACHE_SUBFOLDER).glob("*.safetensors"))
+    assert len(kept) == 1 and _same(first, direct)
+    again = load_checkpoint_once(authors_pth_16, {}, tmp_path)
+    assert _same(again, direct) and again.source == authors_pth_16
+    paper = load_checkpoint_once(authors_pth_16, {"residual_sign": "paper"}, tmp_path)
+    assert paper.config.residual_sign == "paper"
+    assert len(list((tmp_path / CACHE_SUBFOLDER).glob("*.safetensors"))) == 2
+    kept[0].write_bytes(b"damaged")                  # a damaged entry: read the .pth again
+    assert _same(load_checkpoint_once(authors_pth_16, {}, tmp_path), direct)
+    assert _same(load_checkpoint_once(authors_pth_16, {}, None), direct)   # no cache
+
+
+CHILD = """
+import json, sys
+from dln.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "torch": "torch" in sys.modules}))
+"""
+
+
+def test_a_second_jax_run_of_a_pth_does_not_import_pytorch(tmp_path, authors_pth_16):
+    Image.fromarray(np.full((20, 28, 3), 40, np.uint8)).save(tmp_path / "a.png")
+    env = {**os.environ, "DLN_CACHE_DIR": str(tmp_path / "cache")}
+    runs = []
+    for out in ("o1", "o2"):
+        done = subprocess.run([sys.executable, "-c", CHILD, "enhance", "--weights",
+                               str(authors_pth_16), "--out", str(tmp_path / out),
+                               str(tmp_path / "a.png")], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert runs[0] == {"code": 0, "torch": True}, runs
+    assert runs[1] == {"code": 0, "torch": False}, runs
+    assert (tmp_path / "o1" / "a.png").read_bytes() == (tmp_path / "o2" / "a.png").read_bytes()

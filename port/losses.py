@@ -8,9 +8,10 @@ PREDICTION at every call: max_val = 255 if max(pred) > 128 else 1; min_val = -1 
 min(pred) < -0.5 else 0. The mean over batch, channels and valid positions equals
 dm-pix's per-image mean averaged over the batch (every image of a batch has one size).
 
-The window goes in through dm-pix's `filter_fn`: a depthwise 2-D "VALID" convolution
+The window goes in through dm-pix's `filter_fn`: a per-channel 2-D "VALID" correlation
 with the authors' float32 window (the 1-D Gaussian stored as float32, normalised by
-its sum, outer product). dm-pix's built-in filter is the same Gaussian applied as two
+its sum, outer product), computed as a sum of 121 shifted, weighted copies
+(`valid_filter`, ~7x faster on XLA CPU than a depthwise convolution). dm-pix's built-in filter is the same Gaussian applied as two
 separable "valid" 1-D convolutions, but its float32 weights sum to 1 only up to a
 different rounding; SSIM subtracts squared means from filtered squares
 (sigma = f(x^2) - f(x)^2), so a window summing to 1 + d shifts every variance by about
@@ -58,18 +59,50 @@ def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.nd
     return np.outer(line, line).astype(np.float32)
 
 
+def _correlate_valid(z: jax.Array, window: np.ndarray) -> jax.Array:
+    """Per-channel 2-D "valid" correlation of an NHWC array: for each window row (a
+    loop of kh steps), the sum over its taps of the tap's weight times the input shifted
+    by it, added to the running total."""
+    kh, kw = window.shape
+    height, width = z.shape[1] - kh + 1, z.shape[2] - kw + 1
+    weights = jnp.asarray(window, z.dtype)
+
+    def add_row(i, total):
+        rows = jax.lax.dynamic_slice_in_dim(z, i, height, axis=1)
+        for j in range(kw):
+            total = total + rows[:, :, j:j + width, :] * weights[i, j]
+        return total
+
+    start = jnp.zeros((z.shape[0], height, width, z.shape[3]), z.dtype)
+    return jax.lax.fori_loop(0, kh, add_row, start)
+
+
 def valid_filter(window: np.ndarray):
-    """A dm-pix `filter_fn`: per-channel 2-D "VALID" correlation of NHWC arrays."""
-    kernel_hw = jnp.asarray(window, jnp.float32)
+    """A dm-pix `filter_fn`: per-channel 2-D "VALID" correlation of NHWC arrays with the
+    float32 `window` (weights exactly the window's), as shifted, weighted sums, one
+    window row per loop step, rather than a depthwise convolution. Its gradient (a
+    custom VJP) is the "full" correlation of the output gradient with the flipped
+    window, in the same form. Measured on a 2-core AMD EPYC, batch 4 x 96^2 x 3: the
+    authors' loss and its gradient take ~28 ms of CPU this way against ~200 ms with
+    XLA's depthwise convolution (~1 GFLOP/s on its CPU backend; the SSIM filters were
+    5-8% of the whole training step) and ~67 ms with all 121 taps unrolled (which also
+    compiles 3x longer); values agree to float32 summation order."""
+    weights = np.asarray(window, np.float32)
+    flipped = np.ascontiguousarray(weights[::-1, ::-1])
+    kh, kw = weights.shape
 
+    @jax.custom_vjp
     def filter_fn(z: jax.Array) -> jax.Array:
-        channels = z.shape[-1]
-        kernel = jnp.broadcast_to(kernel_hw[:, :, None, None], kernel_hw.shape + (1, channels))
-        return jax.lax.conv_general_dilated(
-            z, kernel.astype(z.dtype), window_strides=(1, 1), padding="VALID",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels,
-            precision=jax.lax.Precision.HIGHEST)
+        return _correlate_valid(z, weights)
 
+    def forward(z):
+        return _correlate_valid(z, weights), None
+
+    def backward(_, g):
+        padded = jnp.pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+        return (_correlate_valid(padded, flipped),)
+
+    filter_fn.defvjp(forward, backward)
     return filter_fn
 
 

@@ -22,6 +22,10 @@ Injection points (`StepHooks`, None in every real run): the training zoo
 the step: `optimizer` replaces Adam (built from the recipe; its state must stay an
 optax.ScaleByAdamState), `gradients` transforms the gradient tree before the optimizer.
 
+Host memory: the trainer asks glibc to keep freed memory for reuse (port/host_memory.py),
+so XLA's per-step scratch (738 MB at dim 64, batch 4 x 96^2) is not page-faulted and
+zeroed again every step (0.4-0.5 s of system CPU time per step on a 2-core AMD EPYC).
+
 Precision: the step is traced under `jax.default_matmul_precision(precision)` (the
 trainer's `precision`, "highest" by default: true float32 convolutions and matmuls,
 the setting training parity is measured at; "default" lets a GPU use TF32). Nothing
@@ -50,6 +54,8 @@ from weights.trees import flatten_tree, nest_tree
 from port.inference import PARITY_PRECISION, make_apply
 from port.losses import dln_loss
 from port.model import DLN
+from port.fast_training import REWRITES, fast_training
+from port.host_memory import keep_freed_memory
 from port.pointwise import pointwise_conv_as_dot
 
 DATA_AXIS = "data"
@@ -100,35 +106,41 @@ NO_HOOKS = StepHooks()
 
 @functools.lru_cache(maxsize=16)
 def make_train_step(config: DLNConfig, recipe: TrainingRecipe, mesh: Mesh,
-                    precision: str = PARITY_PRECISION, pointwise_as_dot: bool = True,
+                    precision: str = PARITY_PRECISION, fast_gradients: bool = True,
                     hooks: StepHooks = NO_HOOKS) -> Callable:
     """jit(params, opt_state, low, high, lr) -> (params, opt_state, loss), sharded over mesh,
     with the recipe's Adam settings and loss weight, traced at `precision`. Cached, so
     trainers of one process with the same settings share one compilation.
 
-    pointwise_as_dot: the 1 x 1 convolutions (and so their gradients) are computed as
-    matrix products (port/pointwise.py), as the port's inference does: the same
-    arithmetic to float32 summation order, and the CPU step ~15-25% faster (measured
-    on a 2-core AMD EPYC at batch 4 x 96^2: 4.29 s vs 4.98 s per step on one core,
-    3.21 s vs 4.25 s on two)."""
+    fast_gradients: the model is applied inside port.fast_training.fast_training(): the
+    ConvBlocks and convolutions with written-out gradients (port/conv_grads.py) and the
+    1 x 1 convolutions as matrix products; the same derivatives to float32 summation
+    order. False: the step as it was before those rewrites, autodiff of port/model.py
+    with only the 1 x 1 convolutions as matrix products (port/pointwise.py; that alone
+    was measured 15-25% faster than plain convolutions on a 2-core AMD EPYC at batch
+    4 x 96^2), the reference the rewrites are tested and timed against (`dln bench
+    --workload train --backends jax,jax-plain`)."""
     model = DLN(config)
     tx = hooks.make_optimizer(recipe)
 
     def loss_fn(params, low, high):
-        if pointwise_as_dot:
-            with nn.intercept_methods(pointwise_conv_as_dot):
+        if fast_gradients:
+            with fast_training():
                 pred = model.apply({"params": params}, low)
         else:
-            pred = model.apply({"params": params}, low)
-        return dln_loss(pred, high, recipe.tv_weight)
+            with nn.intercept_methods(pointwise_conv_as_dot):
+                pred = model.apply({"params": params}, low)
+        with jax.named_scope("dln_loss"):
+            return dln_loss(pred, high, recipe.tv_weight)
 
     def step(params, opt_state, low, high, lr):
         with jax.default_matmul_precision(precision):
             loss, grads = jax.value_and_grad(loss_fn)(params, low, high)
         if hooks.gradients is not None:
             grads = hooks.gradients(grads)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, updates)
+        with jax.named_scope("adam"):
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, updates)
         return params, opt_state, loss
 
     on_cpu = mesh.devices.flat[0].platform == "cpu"
@@ -150,10 +162,17 @@ class JaxTrainer:
 
     def __init__(self, config: DLNConfig, state: TrainingCheckpoint,
                  recipe: TrainingRecipe = AUTHORS_RECIPE, precision: str = PARITY_PRECISION,
-                 devices: int | list | None = None, hooks: StepHooks = NO_HOOKS):
+                 devices: int | list | None = None, hooks: StepHooks = NO_HOOKS,
+                 fast_gradients: bool | None = None, keep_host_memory: bool = True):
+        """fast_gradients: the training rewrites of make_train_step; None (default): on a
+        CPU mesh, where they were measured, and not elsewhere. keep_host_memory:
+        port.host_memory's allocator policy, applied before JAX runs anything here."""
+        self.keeps_host_memory = keep_host_memory and keep_freed_memory()
         self.config = config
         self.precision = precision
         self.mesh = data_mesh(devices)
+        on_cpu = self.mesh.devices.flat[0].platform == "cpu"
+        self.fast_gradients = on_cpu if fast_gradients is None else bool(fast_gradients)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         self.tx = hooks.make_optimizer(recipe)
@@ -167,7 +186,8 @@ class JaxTrainer:
         self.params = params
         self.opt_state = jax.device_put(opt_state, self.replicated)
         self.count = int(state.count)
-        self._step = make_train_step(config, recipe, self.mesh, precision, hooks=hooks)
+        self.train_step = make_train_step(config, recipe, self.mesh, precision,
+                                          self.fast_gradients, hooks=hooks)
         self._apply = None
 
     @property
@@ -177,15 +197,28 @@ class JaxTrainer:
     def describe(self) -> str:
         kinds = sorted({d.device_kind for d in self.mesh.devices.flat})
         return (f"jax {jax.__version__}: data parallel over {self.device_count} device(s) "
-                f"({', '.join(kinds)}), precision {self.precision}")
+                f"({', '.join(kinds)}), precision {self.precision}"
+                + ("" if self.fast_gradients else ", without the training rewrites"))
 
-    def step(self, low: np.ndarray, high: np.ndarray, lr: float):
+    def rewrites(self) -> list[str]:
+        """The rewrites the step runs with (port.fast_training; port.pointwise alone without
+        fast_gradients)."""
+        rewrites = list(REWRITES) if self.fast_gradients else ["1x1 convolutions: matrix products"]
+        if self.keeps_host_memory:
+            rewrites.append("host memory: glibc keeps freed memory (port.host_memory)")
+        return rewrites
+
+    def device_batch(self, low: np.ndarray, high: np.ndarray):
+        """The batch on the mesh, split along its first axis."""
         if low.shape[0] % self.device_count:
             raise UserError(f"batch {low.shape[0]} does not split over {self.device_count} "
                             "devices; choose a multiple")
-        low = jax.device_put(low, self.batch_sharding)
-        high = jax.device_put(high, self.batch_sharding)
-        self.params, self.opt_state, loss = self._step(
+        return (jax.device_put(low, self.batch_sharding),
+                jax.device_put(high, self.batch_sharding))
+
+    def step(self, low: np.ndarray, high: np.ndarray, lr: float):
+        low, high = self.device_batch(low, high)
+        self.params, self.opt_state, loss = self.train_step(
             self.params, self.opt_state, low, high, jnp.float32(lr))
         self.count += 1
         return loss

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from core.errors import UserError
+from core.recipe import AUTHORS_RECIPE as _RECIPE
 
 ORDER = 65
 
@@ -16,19 +17,31 @@ def register(sub) -> None:
                     "fraction of the peak, and peak memory of one inference. A figure above the "
                     "peak is flagged as a measurement error.")
     p.add_argument("--size", default="400x600", help="HEIGHTxWIDTH of the input (default 400x600)")
-    p.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="images per forward pass (default 1); with --workload train, crops "
+                        f"per training step (default the recipe's, {_RECIPE.batch})")
+    p.add_argument("--patch", type=int, default=None,
+                   help="with --workload train: side of the square crops (default the "
+                        f"recipe's, {_RECIPE.patch}); the training floors are defined at "
+                        "--batch 4 --patch 96")
     p.add_argument("--backends", "--backend", dest="backends", default=None,
                    help="comma-separated: jax, torch, torch-compile (default all three); with "
                         "--workload also torch-tuned-glibc (default all four)")
-    p.add_argument("--workload", choices=("folder", "large"), default=None,
+    p.add_argument("--workload", choices=("folder", "large", "train"), default=None,
                    help="end-to-end `dln enhance` runs instead of per-image latency, one fresh "
                         "process per row, with peak RSS: folder = 12 seeded low-light images "
                         "of mixed sizes from 240x320 to 1024x768 (JAX with a cold, then a warm "
                         "compilation cache); large = one 12-megapixel photo, tiled. Rows: jax, "
-                        "torch (eager), torch with the tuned glibc allocator, torch-compile")
+                        "torch (eager), torch with the tuned glibc allocator, torch-compile. "
+                        "train = seconds per full training step (loss, gradients, Adam) of "
+                        "each trainer, warm-up excluded, interleaved rounds, against the "
+                        "matmul peak (backends jax, torch, torch-compile, and jax-plain: "
+                        "the JAX step without its training rewrites)")
     p.add_argument("--weights", default=None,
                    help=".pth or .safetensors (default: the bundled weights/sample/dln_sample.pth)")
-    p.add_argument("--repeats", type=int, default=7, help="timed runs per backend (default 7)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed runs per backend (default 7; 5 training steps with "
+                        "--workload train)")
     p.add_argument("--peak-size", type=int, default=4096,
                    help="N of the N x N matmuls that measure the peak (default 4096)")
     p.add_argument("--torch-nchw", action="store_true",
@@ -40,20 +53,24 @@ def register(sub) -> None:
                         "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432")
     p.add_argument("--jax-plain", action="store_true",
                    help="time the port without the 1x1-as-matrix-product rewrite "
-                        "(make_apply(pointwise_as_dot=False))")
+                        "(make_apply(pointwise_as_dot=False)); with --workload train: add a "
+                        "row for the JAX step without its training rewrites (jax-plain)")
     p.add_argument("--profile", action="store_true",
                    help="after timing, trace the JAX forward: time per layer and per kind of "
-                        "op. With --workload: account for every second of each run (start-up, "
-                        "checkpoint, planning, decoding, tracing, compiling, compute per "
-                        "bucket, transfer, encoding, writing) and measure the compute it "
+                        "op. With --workload folder|large: account for every second of each run "
+                        "(start-up, checkpoint, planning, decoding, tracing, compiling, compute "
+                        "per bucket, transfer, encoding, writing) and measure the compute it "
                         "should cost (folder: the sum of each image's per-image forward; "
-                        "large: its tiles at the per-image rate)")
+                        "large: its tiles at the per-image rate). With --workload train: the "
+                        "JAX training step's op time per kind of work")
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="also write bench.json, bench.md and bench_latency.png here "
                         "(with --workload: workload_NAME.json, .md, .png)")
     p.add_argument("--strict", action="store_true",
-                   help="exit 1 when a floor is missed (JAX >= 1.5x PyTorch eager, >= 1.0x torch.compile, >= 50%% of the peak) or a figure exceeds the peak")
+                   help="exit 1 when a floor is missed (JAX >= 1.5x PyTorch eager, >= 1.0x "
+                        "torch.compile, >= 50%% of the peak; --workload train: >= 1.2x, >= "
+                        "1.0x, >= 50%%) or a figure exceeds the peak")
     p.set_defaults(run=run)
 
 
@@ -65,16 +82,17 @@ def run(args) -> int:
     from parity.bench.benchmark import BenchOptions, parse_backends, run_bench
     from parity.bench.report import summary_text, write_report
 
+    if args.workload == "train":
+        return _run_train(args)
+    if args.patch is not None:
+        raise UserError("--patch is for --workload train")
     if args.workload:
         return _run_workload(args)
+    args.batch = 1 if args.batch is None else args.batch
+    args.repeats = 7 if args.repeats is None else args.repeats
     size = parse_image_size(args.size)
     backends = parse_backends(args.backends or "jax,torch,torch-compile")
-    env = {}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--env must look like KEY=VALUE, got {item!r}")
-        env[key.strip()] = value
+    env = _env(args)
     for flag, value, least in (("--batch", args.batch, 1), ("--repeats", args.repeats, 1),
                                ("--peak-size", args.peak_size, 16)):
         if value < least:
@@ -135,3 +153,49 @@ def _run_workload(args) -> int:
         errors = [r for r in result["rows"] if r["exit_code"] != 0]
         return 1 if failed or errors else 0
     return 0
+
+
+def _env(args) -> dict:
+    env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--env must look like KEY=VALUE, got {item!r}")
+        env[key.strip()] = value
+    return env
+
+
+def _run_train(args) -> int:
+    import json
+    from pathlib import Path
+
+    from core.paths import SAMPLE_CHECKPOINT
+    from parity.bench.train_bench import (TrainBenchOptions, parse_train_backends,
+                                          run_train_bench, train_bench_failed)
+    from parity.bench.train_report import train_text, write_train_report
+
+    opts = TrainBenchOptions(weights=args.weights or str(SAMPLE_CHECKPOINT),
+                             backends=parse_train_backends(args.backends), env=_env(args),
+                             profile=args.profile)
+    for flag, value, least in (("--batch", args.batch, 1), ("--patch", args.patch, 11),
+                               ("--repeats", args.repeats, 1),
+                               ("--peak-size", args.peak_size, 16)):
+        if value is not None and value < least:
+            raise UserError(f"{flag} must be >= {least}, got {value}")
+    opts.batch = args.batch or opts.batch
+    opts.patch = args.patch or opts.patch
+    opts.repeats = args.repeats or opts.repeats
+    opts.peak_n = args.peak_size
+    if args.jax_plain and "jax-plain" not in opts.backends:
+        opts.backends = (*opts.backends, "jax-plain")
+    if not Path(opts.weights).is_file():
+        raise UserError(f"--weights {opts.weights}: no such file")
+    result = run_train_bench(opts)
+    print(json.dumps(result, indent=2) if args.json else train_text(result), end="")
+    if args.json:
+        print()
+    if args.report:
+        paths = write_train_report(result, args.report)
+        if not args.json:
+            print("wrote " + ", ".join(str(p) for p in paths))
+    return 1 if args.strict and train_bench_failed(result) else 0

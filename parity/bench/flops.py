@@ -61,3 +61,16 @@ def flops_by_kernel(config: DLNConfig, height: int, width: int) -> dict[str, int
             continue
         grouped[key] = grouped.get(key, 0) + costs[spec.torch_name]
     return grouped
+
+
+def training_step_flops(config: DLNConfig, height: int, width: int, batch: int = 1) -> int:
+    """FLOP of one training step's forward and backward pass over `batch` crops.
+
+    The backward pass of every conv and dense layer computes its kernel gradient (the
+    forward's multiply-adds again) and its input gradient (again the same count), except
+    the input gradient of the first convolution (feat1), whose input is data. Per step:
+    3 x forward - feat1's forward. The loss (SSIM's Gaussian filtering, TV) and Adam are
+    not counted, as the forward count leaves out biases and activations."""
+    forward = layer_flops(config, height, width)
+    first = next(spec.torch_name for spec in tensor_specs(config) if spec.kind == "conv")
+    return batch * (3 * sum(forward.values()) - forward[first])

@@ -11,7 +11,11 @@ library prints is ignored by the driver). Requests:
       (getrusage ru_maxrss) after it: a fresh process holding the model and doing
       one inference, so the figure includes everything the backend allocates
       natively (oneDNN / XLA buffers), not only Python objects.
-  {"op": "time", "repeats": n}            seconds of n forward passes
+      With "workload": "train" (and "patch": P): a training runner instead
+      (parity.bench.train_runners: the framework's trainer, one batch of B crops of
+      P x P), warmed up by its first steps.
+  {"op": "time", "repeats": n}            seconds of n forward passes (training steps),
+      and the peak resident set so far
   {"op": "matmul", "library": "numpy" | "torch" | "jax", "n": N, "repeats": r}
       seconds of r (N x N) @ (N x N) float32 products, after one warm-up
   {"op": "profile"}   (jax only) per-op times of the forward, parity.bench.jax_profile
@@ -70,12 +74,18 @@ class Worker:
         from weights.convert import load_checkpoint
 
         ckpt = load_checkpoint(req["weights"])
-        x = np.random.default_rng(req.get("seed", 0)).random(
-            (req["batch"], req["height"], req["width"], 3), dtype=np.float32)
         before = rss_mib()
         try:
-            runner = Predictor(ckpt, req["backend"], jax_fast=req.get("jax_fast", True),
-                               channels_last=req.get("channels_last", False))
+            if req.get("workload") == "train":
+                from parity.bench.train_runners import make_train_runner
+
+                runner = make_train_runner(req["backend"], ckpt, req["batch"], req["patch"])
+                x = None
+            else:
+                x = np.random.default_rng(req.get("seed", 0)).random(
+                    (req["batch"], req["height"], req["width"], 3), dtype=np.float32)
+                runner = Predictor(ckpt, req["backend"], jax_fast=req.get("jax_fast", True),
+                                   channels_last=req.get("channels_last", False))
             start = time.perf_counter()
             runner.prepare(x)
             warmup = time.perf_counter() - start
@@ -84,7 +94,7 @@ class Worker:
         self.runner = runner
         reply = {"ok": True, "settings": runner.settings, "warmup_s": warmup,
                  "rss_before_mib": before, "peak_rss_mib": peak_rss_mib()}
-        if runner.backend == "jax":
+        if getattr(runner, "backend", None) == "jax":
             from parity.bench.jax_profile import compiled_stats
 
             reply["xla"] = compiled_stats(*runner.jax_forward)
@@ -95,10 +105,13 @@ class Worker:
 
         if self.runner is None:
             return {"ok": False, "error": "time before setup"}
-        return {"ok": True, "seconds": time_steps(self.runner.step, int(req["repeats"]))}
+        return {"ok": True, "seconds": time_steps(self.runner.step, int(req["repeats"])),
+                "peak_rss_mib": peak_rss_mib()}
 
     def profile(self, req: dict) -> dict:
-        if self.runner is None or self.runner.backend != "jax":
+        if self.runner is not None and hasattr(self.runner, "train_profile"):
+            return {"ok": True, "profile": self.runner.train_profile(int(req.get("runs", 2)))}
+        if self.runner is None or getattr(self.runner, "backend", None) != "jax":
             return {"ok": False, "error": "profile needs the jax backend, set up first"}
         from parity.bench.jax_profile import profile_forward
 

@@ -158,10 +158,14 @@ def torch_gradients(torch_model, inputs, loss: Callable, float64: bool = False
     return float(value.detach()), grads
 
 
-def jax_gradients(frontend, variables, inputs, loss: Callable
-                  ) -> tuple[float, dict[str, np.ndarray]]:
+def jax_gradients(frontend, variables, inputs, loss: Callable,
+                  context: Callable | None = None) -> tuple[float, dict[str, np.ndarray]]:
     """Loss and gradients under the frontend's flat keys, in the arrays' dtype (float64
-    needs jax_enable_x64: the worker); inputs in the Flax layout."""
+    needs jax_enable_x64: the worker); inputs in the Flax layout. `context`, if given,
+    is a function returning a context manager the forward is traced in (e.g. a Flax
+    method interceptor that swaps in the layers training runs)."""
+    import contextlib
+
     import jax
     import jax.numpy as jnp
 
@@ -170,7 +174,7 @@ def jax_gradients(frontend, variables, inputs, loss: Callable
 
     def loss_of(p):
         # true float32 ("highest"), scoped to this trace: JAX's global setting is left alone
-        with jax.default_matmul_precision("highest"):
+        with jax.default_matmul_precision("highest"), (context or contextlib.nullcontext)():
             return loss(frontend.apply(frontend.merge(p, rest), *xs))
 
     value, grads = jax.jit(jax.value_and_grad(loss_of))(params)
@@ -183,8 +187,9 @@ def _float64_worker(in_path: str, out_path: str) -> int:
 
     jax.config.update("jax_enable_x64", True)  # this process only
     with open(in_path, "rb") as fh:  # written by gradient_parity in this toolkit's own folder
-        flax_model, apply_kwargs, loss, variables, inputs = pickle.load(fh)
-    value, grads = jax_gradients(frontend_for(flax_model, apply_kwargs), variables, inputs, loss)
+        flax_model, apply_kwargs, loss, context, variables, inputs = pickle.load(fh)
+    value, grads = jax_gradients(frontend_for(flax_model, apply_kwargs), variables, inputs, loss,
+                                 context)
     np.savez(out_path, loss=np.float64(value), **{f"grad:{k}": v for k, v in grads.items()})
     return 0
 
@@ -244,10 +249,12 @@ def _rows(rules, torch_side: dict, jax_side: dict, tol: float) -> list[TensorRow
 def gradient_parity(torch_model, flax_model, variables, inputs, *, plan,
                     torch_loss: Callable | None = None, flax_loss: Callable | None = None,
                     loss_name: str = "sum of all outputs", apply_kwargs: dict | None = None,
-                    tol: float | None = None, float64: bool = False, adam=None
-                    ) -> GradientParity:
+                    tol: float | None = None, float64: bool = False, adam=None,
+                    flax_context: Callable | None = None) -> GradientParity:
     """Per-parameter gradients of the loss, per torch parameter (see the module note);
-    `plan` is the converter's plan (weights.rules.ConversionPlan)."""
+    `plan` is the converter's plan (weights.rules.ConversionPlan). `flax_context`: a
+    module-level function returning a context manager the JAX forward is traced in (it
+    travels pickled to the float64 worker), e.g. the layers a trainer swaps in."""
     from core.workers import finish_worker, start_worker
 
     xs = as_input_tuple(inputs)
@@ -258,7 +265,7 @@ def gradient_parity(torch_model, flax_model, variables, inputs, *, plan,
     rules = [r for r in plan.rules if r.collection == "params" and r.torch_name in names]
     loss_t32, grads_t32 = torch_gradients(torch_model, xs, torch_loss)
     if not float64:
-        loss_j, grads_j = jax_gradients(frontend, variables, fx, flax_loss)
+        loss_j, grads_j = jax_gradients(frontend, variables, fx, flax_loss, flax_context)
         tol = MODEL_GRAD_TOL if tol is None else tol
         return GradientParity("float32", SCALE, tol, loss_name, loss_t32, loss_j,
                               _rows(rules, grads_t32, grads_j, tol))
@@ -268,11 +275,12 @@ def gradient_parity(torch_model, flax_model, variables, inputs, *, plan,
         request, result = Path(tmp) / "in.pkl", Path(tmp) / "out.npz"
         as64 = frontend.nested({k: np.asarray(v, np.float64)
                                 for k, v in frontend.flat(variables).items()})
-        request.write_bytes(pickle.dumps((flax_model, frontend.apply_kwargs, flax_loss, as64,
+        request.write_bytes(pickle.dumps((flax_model, frontend.apply_kwargs, flax_loss,
+                                          flax_context, as64,
                                           [np.asarray(x, np.float64) for x in fx])))
         worker = start_worker("parity.grads.model_gradients", WORKER_FLAG, request, result)
         try:  # float32 JAX work in this process while the worker runs
-            _, grads_j32 = jax_gradients(frontend, variables, fx, flax_loss)
+            _, grads_j32 = jax_gradients(frontend, variables, fx, flax_loss, flax_context)
         finally:
             finish_worker(worker, "float64 JAX gradient", timeout=WORKER_TIMEOUT_S)
         with np.load(result) as out:

@@ -266,11 +266,15 @@ def gradient_batch(size: tuple[int, int] = GRADIENT_SIZE, batch: int = 2, seed: 
 
 def run_gradients(ckpt, x: np.ndarray, target: np.ndarray):
     """Gradient parity of the authors' training loss (parity.grads.model_gradients):
-    float64 per tensor, one Adam step with the authors' recipe."""
+    float64 per tensor, one Adam step with the authors' recipe. The JAX side is
+    differentiated as the JAX trainer differentiates it on a CPU: through the training
+    rewrites (port.fast_training: convolutions with written-out gradients), so the path
+    training runs is held to the float64 limit."""
     import torch
 
     from core.recipe import AUTHORS_RECIPE
     from parity.grads.model_gradients import gradient_parity
+    from port.fast_training import fast_training
     from port.losses import dln_loss as flax_loss  # imported before any trace
     from reference_torch.losses import dln_loss
     from weights.rules import plan_conversion
@@ -286,7 +290,7 @@ def run_gradients(ckpt, x: np.ndarray, target: np.ndarray):
         flax_loss=functools.partial(flax_loss, target=np.ascontiguousarray(
             target.transpose(0, 2, 3, 1), np.float64)),
         loss_name=f"dln_loss: {AUTHORS_RECIPE.loss_text()} (authors' training loss)",
-        float64=True, adam=AUTHORS_RECIPE)
+        float64=True, adam=AUTHORS_RECIPE, flax_context=fast_training)
 
 
 if __name__ == "__main__":  # python -m parity.presets.dln --save-fixture FILE

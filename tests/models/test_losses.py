@@ -84,3 +84,27 @@ def test_ssim_loss_rejects_images_smaller_than_the_window():
     x = np.zeros((1, 10, 40, 3), np.float32)
     with pytest.raises(ValueError, match="at least 11 x 11"):
         losses.ssim_loss(x, x)
+
+
+def test_ssim_filter_equals_the_depthwise_convolution_and_so_does_its_gradient():
+    """valid_filter computes the authors' window as shifted sums; a depthwise "VALID"
+    convolution with the same float32 window is the reference (a flipped or transposed
+    window, a wrong offset or a missing tap would be off by far more than rounding)."""
+    window = losses.gaussian_window()
+    rng = np.random.default_rng(4)
+    z = rng.uniform(0, 1, (2, 19, 23, 3)).astype(np.float32)
+    g = rng.normal(0, 1, (2, 9, 13, 3)).astype(np.float32)
+    asym = window * np.linspace(0.5, 1.5, 121, dtype=np.float32).reshape(11, 11)
+
+    def depthwise(w):
+        kernel = jnp.broadcast_to(jnp.asarray(w)[:, :, None, None], w.shape + (1, 3))
+        return lambda a: jax.lax.conv_general_dilated(
+            a, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=3, precision="highest")
+
+    for w in (window, asym):  # the asymmetric window tells a flip from none
+        y, vjp = jax.vjp(losses.valid_filter(w), z)
+        y_ref, vjp_ref = jax.vjp(depthwise(w), z)
+        np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(vjp(g)[0]), np.asarray(vjp_ref(g)[0]),
+                                   rtol=1e-5, atol=1e-6)

@@ -9,7 +9,8 @@ ORDER = 65
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "bench", help="per-image latency of jax / torch / torch.compile against the matmul peak",
+        "bench", help="per-image latency of jax / nnx / torch / torch.compile against the "
+                      "matmul peak",
         description="Measure, in one run, the float32 matmul peak of this machine (best of "
                     "numpy, torch and JAX) and the per-image latency of each backend on the same "
                     "weights (fresh worker process each, timed runs interleaved), with GFLOP/s, "
@@ -18,8 +19,10 @@ def register(sub) -> None:
     p.add_argument("--size", default="400x600", help="HEIGHTxWIDTH of the input (default 400x600)")
     p.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1)")
     p.add_argument("--backends", "--backend", dest="backends", default=None,
-                   help="comma-separated: jax, torch, torch-compile (default all three); with "
-                        "--workload also torch-tuned-glibc (default all four)")
+                   help="comma-separated: jax (the Flax Linen port), nnx (the Flax NNX port), "
+                        "torch, torch-compile (default jax,torch,torch-compile); with "
+                        "--workload: jax, torch, torch-tuned-glibc, torch-compile (default all "
+                        "four)")
     p.add_argument("--workload", choices=("folder", "large"), default=None,
                    help="end-to-end `dln enhance` runs instead of per-image latency, one fresh "
                         "process per row, with peak RSS: folder = 12 seeded low-light images "
@@ -53,7 +56,9 @@ def register(sub) -> None:
                    help="also write bench.json, bench.md and bench_latency.png here "
                         "(with --workload: workload_NAME.json, .md, .png)")
     p.add_argument("--strict", action="store_true",
-                   help="exit 1 when a floor is missed (JAX >= 1.5x PyTorch eager, >= 1.0x torch.compile, >= 50%% of the peak) or a figure exceeds the peak")
+                   help="exit 1 when a floor is missed (JAX >= 1.5x PyTorch eager, >= 1.0x "
+                        "torch.compile, >= 50%% of the peak; NNX at most 1.05x JAX's time) or a "
+                        "figure exceeds the peak")
     p.set_defaults(run=run)
 
 

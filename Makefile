@@ -30,7 +30,7 @@ bench: $(STAMP)
 # Table 2 on the built-in held-out pairs: each trained model on each backend, beside the
 # published rows; then both frameworks' training curves in one figure.
 table2: $(STAMP)
-	$(BIN)/dln table2 --data builtin --backend jax,torch \
+	$(BIN)/dln table2 --data builtin --backend jax,nnx,torch \
 	    --model sample=weights/sample/dln_sample.pth \
 	    --model retrained_jax=weights/retrained_jax/dln_retrained_jax.pth \
 	    --model retrained_torch=weights/retrained_torch/dln_retrained_torch.pth \

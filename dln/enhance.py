@@ -1,4 +1,4 @@
-"""`dln enhance`: images in, enhanced PNGs out, with either backend.
+"""`dln enhance`: images in, enhanced PNGs out, on any backend of the one predictor.
 
 A run has two parts. Planning, from the file headers, before anything is decoded or
 written (`plan_run`): each image's output name must be free (not an input of the run,
@@ -38,7 +38,6 @@ from frameworks.memory_plan import (TILED_BYTES_PER_PIXEL, ImagePlan,  # noqa: F
                                     tiled_estimate)
 from frameworks.predictor import Predictor
 
-BACKENDS = ("jax", "torch")
 READ_AHEAD_BYTES = 256 * 2**20  # decoded images held ahead of the network, at most
 
 

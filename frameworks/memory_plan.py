@@ -32,7 +32,10 @@ from weights.stages import dln_stages
 # they over-estimate every measurement by 0-15 %. The framework itself (~250-290 MiB)
 # is already resident when images are checked, so it is not part of the estimate.
 # For JAX they apply to the pixels of the padded bucket, which is what it computes.
-BYTES_PER_PIXEL_PER_DIM = {"torch": 60, "jax": 40}
+# The NNX port runs the same XLA programs as the Linen port: one 512x512 forward at
+# dim 64 (compilation included) peaked at 1148-1154 MiB against Linen's 1142-1155 MiB
+# (two fresh processes each, 2-core AMD EPYC), so it shares JAX's figure.
+BYTES_PER_PIXEL_PER_DIM = {"torch": 60, "jax": 40, "nnx": 40}
 BYTES_PER_PIXEL_FIXED = 256   # decoded image, float input, output, uint8 copy
 # A tiled run keeps per image pixel only the float32 input and output, the uint8
 # copy and the decoder's buffer (12 + 12 + 3 + 3 bytes, rounded up); the network's

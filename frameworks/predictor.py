@@ -1,4 +1,9 @@
-"""The one predictor: the code that runs DLN on images, on either framework.
+"""The one predictor: the code that runs DLN on images, on any backend.
+
+Backends: "jax" (the Flax Linen port), "nnx" (the Flax NNX port: the same runner,
+plans, buckets and tiles, with the NNX model's code inside the traces,
+port.nnx_tiled), "torch" and "torch-compile" (the PyTorch reference). Below, "JAX"
+means either Flax port.
 
 `dln enhance`, held-out evaluation (dln.heldout), Table 2 (parity.evaluation.table2)
 and the benchmark (parity.bench) all run the network through a `Predictor`:
@@ -35,7 +40,8 @@ from core.tiling import (TiledPlan, bucket_shape, landscape, plan_buckets, run_t
                          smallest_cover, tile_count)
 from frameworks.memory_plan import ImagePlan, bytes_per_pixel, plan_image
 
-BACKENDS = ("jax", "torch", "torch-compile")
+BACKENDS = ("jax", "nnx", "torch", "torch-compile")
+JAX_BACKENDS = ("jax", "nnx")   # Flax Linen and Flax NNX: one runner, one memory plan
 
 # A new bucket shape costs JAX one compilation of the whole-image program. Measured
 # with `dln bench --workload folder` on the 2-core AMD EPYC (5 buckets): the cold run
@@ -78,7 +84,7 @@ class Predictor:
         self._buckets: list[tuple[int, int]] = []
         self._index = None
         self._prepared = None
-        if backend == "jax":
+        if backend in JAX_BACKENDS:
             self._init_jax(ckpt, use_cache, cache_dir, jax_fast)
         else:
             self._init_torch(ckpt, channels_last)
@@ -90,6 +96,10 @@ class Predictor:
             from port.compile_cache import (BucketIndex, compilation_cache_dir,
                                             enable_compilation_cache)
             from port.tiled import JaxStages, JaxWholeImage
+            if self.backend == "nnx":  # the NNX model's code in the same runner
+                from port.nnx_tiled import NnxStages as stages_class
+            else:
+                stages_class = JaxStages
 
         if use_cache:
             folder = Path(cache_dir or compilation_cache_dir())
@@ -97,11 +107,13 @@ class Predictor:
             if problem:
                 self.warnings.append(problem)
             else:
-                self._index = BucketIndex(folder, self.config)
+                self._index = BucketIndex(folder, self.config, self.backend)
         with self.timeline.span("load_weights"):
-            self.stages = JaxStages(ckpt.flax_tree(), self.config, pointwise_as_dot=jax_fast)
+            self.stages = stages_class(ckpt.flax_tree(), self.config, pointwise_as_dot=jax_fast)
         self._whole = JaxWholeImage(self.stages, self.timeline)
         self.settings = {"jit": "whole forward", "devices": str(jax.devices()[0]),
+                         "model": ("Flax NNX (graph split once, merged inside jax.jit)"
+                                   if self.backend == "nnx" else "Flax Linen"),
                          "jax": jax.__version__,
                          "pointwise_convs": "dot_general" if jax_fast else "convolution",
                          "xla_flags": os.environ.get("XLA_FLAGS", "")}
@@ -132,18 +144,18 @@ class Predictor:
 
     @property
     def _memory_backend(self) -> str:
-        return "jax" if self.backend == "jax" else "torch"
+        return "jax" if self.backend in JAX_BACKENDS else "torch"
 
     def in_buckets(self, plan: ImagePlan, height: int, width: int) -> bool:
         """JAX runs this whole image in the folder's buckets (else at its own shape)."""
-        return (self.backend == "jax" and plan.mode == "whole"
+        return (self.backend in JAX_BACKENDS and plan.mode == "whole"
                 and plan.shape == bucket_shape(*landscape(height, width)))
 
     def plan_folder(self, sizes: list[tuple[int, int]], batch: int = 1) -> list:
         """JAX: the bucket shapes for a folder's bucketed whole images (their header
         sizes), counting shapes this cache folder has compiled before as free.
         PyTorch compiles nothing: no plan."""
-        if self.backend != "jax" or not sizes:
+        if self.backend not in JAX_BACKENDS or not sizes:
             return []
         compiled = self._index.compiled(batch) if self._index else set()
         if self._index:
@@ -157,7 +169,7 @@ class Predictor:
         """Whole images with one key run in one batch: JAX's planned bucket (or the
         image's own ladder bucket, or its own shape when only that fits) and
         orientation; PyTorch runs each image at its own size."""
-        if self.backend != "jax":
+        if self.backend not in JAX_BACKENDS:
             return (height, width)
         shape = landscape(height, width)
         if self.in_buckets(plan, height, width):
@@ -171,7 +183,7 @@ class Predictor:
         """Whole images of one group_key; result() gives each (H, W, 3) output. JAX
         returns before computing; `after` (an earlier submit's result) is awaited just
         before dispatching, so that one batch computes at a time."""
-        if self.backend == "jax":
+        if self.backend in JAX_BACKENDS:
             pending = self._whole.submit(images, key[:2], after)
             if self._index:
                 self._index.add(len(images), key[:2])
@@ -207,7 +219,7 @@ class Predictor:
         """Place a (N, H, W, 3) batch for step(), and run one warm-up forward (JAX and
         torch.compile: the compilation)."""
         x = np.ascontiguousarray(x_nhwc, np.float32)
-        if self.backend == "jax":
+        if self.backend in JAX_BACKENDS:
             import jax
 
             program = self._whole.program(x.shape[0], x.shape[1:3], masked=False)
@@ -224,7 +236,7 @@ class Predictor:
 
     def step(self) -> None:
         """One forward pass of the prepared batch, returning once its result exists."""
-        if self.backend == "jax":
+        if self.backend in JAX_BACKENDS:
             program, x = self._prepared
             program(self._whole.params(False), x).block_until_ready()
         else:

@@ -122,14 +122,16 @@ def read_index(path: Path) -> tuple[dict, str | None]:
 
 class BucketIndex:
     """The whole-image bucket shapes compiled into one persistent cache folder, per
-    network (jax version and config) and batch size, so a later plan counts them as
+    network (port, jax version and config) and batch size, so a later plan counts them as
     free (a warm cache). `warnings` holds the one line said about a damaged index."""
 
-    def __init__(self, folder: Path, config: DLNConfig):
+    def __init__(self, folder: Path, config: DLNConfig, backend: str = "jax"):
         import jax
 
         self.path = Path(folder) / BUCKET_INDEX
-        self.key = f"jax-{jax.__version__}-{config.to_json()}"
+        # the Linen ("jax") and the NNX port trace their own programs: one key each
+        port = "" if backend == "jax" else f"{backend}-"
+        self.key = f"{port}jax-{jax.__version__}-{config.to_json()}"
         self._known: set[tuple[int, int, int]] = set()  # entries seen on disk this process
         self.warnings: list[str] = []
 

@@ -11,6 +11,7 @@ network. Two things differ from the plain forward, both exact to float32 roundin
 The FA's dense layers (no bias) are applied as the same products the Flax Dense
 computes, on the same parameters; its 1x1 `outlayer` is port.model.ConvBlock.
 1x1 convolutions are matrix products as in port.inference (port.pointwise).
+port/nnx_tiled.py runs the same stages and whole-image runner on the NNX port.
 
 JaxWholeImage is what `dln enhance` runs on whole images: each padded to its size
 bucket (core.tiling.bucket_shape) with masking, or run unmasked (the plain forward)
@@ -66,12 +67,17 @@ def _f1(module: DLN, x, mask):
 def _lbp(module: DLN, index: int, z, mean):
     """One LBP with its FA mean given: (N, h, w, cin) and (N, cin) -> (N, h, w, dim)."""
     name = LBP_NAMES[index]
-    lbp = getattr(module, name)
     fusion = module.variables["params"][name]["fusion"]
     s = nn.relu(jnp.dot(mean, fusion["fc_0"]["kernel"]))
     w = nn.sigmoid(jnp.dot(s, fusion["fc_2"]["kernel"]))
     y = z * w[:, None, None, :] + z
     f = ConvBlock(module.config.dim, 1, 0).apply({"params": fusion["outlayer"]}, y)
+    return lbp_after_fusion(getattr(module, name), f)
+
+
+def lbp_after_fusion(lbp, f):
+    """The LBP's body after its FA (`f`: the FA's output), by the LBP's own submodules;
+    the Linen and the NNX LBP have the same submodule names and arithmetic."""
     hr = lbp.conv1_1(f)
     lr = lbp.conv2(hr)
     r = lbp.local_weight1_1(f) - lr if lbp.residual_sign == "code" else lr - lbp.local_weight1_1(f)
@@ -87,24 +93,36 @@ def _masked_mean(z, mask):
 
 
 class JaxStages:
-    """core.tiling.StageRunner for the port (weights.stages' table): one jit per stage,
-    compiled once per tile shape."""
+    """core.tiling.StageRunner for the Linen port (weights.stages' table): one jit per
+    stage, compiled once per tile shape. port.nnx_tiled.NnxStages is the same runner on
+    the NNX port: a subclass supplies `_apply` (run a stage function on the model bound
+    to the params, every convolution's output masked), `_lbp` and `plain_apply`."""
 
     def __init__(self, params_tree: dict, config: DLNConfig, pointwise_as_dot: bool = True):
         self.config = config
         self.dim = config.dim
         self.stages = dln_stages(config)
-        self._model = DLN(config)
-        self._params = params_to_device(params_tree)
         self.pointwise_as_dot = pointwise_as_dot
+        self._build_model()
+        self._params = params_to_device(params_tree)
         self._stage = jax.jit(self._stage_forward, static_argnums=(1, 2))
         self._bucket = jax.jit(self._bucket_forward)
+
+    def _build_model(self) -> None:
+        self._model = DLN(config=self.config)
 
     def _apply(self, params, mask, fn, *args):
         # traced in true float32 ("highest"), as port.inference.make_apply
         with jax.default_matmul_precision(PARITY_PRECISION), \
                 nn.intercept_methods(_masking(mask, self.pointwise_as_dot)):
             return self._model.apply({"params": params}, *args, method=fn)
+
+    def _lbp(self, module, index: int, z, mean):
+        return _lbp(module, index, z, mean)
+
+    def plain_apply(self):
+        """The plain whole-image forward jit(params, x) of this port, unmasked."""
+        return make_apply(self.config, pointwise_as_dot=self.pointwise_as_dot)
 
     def _stage_forward(self, params, name: str, halo: int, maps, image, mean, mask):
         """One stage on a batch of tiles (input with halo) -> the tiles' cores."""
@@ -114,8 +132,8 @@ class JaxStages:
             out = self._apply(params, mask, _final, maps, image)
         else:
             index = int(name.removeprefix("lbp")) - 1
-            out = self._apply(params, mask, lambda m, z_, s_: _lbp(m, index, z_, s_), maps,
-                              mean)
+            out = self._apply(params, mask, lambda m, z_, s_: self._lbp(m, index, z_, s_),
+                              maps, mean)
         return out[:, halo:-halo, halo:-halo]
 
     def _bucket_forward(self, params, x, mask):
@@ -123,7 +141,7 @@ class JaxStages:
         maps = [self._apply(params, mask, _f1, x, mask)]
         for index in range(3):
             z = jnp.concatenate(maps, axis=-1)
-            fn = (lambda i: lambda m, z_, s_: _lbp(m, i, z_, s_))(index)
+            fn = (lambda i: lambda m, z_, s_: self._lbp(m, i, z_, s_))(index)
             maps.append(self._apply(params, mask, fn, z, _masked_mean(z, mask)))
         return self._apply(params, mask, _final, jnp.concatenate(maps, axis=-1), x)
 
@@ -175,7 +193,7 @@ class JaxWholeImage:
     def __init__(self, stages: JaxStages, timeline: Timeline | None = None):
         self.config = stages.config
         self._stages = stages
-        self.plain = make_apply(stages.config, pointwise_as_dot=stages.pointwise_as_dot)
+        self.plain = stages.plain_apply()
         self._params = self._stages.params
         self._transposed = None
         self._programs: dict[tuple, object] = {}

@@ -10,7 +10,8 @@ ORDER = 65
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "bench", help="per-image latency of jax / torch / torch.compile against the matmul peak",
+        "bench", help="per-image latency of jax / nnx / torch / torch.compile against the "
+                      "matmul peak",
         description="Measure, in one run, the float32 matmul peak of this machine (best of "
                     "numpy, torch and JAX) and the per-image latency of each backend on the same "
                     "weights (fresh worker process each, timed runs interleaved), with GFLOP/s, "
@@ -25,8 +26,11 @@ def register(sub) -> None:
                         f"recipe's, {_RECIPE.patch}); the training floors are defined at "
                         "--batch 4 --patch 96")
     p.add_argument("--backends", "--backend", dest="backends", default=None,
-                   help="comma-separated: jax, torch, torch-compile (default all three); with "
-                        "--workload also torch-tuned-glibc (default all four)")
+                   help="comma-separated: jax (the Flax Linen port), nnx (the Flax NNX port), "
+                        "torch, torch-compile (default jax,torch,torch-compile); with "
+                        "--workload folder|large: jax, torch, torch-tuned-glibc, torch-compile "
+                        "(default all four); with --workload train: jax, jax-plain, torch, "
+                        "torch-compile (default jax,torch,torch-compile)")
     p.add_argument("--workload", choices=("folder", "large", "train"), default=None,
                    help="end-to-end `dln enhance` runs instead of per-image latency, one fresh "
                         "process per row, with peak RSS: folder = 12 seeded low-light images "
@@ -69,8 +73,9 @@ def register(sub) -> None:
                         "(with --workload: workload_NAME.json, .md, .png)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when a floor is missed (JAX >= 1.5x PyTorch eager, >= 1.0x "
-                        "torch.compile, >= 50%% of the peak; --workload train: >= 1.2x, >= "
-                        "1.0x, >= 50%%) or a figure exceeds the peak")
+                        "torch.compile, >= 50%% of the peak; NNX at most 1.05x JAX's time; "
+                        "--workload train: >= 1.2x, >= 1.0x, >= 50%%) or a figure exceeds "
+                        "the peak")
     p.set_defaults(run=run)
 
 

@@ -1,4 +1,5 @@
-"""`dln enhance`: enhance images with a checkpoint, on JAX (default) or PyTorch."""
+"""`dln enhance`: enhance images with a checkpoint, on JAX (Flax Linen by default, or Flax
+NNX) or PyTorch."""
 
 from __future__ import annotations
 
@@ -19,12 +20,15 @@ def register(sub) -> None:
         description="Enhance images (png, jpg, jpeg, bmp; files and/or folders) and write "
                     "OUTPUT/<stem>.png quantised the authors' way (x255, clip, truncate).")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
-    p.add_argument("--weights", required=True, help=".pth or .safetensors checkpoint")
+    p.add_argument("--weights", required=True,
+                   help=".pth or .safetensors checkpoint, or an Orbax checkpoint folder")
     p.add_argument("--out", "--output", dest="out", required=True,
                    help="output folder (--output is the same option)")
-    p.add_argument("--backend", choices=("jax", "torch", "torch-compile"), default="jax",
-                   help="jax (default), torch (eager, channels_last), or torch-compile "
-                        "(whole images through torch.compile; tiles run eager)")
+    p.add_argument("--backend", choices=("jax", "nnx", "torch", "torch-compile"), default="jax",
+                   help="jax (default: the Flax Linen port), nnx (the Flax NNX port, with the "
+                        "same tiles, buckets and compilation cache), torch (eager, "
+                        "channels_last), or torch-compile (whole images through "
+                        "torch.compile; tiles run eager)")
     p.add_argument("--gamma", type=finite_float, default=None,
                    help="enhancement strength: pred = x + gamma * P(x) (default: the checkpoint's)")
     p.add_argument("--variant", default=None, help="switches the checkpoint cannot tell")
@@ -89,7 +93,7 @@ def run(args) -> int:
     kept = None   # JAX: a .pth's verified conversion kept in the cache folder
     with timeline.span("imports"):
         from dln.checkpoint_cache import load_checkpoint_once
-        if args.backend == "jax" and not args.no_cache:
+        if args.backend in ("jax", "nnx") and not args.no_cache:
             from port.compile_cache import compilation_cache_dir, usable_cache_folder
 
             kept = compilation_cache_dir()

@@ -40,6 +40,9 @@ FLOOR_JAX_OVER_TORCH = 1.5         # JAX at least 1.5x faster than PyTorch eager
 FLOOR_JAX_OVER_COMPILE = 1.0       # and not slower than torch.compile
 FLOOR_JAX_PEAK_FRACTION = 0.5      # JAX reaches half the measured matmul peak
 FLOOR_PEAK_RSS_MIB = 3 * 1024      # one 400 x 600 inference under 3 GiB
+# The NNX port runs the same jitted pure function of (params, x) as the Linen port (its
+# graph merged inside the trace, no nnx.jit per call): at most 5% slower, same run.
+FLOOR_NNX_OVER_JAX = 1.05          # NNX median latency / Linen median latency, at most
 
 
 class BenchError(UserError, RuntimeError):
@@ -129,6 +132,10 @@ def evaluate_floors(backends: dict, size: tuple[int, int], batch: int) -> list[d
         if backends.get(other, {}).get("available"):
             ratio = backends[other]["median_ms"] / jax["median_ms"]
             add(f"jax {key} (median latency ratio)", ratio, threshold, ratio >= threshold)
+    if backends.get("nnx", {}).get("available"):
+        ratio = backends["nnx"]["median_ms"] / jax["median_ms"]
+        add("nnx over jax (median latency ratio, at most)", ratio, FLOOR_NNX_OVER_JAX,
+            ratio <= FLOOR_NNX_OVER_JAX)
     add("jax fraction of measured float32 matmul peak", jax["peak_fraction"],
         FLOOR_JAX_PEAK_FRACTION, jax["peak_fraction"] >= FLOOR_JAX_PEAK_FRACTION)
     for name, fig in backends.items():

@@ -18,6 +18,10 @@ def _ratio_lines(result: dict) -> list[str]:
                 ratio = backends[other]["median_ms"] / jax["median_ms"]
                 verdict = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
                 lines.append(f"jax is {verdict} than {other} (median per-image latency, same run)")
+        if backends.get("nnx", {}).get("available"):
+            ratio = backends["nnx"]["median_ms"] / jax["median_ms"]
+            lines.append(f"nnx takes {ratio:.3f}x the time of jax, the Linen port (median "
+                         "per-image latency, same run)")
     return lines
 
 
@@ -45,7 +49,8 @@ def floor_lines(result: dict) -> list[str]:
         value = f["value"]
         shown = f"{value:.1%}" if "fraction" in f["floor"] else f"{value:,.2f}"
         limit = f"{f['threshold']:.0%}" if "fraction" in f["floor"] else f"{f['threshold']:,}"
-        out.append(f"- {verdict}: {f['floor']}: {shown} (floor {limit})"
+        bound = "at most" if "at most" in f["floor"] else "floor"
+        out.append(f"- {verdict}: {f['floor']}: {shown} ({bound} {limit})"
                    + (f" [{f['note']}]" if f.get("note") else ""))
     return out
 

@@ -94,7 +94,7 @@ class Worker:
         self.runner = runner
         reply = {"ok": True, "settings": runner.settings, "warmup_s": warmup,
                  "rss_before_mib": before, "peak_rss_mib": peak_rss_mib()}
-        if getattr(runner, "backend", None) == "jax":
+        if getattr(runner, "backend", None) in ("jax", "nnx"):
             from parity.bench.jax_profile import compiled_stats
 
             reply["xla"] = compiled_stats(*runner.jax_forward)

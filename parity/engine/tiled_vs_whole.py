@@ -1,12 +1,13 @@
-"""Tiled and bucketed inference against the whole-image forward, in both frameworks.
+"""Tiled and bucketed inference against the whole-image forward, in every framework
+(JAX's two ports, Flax Linen "jax" and Flax NNX "nnx", and PyTorch).
 
 For one image and one checkpoint, each framework's stage-wise paths (core.tiling:
 tiles with halos and masks, memory or memmap stage maps; size buckets with masks)
 and JAX's whole-image runner of `dln enhance` (buckets, portrait images transposed)
 are compared with that framework's own unmodified whole-image forward
-(port.inference / reference_torch.inference), as float32 outputs (tolerance
-TILED_FORWARD_ATOL, relative to max(1, max|reference|)) and as PNGs (the
-one-level rule of PNG_MAX_FRACTION_OFF_BY_ONE).
+(port.inference / port.nnx_inference / reference_torch.inference), as float32
+outputs (tolerance TILED_FORWARD_ATOL, relative to max(1, max|reference|)) and as
+PNGs (the one-level rule of PNG_MAX_FRACTION_OFF_BY_ONE).
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ def _framework(ckpt, backend: str):
         from port.tiled import JaxStages
         return JaxStages(ckpt.flax_tree(), ckpt.config), make_enhancer(ckpt.flax_tree(),
                                                                        ckpt.config)
+    if backend == "nnx":
+        from port.nnx_inference import make_nnx_enhancer
+        from port.nnx_tiled import NnxStages
+        return NnxStages(ckpt.flax_tree(), ckpt.config), make_nnx_enhancer(ckpt.flax_tree(),
+                                                                           ckpt.config)
     if backend == "torch":
         from reference_torch.inference import make_enhancer
         from reference_torch.tiled import TorchStages
@@ -54,7 +60,7 @@ def compare_tiled_with_whole(ckpt, image: np.ndarray, tiles: tuple[int, ...],
                 where = "memory" if in_memory else "memmap"
                 candidates[f"tile {tile} ({where})"] = run_tiled(
                     stages, image, TiledPlan(tile=tile, maps_in_memory=in_memory))
-        if bucket and backend == "jax":
+        if bucket and backend in ("jax", "nnx"):
             # what `dln enhance --tile off` runs: the bucket, unmasked when the image is
             # a bucket shape, a portrait image transposed with transposed kernels
             from port.tiled import JaxWholeImage, whole_group_key

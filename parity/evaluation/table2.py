@@ -1,7 +1,12 @@
 """Table 2 of the report, measured honestly for any set of models.
 
-For every model (a .pth or .safetensors of any variant) and backend:
+For every model (a .pth, .safetensors or Orbax folder of any variant) and backend
+(jax: the Flax Linen port, nnx: the Flax NNX port, torch):
 - parameters, counted from the tensors in the file;
+- model size, the column the report left out ("due to issues encountered during the
+  JAX implementation"): bytes on disk of the model as a .pth, a .safetensors file and
+  an Orbax checkpoint folder (each written by `dln convert`, weights.sizes), and bytes
+  of its float32 parameters;
 - time per image: median of N synchronised forward passes after a warm-up (JAX:
   block_until_ready; PyTorch CPU is synchronous), at the dataset's resolution (the
   most common image size), with the GFLOP/s it implies (parity.bench.flops);
@@ -67,6 +72,7 @@ class ModelRow:
     gflops_per_s: float
     per_image: list[dict]
     outputs: dict[str, np.ndarray]  # a few quantised outputs, for the grid
+    sizes: dict = dataclasses.field(default_factory=dict)  # weights.sizes.checkpoint_sizes
 
     def mean(self, key: str) -> float:
         return float(np.mean([m[key] for m in self.per_image]))
@@ -109,8 +115,8 @@ def parse_model(text: str) -> tuple[str, str]:
     name, path = name.strip(), path.strip()
     if not name or not path:
         raise Table2Error(f"--model must look like NAME=FILE, got {text!r}")
-    if not Path(path).is_file():
-        raise Table2Error(f"--model {name}: {path}: no such file")
+    if not (Path(path).is_file() or Path(path).is_dir()):  # a folder: an Orbax checkpoint
+        raise Table2Error(f"--model {name}: {path}: no such file or folder")
     return name, path
 
 
@@ -122,8 +128,10 @@ def common_resolution(pairs: list[ImagePair]) -> tuple[int, int]:
 
 # ---- measuring one model ---------------------------------------------------------------------
 def evaluate_model(name: str, ckpt, backend: str, pairs: list[ImagePair], repeats: int,
-                   keep_outputs: int = GRID_IMAGES, tick=None) -> ModelRow:
-    """One model (a loaded weights.convert.Checkpoint) on one backend."""
+                   keep_outputs: int = GRID_IMAGES, tick=None,
+                   sizes: dict | None = None) -> ModelRow:
+    """One model (a loaded weights.convert.Checkpoint) on one backend; `sizes`: its
+    weights.sizes.checkpoint_sizes, carried into the row."""
     from core.data import to_float
     from core.images import quantize
     from core.evaluation import evaluate_pair
@@ -154,14 +162,17 @@ def evaluate_model(name: str, ckpt, backend: str, pairs: list[ImagePair], repeat
     flop = network_flops(ckpt.config, height, width)
     return ModelRow(name, backend, str(path), ckpt.config.variant_string(), ckpt.parameter_count,
                     (height, width), median_ms, runs, flop / (median_ms * 1e-3) / 1e9,
-                    per_image, outputs)
+                    per_image, outputs, dict(sizes or {}))
 
 
 def run_table2(models: list[tuple[str, str]], data: str, backends: tuple[str, ...] = ("jax",),
                repeats: int = DEFAULT_REPEATS, column: str | None = None,
-               show_progress: bool = True) -> Table2Result:
+               show_progress: bool = True, sizes: bool = True) -> Table2Result:
+    """Every model on every backend. sizes=False leaves the model size column out (it
+    writes each model in the three formats to a temporary folder: ~1.5 s per model)."""
     from core.progress import progress
     from weights.convert import load_checkpoint
+    from weights.sizes import checkpoint_sizes
 
     if not models:
         raise Table2Error("give at least one --model NAME=FILE")
@@ -175,11 +186,17 @@ def run_table2(models: list[tuple[str, str]], data: str, backends: tuple[str, ..
     try:
         for name, path in models:
             ckpt = load_checkpoint(path)   # read and checked once, for every backend
+            model_sizes = {}
+            if sizes:
+                try:
+                    model_sizes = checkpoint_sizes(ckpt)
+                except (UserError, OSError) as err:   # e.g. no room in $TMPDIR
+                    problems.append(f"{name}: model size not measured: {err}")
             for backend in backends:
                 label = name if len(backends) == 1 else f"{name} ({backend})"
                 bar.set_postfix_str(label)
                 rows.append(evaluate_model(label, ckpt, backend, pairs, repeats,
-                                           tick=lambda: bar.update(1)))
+                                           tick=lambda: bar.update(1), sizes=model_sizes))
     finally:
         bar.close()
     return Table2Result(description, column, rows, pairs, repeats, problems)
@@ -195,15 +212,25 @@ def _metric_cells(values) -> list[str]:
     return [_num(psnr, 2), _num(ssim, 2), _num(theta, 2)]
 
 
+def size_cell(sizes: dict) -> str:
+    """'.pth / safetensors / Orbax / parameters' in MB (10^6 bytes), or '-'."""
+    keys = ("pth_bytes", "safetensors_bytes", "orbax_bytes", "parameter_bytes")
+    if not sizes or any(sizes.get(k) is None for k in keys):
+        return "-"
+    return " / ".join(f"{sizes[k] / 1e6:.3f}" for k in keys)
+
+
 def table_markdown(result: Table2Result) -> str:
-    """The report's layout; measured rows fill the column group of the data they ran on."""
-    head = ("| row | source | params | time per image | GFLOP/s | VOC PSNR | VOC SSIM | VOC θ "
+    """The report's layout, with the model size column it left out; measured rows fill the
+    column group of the data they ran on."""
+    head = ("| row | source | params | model size (MB): .pth / safetensors / Orbax / params "
+            "| time per image | GFLOP/s | VOC PSNR | VOC SSIM | VOC θ "
             "| LOL PSNR | LOL SSIM | LOL θ |")
-    lines = [head, "|" + " --- |" * 11]
+    lines = [head, "|" + " --- |" * 12]
     blank = ["·", "·", "·"]
     for r in PUBLISHED_ROWS:
         implied = PUBLISHED_GFLOP / (r["time_ms"] * 1e-3)
-        lines.append(f"| {r['row']} | published | {r['params']} | {r['time_ms']:.2f} ms | "
+        lines.append(f"| {r['row']} | published | {r['params']} | - | {r['time_ms']:.2f} ms | "
                      f"{implied:,.0f} (implied) | " + " | ".join(
                          _metric_cells(r["voc"]) + _metric_cells(r["lol"])) + " |")
     for row in result.rows:
@@ -211,7 +238,7 @@ def table_markdown(result: Table2Result) -> str:
         groups = cells + blank if result.column == "voc" else blank + cells
         h, w = row.resolution
         lines.append(f"| {escape_markdown(row.name)} | measured ({row.backend}) | "
-                     f"{row.parameters:,} | "
+                     f"{row.parameters:,} | {size_cell(row.sizes)} | "
                      f"{row.time_ms:,.1f} ms ({h}x{w}) | {row.gflops_per_s:,.1f} | "
                      + " | ".join(groups) + " |")
     notes = [
@@ -225,6 +252,11 @@ def table_markdown(result: Table2Result) -> str:
         f"{result.machine.get('cpu') or 'an unknown CPU'} ({result.machine.get('cpus')} cores); "
         "metrics: uint8 truncation, PSNR (range 255), scikit-image default SSIM, "
         "theta in degrees, means over images.",
+        "Model size (the column the report left out): bytes on disk of each model written "
+        "by `dln convert` as a .pth (torch names), a .safetensors file and an Orbax "
+        "checkpoint folder (its files summed; Orbax splits its data into files as its "
+        "asynchronous writes land, so its size varies by ~0.1% from one write to the "
+        "next), and 4 bytes per float32 parameter; exact bytes in table2.json.",
     ]
     return "\n".join(lines + notes) + "\n"
 

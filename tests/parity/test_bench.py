@@ -104,6 +104,26 @@ def test_floors_report_each_threshold_and_whether_it_held():
     assert all("400x600" in f["note"] for f in elsewhere)
 
 
+def test_the_nnx_floor_holds_within_5_percent_of_the_linen_port_and_fails_beyond():
+    from parity.bench.benchmark import FLOOR_NNX_OVER_JAX
+    from parity.bench.report import floor_lines
+
+    def nnx_floor(nnx_ms):
+        backends = {"jax": _fig(1000.0, 0.6), "nnx": _fig(nnx_ms, 0.6)}
+        floors = evaluate_floors(backends, (400, 600), 1)
+        return next(f for f in floors if f["floor"].startswith("nnx over jax")), floors
+
+    assert FLOOR_NNX_OVER_JAX == 1.05
+    within, floors = nnx_floor(1040.0)
+    assert within["value"] == pytest.approx(1.04) and within["passed"]
+    assert any("PASS: nnx over jax" in line and "(at most 1.05)" in line
+               for line in floor_lines({"floors": floors}))
+    assert not nnx_floor(1060.0)[0]["passed"]
+    assert nnx_floor(900.0)[0]["passed"]   # faster than Linen passes
+    absent = evaluate_floors({"jax": _fig(1000.0, 0.6)}, (400, 600), 1)
+    assert not any(f["floor"].startswith("nnx") for f in absent)
+
+
 def test_unavailable_backends_are_left_out_of_the_floors():
     backends = {"jax": _fig(1000.0, 0.6), "torch-compile": {"available": False, "reason": "x"}}
     names = [f["floor"] for f in evaluate_floors(backends, (400, 600), 1)]
@@ -132,11 +152,13 @@ def test_bench_command_rejects_bad_options_in_one_line(capsys, tmp_path):
 
 def test_bench_end_to_end_json_has_the_figures_per_backend(tmp_path, capsys, authors_pth_16):
     code = main(["bench", "--weights", str(authors_pth_16), "--size", "16x24", "--repeats", "2",
-                 "--peak-size", "64", "--backends", "jax,torch", "--json",
+                 "--peak-size", "64", "--backends", "jax,nnx,torch", "--json",
                  "--report", str(tmp_path / "rep")])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result["backends"]) == {"jax", "torch"}
+    assert set(result["backends"]) == {"jax", "nnx", "torch"}
+    assert "NNX" in result["backends"]["nnx"]["settings"]["model"]
+    assert any(f["floor"].startswith("nnx over jax") for f in result["floors"])
     assert set(result["peak"]["by_library"]) == {"numpy", "torch", "jax"}
     for name, fig in result["backends"].items():
         for key in ("median_ms", "gflops_per_s", "peak_fraction", "peak_rss_mib"):

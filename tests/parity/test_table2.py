@@ -56,12 +56,20 @@ def _torch_outputs(pth, folder) -> dict:
     return found
 
 
-def test_table2_measures_both_formats_on_both_backends_like_the_authors(
+def _folder_bytes(folder) -> int:
+    import os
+
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(folder)
+               for f in files)
+
+
+def test_table2_measures_both_formats_on_every_backend_like_the_authors(
         tmp_path, capsys, monkeypatch, lol_folder, authors_pth_16):
-    """Every row's images are the hand computation's up to the PNG rule (JAX, and torch in
-    channels_last, are other kernels than the hand's NCHW torch: a value may flip by one
-    level, and which one depends on the CPU); every row's metrics are the authors' protocol
-    applied to that row's own images, exactly; its PSNR is within what the rule allows."""
+    """Every row's images are the hand computation's up to the PNG rule (JAX's two ports,
+    and torch in channels_last, are other kernels than the hand's NCHW torch: a value may
+    flip by one level, and which one depends on the CPU); every row's metrics are the
+    authors' protocol applied to that row's own images, exactly; its PSNR is within what
+    the rule allows. Each model's size is what `dln convert` writes in each format."""
     import parity.evaluation.table2 as table2
     from reference_torch.model import DLN
     from parity.engine.tolerance import assert_pngs_match, psnr_shift_bound_db
@@ -75,13 +83,13 @@ def test_table2_measures_both_formats_on_both_backends_like_the_authors(
     convert(authors_pth_16, st)
     report = tmp_path / "report"
     code = main(["table2", "--data", str(lol_folder), "--model", f"pth={authors_pth_16}",
-                 "--model", f"st={st}", "--backend", "jax,torch", "--repeats", "2",
+                 "--model", f"st={st}", "--backend", "jax,nnx,torch", "--repeats", "2",
                  "--report", str(report)])
     assert code == 0
     printed = capsys.readouterr().out
     result = json.loads((report / "table2.json").read_text())
     rows = {r["name"]: r for r in result["measured"]}
-    assert set(rows) == {"pth (jax)", "pth (torch)", "st (jax)", "st (torch)"}
+    assert set(rows) == {f"{m} ({b})" for m in ("pth", "st") for b in ("jax", "nnx", "torch")}
     expected_params = sum(p.numel() for p in DLN(DLNConfig(dim=16)).parameters())
     by_hand = _torch_outputs(authors_pth_16, lol_folder)
     (measured,) = results
@@ -106,22 +114,73 @@ def test_table2_measures_both_formats_on_both_backends_like_the_authors(
     for path in ("table2.md", "table2.json", "table2_grid.png"):
         assert (report / path).stat().st_size > 0
     assert "| pth (jax) | measured (jax) |" in printed
+    assert "| pth (nnx) | measured (nnx) |" in printed
+    # model size: the bytes of what `dln convert` writes, per format
+    assert main(["convert", str(st), str(tmp_path / "back.pth")]) == 0
+    assert main(["convert", str(authors_pth_16), str(tmp_path / "w.orbax")]) == 0
+    orbax = _folder_bytes(tmp_path / "w.orbax")
+    for name, row in rows.items():
+        sizes = row["sizes"]
+        assert sizes == rows[name.split()[0] + " (jax)"]["sizes"], name  # once per model
+        assert sizes["parameter_bytes"] == 4 * expected_params
+        assert sizes["pth_bytes"] == (tmp_path / "back.pth").stat().st_size
+        assert sizes["safetensors_bytes"] == st.stat().st_size
+        # Orbax's data files depend on when its asynchronous writes land: a few KB apart
+        assert abs(sizes["orbax_bytes"] - orbax) <= 0.1 * orbax, (sizes, orbax)
+        source = authors_pth_16 if name.startswith("pth") else st
+        assert sizes["file_bytes"] == source.stat().st_size
+    pth_line = next(line for line in printed.splitlines() if line.startswith("| pth (nnx) |"))
+    assert f"| {rows['pth (nnx)']['sizes']['pth_bytes'] / 1e6:.3f} / " in pth_line
 
 
-def test_published_rows_are_the_reports_figures_marked_as_published(
+def _make_table2_command() -> list[str]:
+    """The arguments of `make table2`'s dln table2 command, as the Makefile spells them."""
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "Makefile").read_text().replace("\\\n", " ")
+    recipe = text.split("\ntable2:", 1)[1]
+    line = next(line for line in recipe.splitlines() if "dln table2" in line)
+    return shlex.split(line.split("dln ", 1)[1])
+
+
+def test_make_table2_runs_on_a_tiny_case_and_keeps_the_published_rows_verbatim(
         tmp_path, capsys, lol_folder, authors_pth_16):
-    assert main(["table2", "--data", str(lol_folder), "--model", f"m={authors_pth_16}",
-                 "--repeats", "1"]) == 0
+    """`make table2`'s own command (its backends and report), on a tiny folder with a
+    dim-16 checkpoint standing in for its first model and no size column (model sizes
+    are the test above's); its published rows are the report's figures."""
+    from pathlib import Path
+
+    argv = _make_table2_command()
+    assert argv[0] == "table2" and argv[argv.index("--backend") + 1] == "jax,nnx,torch"
+    models = [argv[i + 1] for i, a in enumerate(argv) if a == "--model"]
+    assert [m.split("=")[0] for m in models] == ["sample", "retrained_jax", "retrained_torch"]
+    root = Path(__file__).resolve().parents[2]
+    assert all((root / m.split("=")[1]).is_file() for m in models)
+    for model in models[1:]:                       # one model: three rows, not nine
+        del argv[argv.index(model) - 1:argv.index(model) + 1]
+    for i, arg in enumerate(list(argv)):
+        if argv[i - 1] == "--model":
+            argv[i] = f"sample={authors_pth_16}"
+        elif argv[i - 1] == "--data":
+            argv[i] = str(lol_folder)
+        elif argv[i - 1] == "--report":
+            argv[i] = str(tmp_path / "docs")
+    assert main(argv + ["--repeats", "1", "--no-sizes"]) == 0
     table = capsys.readouterr().out
+    result = json.loads((tmp_path / "docs" / "table2.json").read_text())
+    assert [r["name"] for r in result["measured"]] == [
+        f"sample ({b})" for b in ("jax", "nnx", "torch")]
     published = [line for line in table.splitlines() if "| published |" in line]
     assert len(published) == 4
     jax_row = next(line for line in published if line.startswith("| JAX port |"))
     cells = [c.strip() for c in jax_row.strip("|").split("|")]
-    # the report's Table 2, verbatim: JAX port | 421k | 2.75 ms | 27.77 | 0.90 | 3.23 | 20.45 | 0.80 | 4.90
-    assert cells[2:4] == ["421k", "2.75 ms"]
-    assert cells[5:] == ["27.77", "0.90", "3.23", "20.45", "0.80", "4.90"]
+    # the report's Table 2, verbatim: JAX port | 421k | 2.75 ms | 27.77 | 0.90 | 3.23 | 20.45
+    # | 0.80 | 4.90; it has no model size ("-")
+    assert [cells[2], cells[3], cells[4]] == ["421k", "-", "2.75 ms"]
+    assert cells[6:] == ["27.77", "0.90", "3.23", "20.45", "0.80", "4.90"]
     paper = next(line for line in published if line.startswith("| Paper |"))
-    assert [c.strip() for c in paper.strip("|").split("|")][5:] == [
+    assert [c.strip() for c in paper.strip("|").split("|")][6:] == [
         "23.82", "0.91", "-", "21.94", "0.80", "-"]
     # 332 GFLOP in 2.75 ms is ~120,700 GFLOP/s: shown as implied, not as a measurement
     assert "120,727 (implied)" in jax_row
@@ -172,7 +231,7 @@ def test_table2_runs_images_over_the_budget_in_tiles_with_the_same_metrics(
     from parity.evaluation.table2 import run_table2
 
     whole = run_table2([("m", str(authors_pth_16))], str(lol_folder), ("torch",), repeats=1,
-                       show_progress=False)
+                       show_progress=False, sizes=False)
     tiled_runs = []
     original = Predictor.run_tiled
 
@@ -184,7 +243,7 @@ def test_table2_runs_images_over_the_budget_in_tiles_with_the_same_metrics(
     monkeypatch.setattr(memory_plan, "working_budget", lambda: 20 * 36 * 1000)
     monkeypatch.setattr(Predictor, "run_tiled", spy)
     tiled = run_table2([("m", str(authors_pth_16))], str(lol_folder), ("torch",), repeats=1,
-                       show_progress=False)
+                       show_progress=False, sizes=False)
     assert len(tiled_runs) == len(SIZES) + 1      # every pair, and the one timed run
     for a, b in zip(whole.rows[0].per_image, tiled.rows[0].per_image):
         assert a["image"] == b["image"]

@@ -204,12 +204,18 @@ class ConversionPlan:
 
 def plan_conversion(torch_model, mapping: dict[str, str] | None = None,
                     flax_modules: dict[str, object] | None = None,
-                    extra_rules: dict[str, Rule] | None = None) -> ConversionPlan:
+                    extra_rules: dict[str, Rule] | None = None,
+                    paths_of: Callable[[str], list[str]] | None = None) -> ConversionPlan:
     """The rule of every tensor of `torch_model`; NoConverterRule names a module kind that
     holds tensors but has no rule. flax_modules: Flax path -> Flax module (read for
-    ConvTranspose's transpose_kernel); mapping: torch module name -> Flax path."""
+    ConvTranspose's transpose_kernel); mapping: torch module name -> Flax path.
+    paths_of: the port's rename rule (an NNX port's: parity.engine.nnx), whose paths
+    (and the mapping's) are taken as spelled; default the Linen rule, whose mapping may
+    be spelled with dots (`enc.conv` -> `enc/conv`)."""
     rules_by_kind = {**RULES, **(extra_rules or {})}
-    mapping = {k: v.replace(".", "/") for k, v in (mapping or {}).items()}
+    paths_of = paths_of or flax_path_candidates
+    mapping = {k: v.replace(".", "/") if paths_of is flax_path_candidates else v
+               for k, v in (mapping or {}).items()}
     flax_modules = flax_modules or {}
     planned: list[TensorRule] = []
     dropped: list[str] = []
@@ -225,7 +231,7 @@ def plan_conversion(torch_model, mapping: dict[str, str] | None = None,
                 f"{', '.join(sorted(tensors))}); rules exist for {', '.join(sorted(RULES))}")
         path = mapping.get(name)
         if path is None:
-            candidates = flax_path_candidates(name)
+            candidates = paths_of(name)
             path = next((c for c in candidates if c in flax_modules), candidates[0])
         table = rules_by_kind[kind](module, flax_modules.get(path))
         for tensor_name, value in tensors.items():
@@ -246,7 +252,9 @@ def plan_conversion(torch_model, mapping: dict[str, str] | None = None,
 def convert_model(torch_model, expected: dict[str, tuple[int, ...]] | None = None,
                   mapping: dict[str, str] | None = None,
                   flax_modules: dict[str, object] | None = None,
-                  extra_rules: dict[str, Rule] | None = None) -> tuple[dict, ConversionPlan]:
+                  extra_rules: dict[str, Rule] | None = None,
+                  paths_of: Callable[[str], list[str]] | None = None
+                  ) -> tuple[dict, ConversionPlan]:
     """(Flax variables {collection: tree}, plan) from a torch model's own tensors.
 
     expected: the Flax model's variable shapes, flat ('params/a/kernel' -> shape);
@@ -254,7 +262,7 @@ def convert_model(torch_model, expected: dict[str, tuple[int, ...]] | None = Non
     lists in one ConversionMismatch. A PReLU whose Flax module names its one slope
     differently (e.g. 'alpha') uses that name.
     """
-    plan = plan_conversion(torch_model, mapping, flax_modules, extra_rules)
+    plan = plan_conversion(torch_model, mapping, flax_modules, extra_rules, paths_of)
     state = {}
     for name, module in torch_model.named_modules():
         for tensor_name, value in _own_tensors(module).items():

@@ -80,9 +80,11 @@ def convert_weights(torch_model, flax_model, inputs, *, mapping: dict[str, str] 
     variables the Flax model creates (weights.rules; user errors name what is wrong)."""
     from weights.rules import convert_model
 
-    census = frontend_for(flax_model, apply_kwargs).census(inputs)
-    mapping = infer_mapping(torch_model, census, mapping)
-    return convert_model(torch_model, census.shapes, mapping, census.modules)[0]
+    frontend = frontend_for(flax_model, apply_kwargs)
+    census = frontend.census(inputs)
+    mapping = infer_mapping(torch_model, census, mapping, frontend.path_candidates)
+    return convert_model(torch_model, census.shapes, mapping, census.modules,
+                         paths_of=frontend.path_candidates)[0]
 
 
 def infer_mapping(torch_model, census: Census, mapping: dict[str, str] | None = None,
@@ -97,7 +99,7 @@ def infer_mapping(torch_model, census: Census, mapping: dict[str, str] | None = 
 
     paths_of = paths_of or flax_path_candidates
     mapping = dict(mapping or {})
-    plan = plan_conversion(torch_model, mapping, census.modules)
+    plan = plan_conversion(torch_model, mapping, census.modules, paths_of=paths_of)
     owners: dict[str, dict[str, tuple]] = {}
     for key, shape in census.shapes.items():
         collection, *path, leaf = key.split("/")

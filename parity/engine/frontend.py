@@ -78,12 +78,18 @@ def flax_inputs(inputs) -> tuple[np.ndarray, ...]:
 
 
 def frontend_for(flax_model, apply_kwargs: dict | None = None):
-    """The frontend that reads `flax_model` (a flax.linen.Module today)."""
+    """The frontend that reads `flax_model`: a flax.linen.Module (linen.py) or a
+    flax.nnx.Module (nnx.py)."""
     import flax.linen as nn
+    from flax import nnx
 
     if isinstance(flax_model, nn.Module):
         from parity.engine.linen import LinenFrontend
 
         return LinenFrontend(flax_model, apply_kwargs)
+    if isinstance(flax_model, nnx.Module):
+        from parity.engine.nnx import NNXFrontend
+
+        return NNXFrontend(flax_model, apply_kwargs)
     raise UnsupportedPort(f"the Flax model is a {type(flax_model).__name__}, not a "
-                          "flax.linen.Module")
+                          "flax.linen.Module or a flax.nnx.Module")

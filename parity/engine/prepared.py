@@ -91,7 +91,8 @@ def prepare_port(torch_model, flax_model, inputs, *, variables: dict | None = No
     frontend = frontend_for(flax_model, apply_kwargs)
     census = frontend.census(inputs)
     mapping = infer_mapping(torch_model, census, mapping, frontend.path_candidates)
-    converted, plan = convert_model(torch_model, census.shapes, mapping, census.modules)
+    converted, plan = convert_model(torch_model, census.shapes, mapping, census.modules,
+                                    paths_of=frontend.path_candidates)
     variables = converted if variables is None else variables
     reference = record_torch(torch_model, inputs, torch_modules)
     return PreparedPort(torch_model, frontend, variables, inputs, census, plan, reference,

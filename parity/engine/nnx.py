@@ -183,16 +183,34 @@ class NNXFrontend:
         return nest_tree({key: np.array(var[...], copy=True) for path, var in
                           self.state_items if (key := self.keys.get(path)) is not None})
 
+    def variables_named(self, named: dict[str, np.ndarray], what: str = "weights") -> dict:
+        """Variables from weights under dotted names (`feat1.conv.kernel`, what an NNX
+        model's safetensors file holds), strictly: missing, unexpected and misshapen
+        tensors are refused together, sorted (weights.nnx_state)."""
+        from weights.state_dict import check_names_and_shapes
+
+        keys = {_dotted(path): key for path, key in self.keys.items()}
+        shapes = {_dotted(path): tuple(var.shape) for path, var in self.state_items
+                  if path in self.keys}
+        check_names_and_shapes(named, shapes, f"{what} do not fit the NNX model")
+        return nest_tree({keys[name]: np.asarray(value, np.float32)
+                          for name, value in named.items()})
+
     def model_with(self, variables):
-        """A copy of the model holding `variables` (every weight must be given)."""
+        """A copy of the model holding `variables`. A weight they lack (a mutant that
+        removes one, e.g. a bias the mutant's module no longer uses) is zero: the
+        strict checks are made where variables are made (conversion, fixtures)."""
+        import jax.numpy as jnp
         from flax import nnx
 
         flat = flatten_tree(variables)
-        missing = sorted(k for k in self.keys.values() if k not in flat)
-        if missing:
-            raise KeyError(f"variables lack {', '.join(missing[:8])}")
-        items = [(path, var.replace(flat[self.keys[path]]) if path in self.keys else var)
-                 for path, var in self.state_items]
+        items = []
+        for path, var in self.state_items:
+            key = self.keys.get(path)
+            if key is not None:
+                var = var.replace(flat[key] if key in flat else
+                                  jnp.zeros(var.shape, var.dtype))
+            items.append((path, var))
         return nnx.merge(self.graphdef, nnx.from_flat_state(items))
 
     def apply(self, variables, *inputs):

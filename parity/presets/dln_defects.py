@@ -52,11 +52,16 @@ def _variables_only(port, changes: dict, what: str) -> Mutation:
                     None if changes else f"{what} changes no tensor of these weights")
 
 
+def _path(port, torch_module: str) -> str:
+    """The port's path of a torch module by the mapping or the frontend's rename rule
+    (no census needed: Linen 'feature/conv', NNX 'feature.conv')."""
+    return port.mapping.get(torch_module) or port.frontend.path_candidates(torch_module)[0]
+
+
 def _key(port, torch_module: str, leaf: str) -> str:
     """The flat variable key of a torch module's `leaf` in the port (Linen
     'params/feature/conv/kernel', NNX 'params/feature.conv/kernel')."""
-    path = port.flax_path_of(torch_module) or ""
-    return "/".join(["params", *filter(None, path.split("/")), leaf])
+    return "/".join(["params", *filter(None, _path(port, torch_module).split("/")), leaf])
 
 
 def _dotted(key_or_path: str) -> str:
@@ -113,7 +118,7 @@ def _feature_width(port, site) -> Mutation:
     changes = dict(zip(keys, (np.concatenate([k, extra], axis=3), np.concatenate([b, extra_b]),
                               np.concatenate([ko, extra_in], axis=2))))
     # `out` infers its input width from what it is given (NNX: from its kernel)
-    conv = port.flax_path_of("feature.conv")
+    conv = _path(port, "feature.conv")
     width = {"out_features" if port.frontend.kind == "nnx" else "features": wide}
     return Mutation(replaced(port, changes), port.frontend.modules_changed(
         lambda path, module: width if path == conv else None))

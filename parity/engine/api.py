@@ -13,7 +13,8 @@ What happens:
 - layouts: inputs are given as torch takes them (NCHW); 3-, 4- and 5-D arrays are moved
   channels-last for Flax (NCL -> NLC, NCHW -> NHWC, NCDHW -> NDHWC) and torch outputs
   likewise before comparing; 2-D arrays stay as they are.
-- alignment: torch `a.b.0` <-> Flax `a/b_0` (weights/trees.py), a user `mapping`
+- alignment: torch `a.b.0` <-> Linen `a/b_0`, NNX `a.b.0` or `a.layers.0` inside an
+  nnx.Sequential (the frontend's rename rule, weights/trees.py), a user `mapping`
   {torch name: Flax path}, or, for modules with weights, Flax's automatic names paired
   in order by the shapes of their converted variables. A module seen on one side only
   is a row of its own, never dropped; the final output is always judged.

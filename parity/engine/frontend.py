@@ -1,7 +1,7 @@
 """The Flax side behind one small interface: everything above it works for any kind of port.
 
-A frontend wraps one Flax model and the arguments of its apply (Linen: linen.py;
-`frontend_for` picks it) and offers: `path_candidates(torch_name)` (the rename rule);
+A frontend wraps one Flax model and the arguments of its apply (Linen: linen.py, NNX:
+nnx.py; `frontend_for` picks it) and offers: `path_candidates(torch_name)` (the rename rule);
 `census(inputs)` (every submodule by path, every variable's shape under flat keys
 'collection/path/leaf', from an abstract run); `make_apply(wanted, context, jit)` (a
 function of (variables, *inputs) giving {(path, suffix): output} for every submodule in

@@ -228,8 +228,11 @@ class NNXFrontend:
             entered.extend(log.entered)
             return _arrays_only(out)
 
-        jax.eval_shape(run, self.own_variables(), *[jax.ShapeDtypeStruct(x.shape, np.float32)
-                                                    for x in flax_inputs(inputs)])
+        # shapes only: the port may be abstract (nnx.eval_shape), its weights given later
+        abstract = nest_tree({key: jax.ShapeDtypeStruct(var.shape, var.dtype) for path, var
+                              in self.state_items if (key := self.keys.get(path)) is not None})
+        jax.eval_shape(run, abstract, *[jax.ShapeDtypeStruct(x.shape, np.float32)
+                                        for x in flax_inputs(inputs)])
         from flax import nnx
 
         paths = {_dotted(p): m for p, m in nnx.iter_modules(self.module)}

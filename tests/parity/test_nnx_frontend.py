@@ -148,3 +148,10 @@ def test_the_frontend_leaves_the_port_it_reads_unchanged(pair):
     np.testing.assert_array_equal(np.asarray(port.first.kernel[...]), before)
     assert not np.array_equal(before, NNXFrontend.flat(variables)["params/first/kernel"])
     assert jnp.asarray(port.first.kernel[...]).dtype == jnp.float32
+
+
+def test_an_abstract_port_from_nnx_eval_shape_is_checked_on_the_converted_weights(pair):
+    reference, _, _ = pair
+    abstract = nnx.eval_shape(lambda: Port(nnx.Rngs(0)))    # no weight drawn
+    report = compare(reference, abstract, convert_weights(reference, abstract, X), X)
+    assert report.passed and len(report.compared) >= 6, report.failures

@@ -102,11 +102,13 @@ def measure(actual, reference, tol: float = FORWARD_ATOL) -> Comparison:
         return Comparison(float("inf"), float("nan"), float("inf"), False, False)
     if a.size == 0:
         return Comparison(float("nan"), float("nan"), float("nan"), False, True, empty=True)
-    diff = np.abs(a - r)
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN: judged on the next line
+        diff = np.abs(a - r)
     # np.max, not np.nanmax, and any non-finite difference is infinite: NaN never passes
     max_abs = float(np.max(diff)) if np.all(np.isfinite(diff)) else float("inf")
     scale = float(np.max(np.abs(r)))
-    rel = max_abs / max(SCALE_FLOOR, scale)
+    # an infinite error stays infinite relative to any scale (inf / inf would be NaN)
+    rel = max_abs / max(SCALE_FLOOR, scale) if max_abs < float("inf") else float("inf")
     return Comparison(max_abs, scale, rel, bool(rel <= tol), True)
 
 

@@ -5,9 +5,10 @@ Capture: `capture_intermediates` records the return value of every submodule's
 port whose `__call__` post-processes `super().__call__(x)` is judged by its final output,
 not by the inner call. The same holds for every submodule: a call made while the same
 module's `__call__` is still running (a subclass calling `super().__call__`) is not
-recorded, only the outermost one is (a second call after the first returned is `#2`). Every collection is mutable during the apply, so a module that
-updates batch statistics (BatchNorm left in training mode) runs, and shows as a
-divergence, instead of failing. Applies are traced at "highest" matmul precision (true
+recorded, only the outermost one is (a second call after the first returned is `#2`).
+Every collection is mutable during the apply, so a module that updates batch
+statistics (BatchNorm left in training mode) runs, and shows as a divergence, instead
+of failing. Applies are traced at "highest" matmul precision (true
 float32, scoped to the trace) and cached per model, chosen paths and shape.
 
 The zoo's contexts are Flax method interceptors (a module run as a clone with changed

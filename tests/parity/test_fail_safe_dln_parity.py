@@ -1,8 +1,10 @@
 """`dln parity` fails safe on hand-made variants of DLN (dim 16, 13 x 17, batch 2): a
-declared block that never runs on either side, a NaN or an infinity in the final output
-or in one intermediate block only, and a doubled final output, each exit 1; the same
+declared block that never runs on either side, a NaN in the final output or at one
+intermediate block, and a doubled final output, each exit 1; the same
 models unchanged exit 0. The variants are subclasses of the real models, swapped in for
-the preset's own (parity.presets.dln.port_model / reference_model)."""
+the preset's own (parity.presets.dln.port_model / reference_model). Each test compiles
+its variant (~3 s on 2 cores): the variants are few, the matrix of NaN/inf places lives
+in test_fail_safe_pass_rule.py."""
 
 from __future__ import annotations
 
@@ -41,8 +43,6 @@ def _port_variant(kind: str):
                 return 2 * y
             if kind == "nan":
                 return y.at[1, 3, 4, 0].set(jnp.nan)
-            if kind == "inf":
-                return y.at[0, 0, 0, 2].set(-jnp.inf)
             return y
 
     return lambda config: Variant(config)
@@ -85,7 +85,7 @@ def test_the_unchanged_models_pass(tmp_path, capsys):
     assert code == 0 and report["passed"], out
 
 
-@pytest.mark.parametrize("kind", ["doubled", "nan", "inf"])
+@pytest.mark.parametrize("kind", ["doubled", "nan"])  # inf: test_fail_safe_verdicts
 def test_a_port_subclass_that_changes_its_final_output_fails(tmp_path, capsys, monkeypatch,
                                                               kind):
     monkeypatch.setattr(dln, "port_model", _port_variant(kind))

@@ -20,7 +20,7 @@ mutant was killed (1 otherwise, 2 for a stale catalogue).
     python tools/mutants.py --list
     python tools/mutants.py --only atomic-link-replaced tv-dropped-in-the-jax-step
 
-Not part of the wheel and not run by `make test` (a run takes ~20 minutes on 2 cores);
+Not part of the wheel and not run by `make test` (48 mutants: ~16 minutes on 2 cores);
 tests/project/test_mutant_catalogue.py checks, without running a test, that every
 snippet still applies.
 """

@@ -20,21 +20,23 @@ What happens:
   is a row of its own, never dropped; the final output is always judged.
 - pass rule (parity/engine/tolerance.py): max|flax - torch| <= tol * max(1, max|torch|)
   per row; the first failing row in torch's finish order is the first divergence.
-- a run that compared nothing raises NothingCompared (a user error), never passes.
+- a run that compared nothing raises NothingCompared (a FAIL verdict, exit 1), never
+  passes.
 The torch model runs as given (call `.eval()` first for inference behaviour).
 """
 
 from __future__ import annotations
 
-from core.errors import UserError
+from core.errors import PortDiverges
 from parity.engine.frontend import Census, flax_inputs, frontend_for
 from parity.engine.rows import Report, align_rows
 from parity.engine.tolerance import FORWARD_ATOL
 from parity.engine.torch_side import TorchCapture, record_torch
 
 
-class NothingCompared(UserError, ValueError):
-    """A comparison in which no output had a counterpart: it cannot prove anything."""
+class NothingCompared(PortDiverges, ValueError):
+    """A comparison in which no output had a counterpart: it cannot prove anything, so
+    it fails (exit 1)."""
 
 
 def compare(torch_model, flax_model, variables, inputs, *, tol: float = FORWARD_ATOL,

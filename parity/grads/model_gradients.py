@@ -38,7 +38,8 @@ from typing import Callable
 import numpy as np
 
 from parity.engine.frontend import as_input_tuple, flax_inputs, frontend_for
-from parity.engine.tolerance import ADAM_STEP_RTOL, GRAD_RTOL, MODEL_GRAD_TOL, measure, relative_l2
+from parity.engine.tolerance import (ADAM_STEP_RTOL, GRAD_NORM_FLOOR, GRAD_RTOL, MODEL_GRAD_TOL,
+                                     measure, relative_l2)
 from weights.rules import to_flax, to_torch
 
 WORKER_FLAG = "--float64-worker"
@@ -249,12 +250,15 @@ def _rows(rules, torch_side: dict, jax_side: dict, tol: float,
     conversion plan does not cover, so that no gradient goes unjudged."""
     rows = [TensorRow(name, "-", "no Flax counterpart", shape, math.nan, math.nan, math.nan)
             for name, shape in uncovered]
+    largest = max((float(np.linalg.norm(np.asarray(torch_side[r.torch_name], np.float64)))
+                   for r in rules), default=0.0)
     for rule in rules:
         ref = np.asarray(torch_side[rule.torch_name], np.float64)
         got = to_torch(rule.kind, np.asarray(jax_side[rule.key]), rule.torch_shape)
         c = measure(got, ref, tol)
         rows.append(TensorRow(rule.torch_name, rule.key, rule.kind, tuple(ref.shape),
-                              relative_l2(got, ref), c.rel_to_scale, float(np.linalg.norm(ref))))
+                              relative_l2(got, ref, GRAD_NORM_FLOOR * largest),
+                              c.rel_to_scale, float(np.linalg.norm(ref))))
     return rows
 
 

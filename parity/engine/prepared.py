@@ -17,8 +17,8 @@ import functools
 
 import numpy as np
 
-from parity.engine.api import compare_captured, infer_mapping
-from parity.engine.frontend import Census, FunctionCall, as_input_tuple, frontend_for
+from parity.engine.api import compare_captured, infer_pairing, input_layouts_of
+from parity.engine.frontend import Census, FunctionCall, as_input_tuple, frontend_for, with_layouts
 from parity.engine.rows import Report
 from parity.engine.tolerance import FORWARD_ATOL
 from parity.engine.torch_side import TorchCapture, record_torch
@@ -36,6 +36,8 @@ class PreparedPort:
     mapping: dict[str, str] = dataclasses.field(default_factory=dict)
     tol: float = FORWARD_ATOL
     chosen: bool = False                    # the capture holds chosen torch modules only
+    guessed: list = dataclasses.field(default_factory=list)  # pairs found by shape and order
+    extra_rules: dict | None = None
 
     @property
     def census(self) -> Census:
@@ -81,18 +83,26 @@ class PreparedPort:
 
 def prepare_port(torch_model, flax_model, inputs, *, variables: dict | None = None,
                  mapping: dict[str, str] | None = None, apply_kwargs: dict | None = None,
-                 tol: float = FORWARD_ATOL, torch_modules: list[str] | None = None
-                 ) -> PreparedPort:
+                 tol: float = FORWARD_ATOL, torch_modules: list[str] | None = None,
+                 extra_rules: dict | None = None,
+                 input_layout: str | list[str] | None = None) -> PreparedPort:
     """Everything the zoo needs; variables default to the torch model's own weights
-    converted by the rules (weights.rules). torch_modules: compare only these."""
+    converted by the rules (weights.rules, and extra_rules: {class or class name: rule}).
+    torch_modules: compare only these; input_layout: parity.engine.api.compare's."""
     from weights.rules import convert_model
 
-    inputs = as_input_tuple(inputs)
+    reference = record_torch(torch_model, inputs, torch_modules,
+                             input_layouts_of(inputs, input_layout))
+    inputs = with_layouts(inputs, reference.input_layouts)
     frontend = frontend_for(flax_model, apply_kwargs)
     census = frontend.census(inputs)
-    mapping = infer_mapping(torch_model, census, mapping, frontend.path_candidates)
-    converted, plan = convert_model(torch_model, census.shapes, mapping, census.modules)
+    order = reference.order if torch_modules is None else \
+        record_torch(torch_model, inputs).order
+    pairing = infer_pairing(torch_model, census, mapping, frontend.path_candidates, order,
+                            extra_rules)
+    converted, plan = convert_model(torch_model, census.shapes, pairing.mapping,
+                                    census.modules, extra_rules)
     variables = converted if variables is None else variables
-    reference = record_torch(torch_model, inputs, torch_modules)
     return PreparedPort(torch_model, frontend, variables, inputs, census, plan, reference,
-                        mapping, tol, torch_modules is not None)
+                        pairing.mapping, tol, torch_modules is not None, pairing.guessed,
+                        extra_rules)

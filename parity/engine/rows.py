@@ -41,6 +41,8 @@ class Row:
     status: str
     flax_name: str | None = None   # the Flax path (+ suffix) the row was compared with
     module: str | None = None      # torch module name ("" for the root); None: only in flax
+    layout: str | None = None      # what was done to the torch output before comparing it:
+                                   # "channels-last" (moved) or "as-is"; None: not known
 
     @property
     def passed(self) -> bool:
@@ -112,22 +114,19 @@ class Report:
 
 def judge(name: str, reference: np.ndarray, actual: np.ndarray | None, tol: float,
           flax_name: str | None = None, module: str | None = None,
-          missing: str = MISSING) -> Row:
+          missing: str = MISSING, layout: str | None = None) -> Row:
+    """One row. The reference is already in the layout the port must give (`layout`, from
+    what produced it): no other transposition is ever tried, so a port that returns
+    tokens (N, C, L) for torch's (N, L, C) fails even when L == C."""
     shape = tuple(np.shape(reference))
     if actual is None:
-        return Row(name, shape, None, None, None, None, missing, None, module)
+        return Row(name, shape, None, None, None, None, missing, None, module, layout)
     result = measure(actual, reference, tol)
-    if not result.shape_ok and reference.ndim in (3, 4, 5):
-        # a channels-first torch output that the port keeps channels-first too (or a
-        # 3-D (N, L, D) sequence): compare it in the torch layout
-        back = np.moveaxis(reference, -1, 1)
-        if back.shape == np.shape(actual):
-            result = measure(actual, back, tol)
     if not result.shape_ok:
         return Row(name, shape, tuple(np.shape(actual)), None, None, None, SHAPE, flax_name,
-                   module)
+                   module, layout)
     return Row(name, shape, tuple(np.shape(actual)), result.max_abs, result.scale,
-               result.rel_to_scale, PASS if result.passed else FAIL, flax_name, module)
+               result.rel_to_scale, PASS if result.passed else FAIL, flax_name, module, layout)
 
 
 def row_name(module: str, suffix: str) -> str:
@@ -137,7 +136,8 @@ def row_name(module: str, suffix: str) -> str:
 def align_rows(torch_outputs: "OrderedDict[tuple[str, str], np.ndarray]",
                flax_outputs: dict[tuple[str, str], np.ndarray], tol: float = FORWARD_ATOL,
                mapping: dict[str, str] | None = None, chosen: bool = False,
-               paths_of: Callable[[str], list[str]] = flax_path_candidates) -> Report:
+               paths_of: Callable[[str], list[str]] = flax_path_candidates,
+               layouts: dict[tuple[str, str], str] | None = None) -> Report:
     """Rows for every captured output of either side (keys (module or path, suffix)).
 
     mapping: torch module name -> Flax path, overriding the rename rule (`paths_of`).
@@ -161,7 +161,8 @@ def align_rows(torch_outputs: "OrderedDict[tuple[str, str], np.ndarray]",
             used.add(key)
         flax_name = None if actual is None else row_name(path, suffix)
         rows.append(judge(row_name(module, suffix), reference, actual, tol, flax_name, module,
-                          MISSING if chosen or module == "" else ONLY_TORCH))
+                          MISSING if chosen or module == "" else ONLY_TORCH,
+                          (layouts or {}).get((module, suffix))))
     for (path, suffix), value in flax_outputs.items():
         if (path, suffix) not in used:
             name = row_name(path, suffix)

@@ -88,16 +88,20 @@ def compare(torch_model, flax_model, variables, inputs, *, tol: float = FORWARD_
         layouts = list(converted_layouts)
     reference = record_torch(torch_model, inputs, torch_modules, layouts)
     frontend = frontend_for(flax_model, apply_kwargs)
+    inputs = with_layouts(inputs, reference.input_layouts)
+    census = frontend.census(inputs)
     if mapping is None and pairing is not None:
         mapping = pairing.mapping
     else:
-        census = frontend.census(with_layouts(inputs, reference.input_layouts))
         order = reference.order if torch_modules is None else \
             record_torch(torch_model, inputs, None, reference.input_layouts).order
         mapping = infer_mapping(torch_model, census, mapping, frontend.path_candidates,
                                 order, extra_rules)
-    return compare_captured(frontend, reference, variables, inputs, tol=tol, mapping=mapping,
-                            chosen=torch_modules is not None)
+    from parity.engine.prepared import PreparedPort
+
+    port = PreparedPort(torch_model, frontend, variables, inputs, census, None, reference,
+                        mapping, tol, torch_modules is not None, extra_rules=extra_rules)
+    return port.compare()
 
 
 def compare_captured(frontend, reference: TorchCapture, variables, inputs, *,

@@ -27,7 +27,8 @@ from weights.trees import flax_path_candidates
 PREDICTION = "prediction"  # the row of the model's final output (the root module)
 PASS, FAIL, SHAPE, MISSING = "pass", "fail", "shape mismatch", "missing in JAX"
 ONLY_TORCH, ONLY_FLAX, OUTPUT_ONLY_FLAX = "only in torch", "only in flax", "output only in flax"
-FAILING = (FAIL, SHAPE, MISSING, OUTPUT_ONLY_FLAX)
+HYPERPARAMETER = "hyperparameter mismatch"   # parity.engine.hyperparameters
+FAILING = (FAIL, SHAPE, MISSING, OUTPUT_ONLY_FLAX, HYPERPARAMETER)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +190,8 @@ def format_table(report: Report) -> list[str]:
         status = r.status
         if r.status == SHAPE:
             status += f" (JAX {format_shape(r.jax_shape)})"
+        if r.status == HYPERPARAMETER:
+            status += f" ({escape_text(r.flax_name or '')})"
         lines.append(f"{name:<{width}}  {shape:<16} {_num(r.max_abs):>9}  "
                      f"{_num(r.rel_to_scale):>9}  {status}")
     return lines
@@ -208,6 +211,8 @@ def verdict_line(report: Report) -> str:
         f"{first.rel_to_scale:.2e} relative to scale, max|diff| {first.max_abs:.2e}"
     if first.status == SHAPE:
         detail += f": torch {format_shape(first.torch_shape)} vs JAX {format_shape(first.jax_shape)}"
+    if first.status == HYPERPARAMETER:
+        detail += f": {escape_text(first.flax_name or '')}"
     return (f"DIVERGES: first divergence at {escape_text(first.name)} ({detail}); "
             f"{len(report.failures)} of {len(report.rows) - one_side} rows fail at tol "
             f"{report.tol:.0e}{extra}")

@@ -197,6 +197,23 @@ def format_table(report: Report) -> list[str]:
     return lines
 
 
+def suspects(report: Report) -> list[str]:
+    """Torch-only modules (pooling, activations, padding, pixel shuffle: functions in the
+    port) that ran between the last passing row and the first failing one: the first
+    failure may be theirs, shown in the next module that has a row."""
+    failures = report.failures
+    if not failures or failures[0].status == HYPERPARAMETER:
+        return []
+    at = report.rows.index(failures[0])
+    found = []
+    for row in reversed(report.rows[:at]):
+        if row.status == PASS:
+            break
+        if row.status == ONLY_TORCH and row.module:
+            found.append(row.module)
+    return found[::-1]
+
+
 def verdict_line(report: Report) -> str:
     worst = report.worst
     compared = len(report.compared)
@@ -213,6 +230,9 @@ def verdict_line(report: Report) -> str:
         detail += f": torch {format_shape(first.torch_shape)} vs JAX {format_shape(first.jax_shape)}"
     if first.status == HYPERPARAMETER:
         detail += f": {escape_text(first.flax_name or '')}"
-    return (f"DIVERGES: first divergence at {escape_text(first.name)} ({detail}); "
+    blamed = suspects(report)
+    also = f"; torch-only modules just before it, suspects too: " \
+        f"{escape_text(', '.join(blamed))}" if blamed else ""
+    return (f"DIVERGES: first divergence at {escape_text(first.name)} ({detail}){also}; "
             f"{len(report.failures)} of {len(report.rows) - one_side} rows fail at tol "
             f"{report.tol:.0e}{extra}")

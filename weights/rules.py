@@ -284,10 +284,16 @@ def rule_for(module, extra_rules: dict | None = None) -> tuple[str, Rule] | None
     return None
 
 
+CONTAINERS = ("Module", "Sequential", "ModuleList", "ModuleDict", "ParameterList",
+              "ParameterDict")
+
+
 def _from_torch_nn(module) -> bool:
-    """A kind torch itself defines (LSTM, Bilinear, ...): its tensors have a meaning no
-    same-name pass-through can know."""
-    return type(module).__module__.startswith("torch.nn.")
+    """A layer kind torch itself defines (LSTM, Bilinear, ...): its tensors have a meaning
+    no same-name pass-through can know. Containers (nn.Module, nn.Sequential, ...) holding
+    tensors are the user's own."""
+    kind = type(module)
+    return kind.__module__.startswith("torch.nn.") and kind.__name__ not in CONTAINERS
 
 
 def _is_index(value: np.ndarray) -> bool:
@@ -354,7 +360,10 @@ def plan_conversion(torch_model, mapping: dict[str, str] | None = None,
         if found is None and _from_torch_nn(module) and weights:
             raise _refuse(where, kind, weights, "pass --rules FILE.py (a RULES dict) or "
                           f"extra_rules; rules exist for {', '.join(sorted(RULES))}")
-        table = {} if found is None else found[1](module, flax_modules.get(path))
+        try:
+            table = {} if found is None else found[1](module, flax_modules.get(path))
+        except NoConverterRule as err:   # a rule that refuses this module's settings
+            raise _refuse(where, kind, tensors, str(err)) from None
         for tensor_name, value in tensors.items():
             full = f"{name}.{tensor_name}" if name else tensor_name
             target = table.get(tensor_name, "same" if tensor_name not in table else None)

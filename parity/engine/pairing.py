@@ -68,7 +68,8 @@ def pair_modules(plan, census, mapping: dict[str, str] | None = None, paths_of=N
     pairs = dict(mapping)
     pending = []
     for module in order:
-        found = pairs.get(module) or next((c for c in paths_of(module) if c in owners), None)
+        found = pairs.get(module) or next((c for c in paths_of(module) if c in owners or
+                                           c in census.modules), None)
         if found is not None:
             pairs[module] = found
             claimed.add(found)

@@ -16,6 +16,8 @@ module's numerical row, whatever the numbers say.
                                                                     this input size), padding
                                                                     mode (zeros/reflect/circular)
     GELU                             gelu calls in the parent's scope  approximate
+    *Pad1d/2d/3d                     jnp.pad calls, same            mode (reflect/edge/wrap/
+                                                                    constant)
     Upsample                         jax.image.resize calls, same   method, align_corners,
                                                                     antialias (downsampling)
     MaxPool*/AvgPool*                max_pool/avg_pool calls, same  window, strides, pads
@@ -204,6 +206,12 @@ def call_rows(name: str, module, call, input_shape) -> list[Row]:
         if antialias and input_shape is not None and shape is not None and \
                 wanted != "nearest" and math.prod(shape) < math.prod(input_shape):
             rows.append(_mismatch(name, "antialias", False, True, where))
+    elif call.function == "pad":
+        mode = str(call.kwargs.get("mode", call.args[1] if len(call.args) > 1 else "constant"))
+        wanted = {"ReflectionPad": "reflect", "ReplicationPad": "edge",
+                  "CircularPad": "wrap"}.get(kind[:-2], "constant")
+        if mode != wanted:
+            rows.append(_mismatch(name, "padding mode", kind, mode, where))
     elif call.function in ("max_pool", "avg_pool") and input_shape is not None:
         sizes = tuple(input_shape[2:])
         n = len(sizes)
@@ -231,7 +239,41 @@ def call_rows(name: str, module, call, input_shape) -> list[Row]:
     return rows
 
 
-CALL_KINDS = {"GELU": "gelu", "Upsample": "resize", **{k: f"{v}_pool" for k, v in POOLS.items()}}
+CALL_KINDS = {"GELU": "gelu", "Upsample": "resize", **{k: f"{v}_pool" for k, v in POOLS.items()},
+              **{f"{k}Pad{d}d": "pad" for d in (1, 2, 3)
+                 for k in ("Reflection", "Replication", "Zero", "Constant", "Circular")},
+              "Hardswish": "hard_swish", "Hardsigmoid": "hard_sigmoid"}
+
+
+def call_kind(module) -> str | None:
+    return next((CALL_KINDS[c.__name__] for c in type(module).__mro__
+                 if c.__name__ in CALL_KINDS), None)
+
+
+def paired_calls(port, calls=None) -> list[tuple[str, object]]:
+    """(torch module name, Flax FunctionCall) for every parameter-free torch module (GELU,
+    Upsample, pooling, padding, hard activations) whose parent's Flax counterpart makes
+    exactly as many calls of the matching function as the parent has such modules: the
+    k-th module is the k-th call. Others are not paired (left to the numbers)."""
+    if port.torch_model is None:
+        return []
+    calls = port.calls if calls is None else calls
+    modules = dict(port.torch_model.named_modules())
+    order = [n for n in dict.fromkeys([*port.reference.order, *modules]) if n in modules and n]
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name in order:
+        function = call_kind(modules[name])
+        if function is not None:
+            groups.setdefault((name.rpartition(".")[0], function), []).append(name)
+    out = []
+    for (parent, function), names in groups.items():
+        scope = port.flax_path_of(parent) if parent else ""
+        if scope is None:
+            continue
+        found = [c for c in calls if c.function == function and c.scope == scope]
+        if len(found) == len(names):
+            out += list(zip(names, found))
+    return out
 
 
 def hyperparameter_rows(port, attributes: dict | None = None, calls=None) -> list[Row]:
@@ -244,29 +286,16 @@ def hyperparameter_rows(port, attributes: dict | None = None, calls=None) -> lis
     modules = dict(port.torch_model.named_modules())
     order = list(dict.fromkeys([*port.reference.order, *modules]))
     training = bool(getattr(port, "training", False))
-    calls = port.calls if calls is None else calls
+    by_module = dict(paired_calls(port, calls))
     rows: list[Row] = []
-    seen_per_scope: dict[tuple[str, str], int] = {}
     for name in order:
         module = modules.get(name)
         if module is None or not name:
             continue
         shape = port.reference.input_shapes.get(name)
-        function = next((CALL_KINDS[c.__name__] for c in type(module).__mro__
-                         if c.__name__ in CALL_KINDS), None)
-        if function is not None:
-            parent = name.rpartition(".")[0]
-            scope = port.flax_path_of(parent) if parent else ""
-            if scope is None:
-                continue
-            key = (function, scope)
-            seen_per_scope[key] = seen_per_scope.get(key, 0) + 1
-            found = [c for c in calls if c.function == function and c.scope == scope]
-            torch_count = sum(1 for n in order if n.rpartition(".")[0] == parent and n and
-                              any(CALL_KINDS.get(c.__name__) == function
-                                  for c in type(modules[n]).__mro__))
-            if len(found) == torch_count:   # paired in order; otherwise not read
-                rows += call_rows(name, module, found[seen_per_scope[key] - 1], shape)
+        if call_kind(module) is not None:
+            if name in by_module:
+                rows += call_rows(name, module, by_module[name], shape)
             continue
         path = port.flax_path_of(name)
         flax = port.census.modules.get(path) if path is not None else None
@@ -276,6 +305,15 @@ def hyperparameter_rows(port, attributes: dict | None = None, calls=None) -> lis
             flax = Overlay(flax, attributes[path])
         rows += module_rows(name, module, path, flax, shape, training)
     return rows
+
+
+def changed_calls(calls, changes: dict):
+    """The calls with some keyword arguments replaced: {(function, scope, index): {kw: v}}."""
+    import dataclasses
+
+    return [dataclasses.replace(c, kwargs={**c.kwargs, **changes[(c.function, c.scope,
+                                                                   c.index)]})
+            if (c.function, c.scope, c.index) in changes else c for c in calls]
 
 
 def merged(rows: list[Row], mismatches: list[Row]) -> list[Row]:

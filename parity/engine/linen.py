@@ -34,6 +34,9 @@ PATCHABLE = {
     "resize": ("jax.image",),
     "max_pool": ("flax.linen", "flax.linen.pooling"),
     "avg_pool": ("flax.linen", "flax.linen.pooling"),
+    "pad": ("jax.numpy",),
+    "hard_swish": ("jax.nn", "flax.linen", "flax.linen.activation"),
+    "hard_sigmoid": ("jax.nn", "flax.linen", "flax.linen.activation"),
 }
 APPLY_CACHE_SIZE = 16  # compiled applies kept per process (model, chosen paths, arguments)
 _APPLY_CACHE: dict = {}

@@ -57,12 +57,14 @@ class PreparedPort:
         return self.frontend.module
 
     def compare(self, variables: dict | None = None, context=None, flax_model=None,
-                jit: bool = True, attributes: dict | None = None) -> Report:
+                jit: bool = True, attributes: dict | None = None,
+                call_changes: dict | None = None) -> Report:
         """This port, or a mutant of it (other variables, a context around the Flax
         apply, or another Flax model), against the torch capture; with the rows of the
         hyperparameter diff (parity.engine.hyperparameters; attributes: {Flax path:
-        {attribute: value}} a mutant's clones run with)."""
-        from parity.engine.hyperparameters import hyperparameter_rows, merged
+        {attribute: value}} a mutant's clones run with; call_changes: {(function, scope,
+        index): {keyword: value}} a mutant's function calls are made with)."""
+        from parity.engine.hyperparameters import changed_calls, hyperparameter_rows, merged
 
         frontend = self.frontend
         if flax_model is not None:
@@ -73,8 +75,9 @@ class PreparedPort:
                                   self.inputs, tol=self.tol, mapping=self.mapping,
                                   chosen=self.chosen, context=context, jit=jit)
         if flax_model is None:
-            mismatches = self.mismatches if not attributes else \
-                hyperparameter_rows(self, attributes)
+            mismatches = self.mismatches if not (attributes or call_changes) else \
+                hyperparameter_rows(self, attributes,
+                                    changed_calls(self.calls, call_changes or {}))
             report.rows = merged(report.rows, mismatches)
         return report
 

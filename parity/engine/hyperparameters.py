@@ -252,9 +252,10 @@ def call_kind(module) -> str | None:
 
 def paired_calls(port, calls=None) -> list[tuple[str, object]]:
     """(torch module name, Flax FunctionCall) for every parameter-free torch module (GELU,
-    Upsample, pooling, padding, hard activations) whose parent's Flax counterpart makes
-    exactly as many calls of the matching function as the parent has such modules: the
-    k-th module is the k-th call. Others are not paired (left to the numbers)."""
+    Upsample, pooling, padding, hard activations) whose nearest ancestor with a Flax
+    counterpart (the root at least) makes exactly as many calls of the matching function
+    as it holds such modules: the k-th module is the k-th call. Others are not paired
+    (left to the numbers)."""
     if port.torch_model is None:
         return []
     calls = port.calls if calls is None else calls
@@ -263,13 +264,18 @@ def paired_calls(port, calls=None) -> list[tuple[str, object]]:
     groups: dict[tuple[str, str], list[str]] = {}
     for name in order:
         function = call_kind(modules[name])
-        if function is not None:
-            groups.setdefault((name.rpartition(".")[0], function), []).append(name)
-    out = []
-    for (parent, function), names in groups.items():
-        scope = port.flax_path_of(parent) if parent else ""
-        if scope is None:
+        if function is None:
             continue
+        parts = name.split(".")[:-1]
+        scope = ""     # the nearest ancestor the port has (the root at least)
+        for i in range(len(parts), 0, -1):
+            found = port.flax_path_of(".".join(parts[:i]))
+            if found is not None:
+                scope = found
+                break
+        groups.setdefault((scope, function), []).append(name)
+    out = []
+    for (scope, function), names in groups.items():
         found = [c for c in calls if c.function == function and c.scope == scope]
         if len(found) == len(names):
             out += list(zip(names, found))

@@ -139,6 +139,9 @@ def _pair_containers(torch_model, census, owners, pairs, claimed, paths_of) -> N
     """Step 3: a torch module without a pair whose weighted descendants' counterparts are
     exactly the weighted descendants of one Flax module is paired with that module."""
     weighted = [m for m in pairs if m]
+    names = [name for name, _ in torch_model.named_modules()]
+    # a Flax module the rename rule gives some torch module is that module's, not another's
+    claimed = claimed | {c for name in names for c in paths_of(name) if c in census.modules}
     for name, _module in torch_model.named_modules():
         if not name or name in pairs or any(c in census.modules for c in paths_of(name)):
             continue

@@ -103,10 +103,11 @@ def load_weights_into(torch_model, path: str) -> None:
     from weights.files import is_safetensors_path, load_pth, load_safetensors
     from weights.trees import shape_mismatch
 
-    state = load_safetensors(path)[0] if is_safetensors_path(path) else \
+    state = load_safetensors(path, skip_integers=True)[0] if is_safetensors_path(path) else \
         load_pth(path, expect_dln=False)[0]
     own = torch_model.state_dict()
-    counters = {k for k in own if k.endswith("num_batches_tracked")}  # not weights: kept
+    # integer buffers (num_batches_tracked, relative_position_index) are not weights: kept
+    counters = {k for k, v in own.items() if not v.is_floating_point()}
     state = {**{k: own[k].numpy() for k in counters}, **state}
     problems = shape_mismatch({k: np.shape(v) for k, v in state.items()},
                               {k: tuple(v.shape) for k, v in own.items()})

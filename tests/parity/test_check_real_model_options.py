@@ -129,3 +129,17 @@ def test_cyclegan_port_passes_and_zero_padding_is_named_at_the_reflection_pad(ca
     code, out = check(capsys, CYCLEGAN.format("torch_model", "build_affine"),
                       CYCLEGAN.format("flax_model", "build_in_eps"), "2,3,16,16", "--json")
     assert code == 1 and json.loads(out.out)["first_divergence"] == "model.2"
+
+
+def test_weights_in_safetensors_with_integer_buffers_are_read(capsys, tmp_path):
+    from safetensors.torch import save_file
+
+    from parity.examples.resnet.torch_model import build
+
+    state = {k: v.contiguous() for k, v in build().state_dict().items()}
+    assert state["bn1.num_batches_tracked"].dtype.is_floating_point is False
+    save_file(state, str(tmp_path / "net.safetensors"))
+    code, out = check(capsys, RESNET.format("torch_model", "build"),
+                      RESNET.format("flax_model", "build"), "2,3,32,32",
+                      "--weights", str(tmp_path / "net.safetensors"))
+    assert code == 0, out.err

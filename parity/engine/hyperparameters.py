@@ -83,6 +83,18 @@ def flax_pads(padding, sizes, kernel, strides, dilation) -> tuple | None:
     return tuple((p, p) if isinstance(p, int) else tuple(p) for p in items)
 
 
+def effective_pads(pads, sizes, kernel, strides, dilation) -> tuple:
+    """(low, high used) per axis: padding past the last window's reach changes nothing
+    (torch's (1, 1) and a port's (1, 0) on a stride-2 conv of even size are the same
+    function), so only the part a window reads is compared."""
+    out = []
+    for (low, high), n, k, s, d in zip(pads, sizes, kernel, strides, dilation):
+        span = (k - 1) * d + 1
+        count = (n + low + high - span) // s + 1
+        out.append((low, max(0, (count - 1) * s + span - n - low)))
+    return tuple(out)
+
+
 def torch_conv_pads(module, sizes) -> tuple:
     n = len(sizes)
     k, s, d = (_tuple(module.kernel_size, n), _tuple(module.stride, n),
@@ -147,11 +159,13 @@ def module_rows(name: str, module, flax_path: str, flax, input_shape, training: 
         if mode != _flax_mode(flax.padding):
             rows.append(_mismatch(name, "padding mode", module.padding_mode, flax.padding,
                                   flax_path))
-        theirs = flax_pads(flax.padding, sizes, k, _tuple(flax.strides, n),
-                           _tuple(flax.kernel_dilation, n))
+        strides, dilation = _tuple(flax.strides, n), _tuple(flax.kernel_dilation, n)
+        theirs = flax_pads(flax.padding, sizes, k, strides, dilation)
         ours = torch_conv_pads(module, sizes)
         pads_itself = theirs is not None and all(p == (0, 0) for p in theirs)
-        if theirs is not None and tuple(theirs) != tuple(ours) and not pads_itself:
+        if theirs is not None and not pads_itself and \
+                effective_pads(theirs, sizes, k, strides, dilation) != \
+                effective_pads(ours, sizes, k, strides, dilation):
             rows.append(_mismatch(name, "padding", ours, theirs, flax_path))
     return rows
 
@@ -227,7 +241,9 @@ def call_rows(name: str, module, call, input_shape) -> list[Row]:
                            (1,) * n)
         ours = _torch_pool_pads(module, sizes)
         pads_itself = theirs is not None and all(p == (0, 0) for p in theirs)
-        if theirs is not None and tuple(theirs) != tuple(ours) and not pads_itself:
+        if theirs is not None and not pads_itself and \
+                effective_pads(theirs, sizes, window, strides, (1,) * n) != \
+                effective_pads(ours, sizes, k, s, (1,) * n):
             what = "pool padding" + (" (ceil_mode)" if getattr(module, "ceil_mode", False)
                                      else "")
             rows.append(_mismatch(name, what, ours, theirs, where))

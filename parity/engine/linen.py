@@ -235,8 +235,13 @@ def training_mode() -> Iterator[None]:
 
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
-        kinds = {nn.BatchNorm: ("use_running_average", False), nn.Dropout: ("deterministic", True)}
-        found = next((v for k, v in kinds.items() if isinstance(module, k)), None)
+        # flax.linen's BatchNorm and Dropout, or a port's own module of that name and field
+        # (flaxmodels has its own BatchNorm)
+        names = {c.__name__ for c in type(module).__mro__}
+        found = ("use_running_average", False) if "BatchNorm" in names and \
+            hasattr(module, "use_running_average") else \
+            ("deterministic", True) if "Dropout" in names and hasattr(module, "deterministic") \
+            else None
         if context.method_name != "__call__" or found is None:
             return next_fun(*args, **kwargs)
         field, value = found

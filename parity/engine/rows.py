@@ -138,13 +138,15 @@ def align_rows(torch_outputs: "OrderedDict[tuple[str, str], np.ndarray]",
                flax_outputs: dict[tuple[str, str], np.ndarray], tol: float = FORWARD_ATOL,
                mapping: dict[str, str] | None = None, chosen: bool = False,
                paths_of: Callable[[str], list[str]] = flax_path_candidates,
-               layouts: dict[tuple[str, str], str] | None = None) -> Report:
+               layouts: dict[tuple[str, str], str] | None = None,
+               not_judged: frozenset = frozenset()) -> Report:
     """Rows for every captured output of either side (keys (module or path, suffix)).
 
     mapping: torch module name -> Flax path, overriding the rename rule (`paths_of`).
     chosen: the torch modules were chosen by the caller, so one missing in Flax fails;
     otherwise it is an informational "only in torch" row. The root ('') always pairs
-    with the root, and its leaves fail when one side lacks them.
+    with the root, and its leaves fail when one side lacks them. not_judged: torch
+    modules whose rows are informational (a layer subclass with children of its own).
     """
     mapping = mapping or {}
     flax_modules = {path for path, _ in flax_outputs}
@@ -156,6 +158,8 @@ def align_rows(torch_outputs: "OrderedDict[tuple[str, str], np.ndarray]",
             candidates = [mapping[module]] if module in mapping else paths_of(module)
             resolved[module] = next((c for c in candidates if c in flax_modules), None)
         path = resolved[module]
+        if module in not_judged and not chosen:   # torch_side.TorchCapture.composite
+            path = None
         key = None if path is None else (path, suffix)
         actual = flax_outputs.get(key) if key is not None else None
         if actual is not None:

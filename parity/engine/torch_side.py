@@ -99,12 +99,18 @@ class TorchCapture:
     order: list[str] = dataclasses.field(default_factory=list)
     layouts: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)
     input_layouts: tuple[str, ...] = ()
+    # modules of a class of their own that extend a torch layer kind with child modules
+    # (timm's BatchNormAct2d: a BatchNorm2d whose output has passed its `act`): a port's
+    # layer of the base kind gives its output before those children, so these rows are
+    # not judged (the next module's row is, with the children as suspects)
+    composite: frozenset = frozenset()
 
 
 def _consumer_layout(tensor_id: int, readers: dict[int, list], skip=None) -> str | None:
-    """The layout the first module reading this tensor (by kind) gives it."""
+    """The layout the first module reading this tensor gives it, by its kind; only torch's
+    own classes count (a subclass such as timm's LayerNorm2d permutes what it reads)."""
     for module in readers.get(tensor_id, []):
-        if module is not skip:
+        if module is not skip and type(module).__module__.startswith("torch.nn."):
             layout = kind_layout(module)
             if layout is not None:
                 return layout
@@ -117,12 +123,12 @@ def record_torch(model, inputs, names: list[str] | None = None,
     named module (or on `names` only); the root's output comes last.
 
     Layouts are never guessed from shapes. An output's layout comes from what produced
-    it: the same tensor object an inner module returned has its layout; a module of a
-    channels-first kind (conv, norm over channels, pooling, padding, upsampling)
-    writes channels-first (compared channels-last); a module whose output has its
+    it: a module of a channels-first kind (conv, norm over channels, pooling, padding,
+    upsampling; subclasses too) writes channels-first (compared channels-last); the same
+    tensor object an inner module returned has its layout; a module whose output has its
     input's shape keeps its input's layout; a module of a token kind (Linear, LayerNorm,
-    attention, embedding) writes as-is; else the first module of either kind that reads
-    it decides; else 4-D/5-D is channels-first and the rest as-is. input_layouts: per
+    attention, embedding) writes as-is; else the first of torch's own modules of either
+    kind that reads it decides; else 4-D/5-D is channels-first and the rest as-is. input_layouts: per
     input CHANNELS_LAST / AS_IS / None (default_layout; a 3-D input then takes the layout
     of the first module that reads it, or LayoutUnknown is raised)."""
     import torch
@@ -184,11 +190,11 @@ def record_torch(model, inputs, names: list[str] | None = None,
     layouts: dict[tuple[str, str], str] = {}
 
     def decide(tensor, module, first) -> str:
+        by_kind = kind_layout(module) if module is not None else None
+        if by_kind == CHANNELS_LAST:   # its own kind writes channels-first (BatchNormAct2d)
+            return by_kind
         if id(tensor) in tags:
             return tags[id(tensor)]
-        by_kind = kind_layout(module) if module is not None else None
-        if by_kind == CHANNELS_LAST:
-            return by_kind
         if first is not None and id(first) in tags and tuple(first.shape) == tuple(tensor.shape):
             return tags[id(first)]
         if by_kind is not None:
@@ -208,6 +214,14 @@ def record_torch(model, inputs, names: list[str] | None = None,
         outputs[("", suffix)] = move(tensor.detach().cpu().float().numpy().copy(), layout)
         layouts[("", suffix)] = layout
     kinds = {name: type(modules[name]).__name__ for name in chosen if name in modules}
+    composite = frozenset(name for name in chosen if name in modules and
+                          _extends_a_layer(modules[name]))
     del keep
     return TorchCapture(outputs, kinds, input_shapes, [n for n in order if n in hooked],
-                        layouts, tuple(declared))
+                        layouts, tuple(declared), composite)
+
+
+def _extends_a_layer(module) -> bool:
+    kind = type(module)
+    return not kind.__module__.startswith("torch.nn.") and kind_layout(module) is not None \
+        and any(True for _ in module.children())

@@ -57,11 +57,14 @@ class Fixture:
 def save_fixture(path: str | os.PathLike, torch_model, flax_model, inputs, *,
                  mapping: dict[str, str] | None = None, torch_modules: list[str] | None = None,
                  apply_kwargs: dict | None = None, tol: float = FORWARD_ATOL,
-                 extra: dict | None = None, overwrite: bool = True) -> Path:
+                 extra: dict | None = None, overwrite: bool = True,
+                 extra_rules: dict | None = None,
+                 input_layout: str | list[str] | None = None) -> Path:
     """Run the torch model on `inputs`, convert its weights for `flax_model`, and write
     the fixture file; returns its path."""
     port = prepare_port(torch_model, flax_model, inputs, mapping=mapping,
-                        apply_kwargs=apply_kwargs, tol=tol, torch_modules=torch_modules)
+                        apply_kwargs=apply_kwargs, tol=tol, torch_modules=torch_modules,
+                        extra_rules=extra_rules, input_layout=input_layout)
     return write_fixture(path, port, extra, overwrite)
 
 

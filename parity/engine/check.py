@@ -232,8 +232,8 @@ def run_check(torch_spec: str, flax_spec: str, input_shape: tuple[int, ...], *,
     if gradients:
         from parity.grads.model_gradients import gradient_parity
 
-        grads = gradient_parity(torch_model, flax_model, port.variables, x, plan=port.plan,
-                                tol=tol)
+        grads = gradient_parity(torch_model, flax_model, port.variables, port.inputs,
+                                plan=port.plan, tol=tol, apply_kwargs=kwargs)
     details = {"torch": torch_spec, "flax": flax_spec,
                "weights": weights or "the torch model's own weights, converted by the rules",
                "inputs": {"shape": list(input_shape),

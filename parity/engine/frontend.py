@@ -81,6 +81,9 @@ class TorchInputs(tuple):
         self.layouts = tuple(layouts)
         return self
 
+    def __reduce__(self):     # pickled to workers with its layouts
+        return TorchInputs, (tuple(self), self.layouts)
+
 
 def default_layout(array: np.ndarray) -> str | None:
     """4-D and 5-D inputs are images/volumes (NCHW, NCDHW): channels-last; 2-D and

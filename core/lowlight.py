@@ -122,19 +122,3 @@ def make_pair(image: np.ndarray, name: str, seed: int) -> tuple[np.ndarray, np.n
     high = resize_short_side(image)
     draw = DarkeningDraw.sample(np.random.default_rng(name_seed(seed, name)))
     return darken(high, draw), high, draw
-
-
-def write_builtin_pairs(out_dir, names=BUILTIN_HELDOUT, seed: int = 0) -> list[str]:
-    """Write LOL-layout pairs (out_dir/low/<name>.png, out_dir/high/<name>.png)."""
-    from pathlib import Path
-
-    from core.images import write_png_atomic
-
-    out = Path(out_dir)
-    (out / "low").mkdir(parents=True, exist_ok=True)
-    (out / "high").mkdir(parents=True, exist_ok=True)
-    for name in names:
-        low, high, _ = make_pair(builtin_image(name), name, seed)
-        write_png_atomic(low, out / "low" / f"{name}.png")
-        write_png_atomic(high, out / "high" / f"{name}.png")
-    return list(names)

@@ -16,17 +16,20 @@ FRAMEWORKS = ("jax", "nnx", "torch")
 
 
 def make_trainer(framework: str, config: DLNConfig, state, recipe: TrainingRecipe = AUTHORS_RECIPE,
-                 precision: str = "highest", devices: int | None = None, hooks=None):
+                 precision: str = "highest", devices: int | None = None, hooks=None,
+                 fast_gradients: bool | None = None):
     """port.trainer.JaxTrainer (Flax Linen), port.nnx_trainer.NnxTrainer (Flax NNX) or
     reference_torch.trainer.TorchTrainer from `state` (a
     weights.training_checkpoint.TrainingCheckpoint). devices: JAX data parallel over the
     first N local devices (None: all); the PyTorch trainer uses one device. hooks: the
-    Linen step's injection points (port.trainer.StepHooks; the training zoo's defects)."""
+    Linen step's injection points (port.trainer.StepHooks; the training zoo's defects).
+    fast_gradients: the Linen step's training rewrites (None: JaxTrainer's default, on a
+    CPU mesh only)."""
     if framework == "jax":
         from port.trainer import NO_HOOKS, JaxTrainer
 
         return JaxTrainer(config, state, recipe, precision=precision, devices=devices,
-                          hooks=hooks or NO_HOOKS)
+                          hooks=hooks or NO_HOOKS, fast_gradients=fast_gradients)
     if hooks is not None:
         raise ValueError("step hooks are the Linen trainer's (defects are injected there only)")
     if framework == "nnx":

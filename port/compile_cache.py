@@ -68,12 +68,6 @@ def enable_compilation_cache(folder) -> str | None:
     return None
 
 
-def disable_compilation_cache() -> None:
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", None)
-
-
 def _valid_entries(data) -> bool:
     if not isinstance(data, dict):
         return False

@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("DLN_NO_PROGRESS", "1")
-# JAX's persistent compilation cache (dln enhance): never the user's real cache folder.
-os.environ["DLN_CACHE_DIR"] = __import__("tempfile").mkdtemp(prefix="dln-test-jax-cache-")
+# One JAX persistent compilation cache for the whole run, never the user's real cache
+# folder: made by the first process that loads this file (pytest-xdist's controller,
+# whose workers and every subprocess inherit the variables), so a program compiled by
+# one test (the same network at the same shapes) is read, not recompiled, by the others.
+# Compiled programs are deterministic; tests of the cache itself set their own folder.
+if "DLN_TEST_JAX_CACHE" not in os.environ:
+    os.environ["DLN_TEST_JAX_CACHE"] = __import__("tempfile").mkdtemp(prefix="dln-test-jax-cache-")
+os.environ["DLN_CACHE_DIR"] = os.environ["DLN_TEST_JAX_CACHE"]
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["DLN_TEST_JAX_CACHE"]
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 
 from core.config import DLNConfig  # noqa: E402
 from weights.synthetic import random_torch_state  # noqa: E402
@@ -39,3 +47,9 @@ def authors_pth_64(tmp_path, random_state_64):
 @pytest.fixture
 def authors_pth_16(tmp_path):
     return write_authors_pth(tmp_path / "authors16.pth", random_torch_state(DLNConfig(dim=16), 3))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The run's compilation cache goes when the run ends (in the process that made it)."""
+    if not hasattr(session.config, "workerinput"):  # not an xdist worker
+        __import__("shutil").rmtree(os.environ.get("DLN_TEST_JAX_CACHE", ""), ignore_errors=True)

@@ -68,11 +68,6 @@ def flat_weights(module) -> dict[str, np.ndarray]:
     return out
 
 
-def expected_shapes(module) -> dict[str, tuple[int, ...]]:
-    """Dotted name -> shape of every weight of a module (an eval_shape one is enough)."""
-    return {dotted(p): tuple(v.shape) for p, v in weight_variables(module).items()}
-
-
 def weights_state(module, flat: dict[str, np.ndarray], what: str = "weights"):
     """An nnx.State of the module's weight variables holding `flat`'s arrays, after the
     strict check: the same names, every shape equal, every value float32."""

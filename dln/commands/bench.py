@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from core.errors import UserError
 from core.recipe import AUTHORS_RECIPE as _RECIPE
+from dln.arguments import int_range
+from dln.training_settings import MAX_BATCH, MAX_PATCH
 
 ORDER = 65
+MAX_REPEATS = 1000        # timed runs per backend: 1000 x a 400x600 image is already hours
+MAX_PEAK_SIZE = 16384     # a 16384^2 float32 matmul holds 3 GiB of operands
 
 
 def register(sub) -> None:
@@ -18,10 +22,10 @@ def register(sub) -> None:
                     "fraction of the peak, and peak memory of one inference. A figure above the "
                     "peak is flagged as a measurement error.")
     p.add_argument("--size", default="400x600", help="HEIGHTxWIDTH of the input (default 400x600)")
-    p.add_argument("--batch", type=int, default=None,
+    p.add_argument("--batch", type=int_range(1, MAX_BATCH), default=None,
                    help="images per forward pass (default 1); with --workload train, crops "
                         f"per training step (default the recipe's, {_RECIPE.batch})")
-    p.add_argument("--patch", type=int, default=None,
+    p.add_argument("--patch", type=int_range(11, MAX_PATCH), default=None,
                    help="with --workload train: side of the square crops (default the "
                         f"recipe's, {_RECIPE.patch}); the training floors are defined at "
                         "--batch 4 --patch 96")
@@ -43,10 +47,10 @@ def register(sub) -> None:
                         "the JAX step without its training rewrites)")
     p.add_argument("--weights", default=None,
                    help=".pth or .safetensors (default: the bundled weights/sample/dln_sample.pth)")
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--repeats", type=int_range(1, MAX_REPEATS), default=None,
                    help="timed runs per backend (default 7; 5 training steps with "
                         "--workload train)")
-    p.add_argument("--peak-size", type=int, default=4096,
+    p.add_argument("--peak-size", type=int_range(16, MAX_PEAK_SIZE), default=4096,
                    help="N of the N x N matmuls that measure the peak (default 4096)")
     p.add_argument("--torch-nchw", action="store_true",
                    help="run PyTorch in NCHW instead of channels_last (channels_last measured "
@@ -107,6 +111,7 @@ def run(args) -> int:
     weights = args.weights or str(SAMPLE_CHECKPOINT)
     if not Path(weights).is_file():
         raise UserError(f"--weights {weights}: no such file")
+    check_bench_memory(weights, size, args.batch, backends)
     opts = BenchOptions(weights=weights, size=size, batch=args.batch, backends=backends,
                         repeats=args.repeats, peak_n=args.peak_size,
                         torch_channels_last=not args.torch_nchw, env=env,
@@ -125,6 +130,28 @@ def run(args) -> int:
         flagged = [n for n, f in result["backends"].items() if f.get("exceeds_peak")]
         return 1 if missed or flagged else 0
     return 0
+
+
+def check_bench_memory(weights: str, size: tuple[int, int], batch: int, backends) -> None:
+    """Refuse, in one line and before any worker starts, a per-image run whose whole-image
+    forward passes (the bench never tiles; its workers, one per backend, live side by
+    side for the interleaved rounds) would not fit in MEMORY_FRACTION of the memory
+    available now (cgroup limits included): the estimate of `dln enhance --tile off`."""
+    from core.memory import MEMORY_FRACTION, WHOLE_IMAGE_BUDGET, available_memory
+    from core.units import format_bytes
+    from frameworks.memory_plan import plan_image
+    from weights.convert import load_checkpoint
+
+    config = load_checkpoint(weights).config
+    available = available_memory()
+    budget = WHOLE_IMAGE_BUDGET if available is None else int(available * MEMORY_FRACTION)
+    need = sum(plan_image(*size, config, "torch" if b.startswith("torch") else b, tile="off",
+                          budget=budget).estimate_bytes * batch for b in backends)
+    if need > budget:
+        raise UserError(f"--size {size[0]}x{size[1]} --batch {batch}: the forward passes of "
+                        f"{', '.join(backends)} need about {format_bytes(need)}, more than the "
+                        f"{format_bytes(budget)} this run may use; bench a smaller size or "
+                        f"fewer backends (dln enhance tiles images this large)")
 
 
 def _run_workload(args) -> int:

@@ -215,6 +215,27 @@ def _peak_round(worker: WorkerProcess, n: int, runs: dict) -> None:
                                     timeout=SETUP_TIMEOUT_S)["seconds"]
 
 
+def timed_rounds(workers: dict, peak_worker: WorkerProcess, peak_n: int, peak_runs: dict,
+                 repeats: int, show_progress: bool, timeout: float = 600
+                 ) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """`repeats` interleaved rounds: the matmul peak, then one timed run of each worker in
+    turn (so a change of machine load touches every row alike). Returns each worker's
+    seconds per round and its peak RSS (MiB) as last reported."""
+    from core.progress import progress
+
+    seconds: dict[str, list[float]] = {name: [] for name in workers}
+    rss: dict[str, float] = {}
+    for _ in progress(range(repeats), desc="timed rounds", unit="round",
+                      disable=not show_progress):
+        _peak_round(peak_worker, peak_n, peak_runs)
+        for name, worker in workers.items():
+            answer = worker.request({"op": "time", "repeats": 1}, timeout=timeout)
+            seconds[name] += answer["seconds"]
+            if "peak_rss_mib" in answer:
+                rss[name] = answer["peak_rss_mib"]
+    return seconds, rss
+
+
 def _setup_backends(opts: BenchOptions, workers: dict, backends: dict) -> None:
     from core.progress import progress
 
@@ -237,7 +258,6 @@ def run_bench(opts: BenchOptions) -> dict:
     """Set every backend up (compiling where needed), then `repeats` rounds of: one
     matmul per library for the peak, one forward per backend. Interleaving puts the
     peak and every backend under the same outside load."""
-    from core.progress import progress
     from weights.convert import load_checkpoint
 
     ckpt = load_checkpoint(opts.weights)
@@ -249,12 +269,8 @@ def run_bench(opts: BenchOptions) -> dict:
     peak_worker = WorkerProcess("matmul-peak", env={**worker_env("torch"), **opts.env})
     try:
         _setup_backends(opts, workers, backends)
-        seconds: dict[str, list[float]] = {name: [] for name in workers}
-        for _ in progress(range(opts.repeats), desc="timed rounds", unit="round",
-                          disable=not opts.show_progress):
-            _peak_round(peak_worker, opts.peak_n, peak_runs)
-            for name, worker in workers.items():
-                seconds[name] += worker.request({"op": "time", "repeats": 1})["seconds"]
+        seconds, _ = timed_rounds(workers, peak_worker, opts.peak_n, peak_runs, opts.repeats,
+                                  opts.show_progress)
         if opts.profile and "jax" in workers:
             backends["jax"]["profile"] = workers["jax"].request({"op": "profile"})["profile"]
     finally:

@@ -39,15 +39,6 @@ def network_flops(config: DLNConfig, height: int, width: int, batch: int = 1) ->
     return batch * sum(layer_flops(config, height, width).values())
 
 
-def flops_by_block(config: DLNConfig, height: int, width: int) -> dict[str, int]:
-    """FLOP per image grouped by top-level block (feat1, feat_out_2, ...), for profiles."""
-    grouped: dict[str, int] = {}
-    for name, cost in layer_flops(config, height, width).items():
-        block = name.split(".")[0]
-        grouped[block] = grouped.get(block, 0) + cost
-    return grouped
-
-
 def flops_by_kernel(config: DLNConfig, height: int, width: int) -> dict[str, int]:
     """FLOP per image grouped by layer kind: '3x3 conv', '1x1 conv', 'dense'."""
     costs = layer_flops(config, height, width)

@@ -25,7 +25,7 @@ import numpy as np
 from core.errors import InputError
 from core.recipe import AUTHORS_RECIPE
 from parity.bench.benchmark import (DEFAULT_PEAK_N, PEAK_LIBRARIES, SETUP_TIMEOUT_S, BenchError,
-                                    WorkerProcess, _peak_round, machine_description,
+                                    WorkerProcess, machine_description, timed_rounds,
                                     peak_from_runs, throughput_figures, worker_env)
 from parity.bench.flops import training_step_flops
 from parity.bench.train_runners import DEFAULT_TRAIN_BACKENDS, TRAIN_BACKENDS
@@ -134,7 +134,6 @@ def _setup(opts: TrainBenchOptions, workers: dict, rows: dict) -> None:
 def run_train_bench(opts: TrainBenchOptions) -> dict:
     """Set every backend up (compiling, warm-up steps), then `repeats` rounds of: one matmul
     per library for the peak, one training step per backend."""
-    from core.progress import progress
     from weights.convert import load_checkpoint
 
     if opts.patch < 11:
@@ -144,19 +143,12 @@ def run_train_bench(opts: TrainBenchOptions) -> dict:
     workers: dict[str, WorkerProcess] = {}
     rows: dict[str, dict] = {}
     peak_runs: dict[str, list[float]] = {lib: [] for lib in PEAK_LIBRARIES}
-    rss: dict[str, float] = {}
     profile = None
     peak_worker = WorkerProcess("matmul-peak", env={**worker_env("torch"), **opts.env})
     try:
         _setup(opts, workers, rows)
-        seconds: dict[str, list[float]] = {name: [] for name in workers}
-        for _ in progress(range(opts.repeats), desc="timed rounds", unit="round",
-                          disable=not opts.show_progress):
-            _peak_round(peak_worker, opts.peak_n, peak_runs)
-            for name, worker in workers.items():
-                answer = worker.request({"op": "time", "repeats": 1}, timeout=STEP_TIMEOUT_S)
-                seconds[name] += answer["seconds"]
-                rss[name] = answer["peak_rss_mib"]
+        seconds, rss = timed_rounds(workers, peak_worker, opts.peak_n, peak_runs, opts.repeats,
+                                    opts.show_progress, timeout=STEP_TIMEOUT_S)
         if opts.profile and "jax" in workers:
             profile = workers["jax"].request({"op": "profile"}, timeout=STEP_TIMEOUT_S)["profile"]
     finally:

@@ -1,6 +1,6 @@
 """One training step per backend, ready to time: the trainers `dln train` runs, on one batch.
 
-A train runner holds a framework's trainer (parity.trainers.make_trainer: the same
+A train runner holds a framework's trainer (frameworks.trainers.make_trainer: the same
 object `dln train` steps) started from the checkpoint's weights with fresh Adam
 moments, and one seeded batch of `batch` crops of `patch` x `patch` pixels (a dark
 input and its brighter target, NHWC float32 as core.data delivers them). `step()` is one
@@ -64,7 +64,7 @@ class TrainRunner:
         self.trainer = self._make_trainer()
 
     def _make_trainer(self):
-        from parity.trainers import make_trainer
+        from frameworks.trainers import make_trainer
 
         if self.name.startswith("jax"):
             from port.trainer import JaxTrainer

@@ -138,10 +138,6 @@ DEFECTS: dict[str, TrainingDefect] = {d.name: d for d in [
 ]}
 
 
-def defect_names() -> list[str]:
-    return list(DEFECTS)
-
-
 def status_of(defect: TrainingDefect, result, correct=None) -> tuple[str, str]:
     """(status, note) of one defect's training parity result (module docstring). A check
     the correct run (`correct`, on the same trajectory) fails too is no evidence: only

@@ -84,6 +84,17 @@ def _refused(capsys, argv) -> str:
      "dim must be at most"),
     (["convert", "a.pth", "b.safetensors", "--variant", "dim=20000"], "dim must be at most"),
     (["table2", "--repeats", "0"], "--repeats"),
+    (["bench", "--batch", "0"], "--batch"),
+    (["bench", "--repeats", "1e6"], "at most"),
+    (["bench", "--peak-size", "1e9"], "at most"),
+    (["bench", "--workload", "train", "--patch", "5"], "--patch"),
+    (["bench", "--size", "99999x99999"], "this run may use"),
+    (["bench", "--size", "4000x6000", "--batch", "4096"], "this run may use"),
+    (["parity", "--seed=-1"], "--seed"),
+    (["parity", "--tol", "nan"], "--tol"),
+    (["parity", "--steps", "0"], "--steps"),
+    (["parity", "--size", "99999x99999"], "needs about"),
+    (["parity", "--variant", "dim=20000"], "dim must be at most"),
 ])
 def test_out_of_range_numbers_are_one_line_exit_2_before_any_work(tmp_path, capsys,
                                                                   monkeypatch, argv, phrase):

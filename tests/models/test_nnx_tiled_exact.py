@@ -30,7 +30,7 @@ def test_nnx_tiles_buckets_and_transposed_runs_match_the_plain_nnx_forward(ckpt1
     # runner and the plain forward compile (~2 s quiet, 5 s on the loaded 2-core machine).
     # The plain NNX forward is bit-equal to the Linen port's (tests/models/test_nnx_model.py);
     # the PNGs of the two backends are compared through `dln enhance` (tests/dln).
-    from parity.engine.tiling import compare_tiled_with_whole
+    from parity.engine.tiled_vs_whole import compare_tiled_with_whole
 
     rows = compare_tiled_with_whole(ckpt16, _lowlight(53, 31, seed=4), (20,),
                                     backends=("nnx",), maps_in_memory=(True,))

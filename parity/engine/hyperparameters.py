@@ -315,17 +315,22 @@ def hyperparameter_rows(port, attributes: dict | None = None, calls=None) -> lis
         if module is None or not name:
             continue
         shape = port.reference.input_shapes.get(name)
-        if call_kind(module) is not None:
-            if name in by_module:
-                rows += call_rows(name, module, by_module[name], shape)
+        try:
+            if call_kind(module) is not None:
+                if name in by_module:
+                    rows += call_rows(name, module, by_module[name], shape)
+                continue
+            path = port.flax_path_of(name)
+            flax = port.census.modules.get(path) if path is not None else None
+            if flax is None:
+                continue
+            if path in attributes:
+                flax = Overlay(flax, attributes[path])
+            rows += module_rows(name, module, path, flax, shape, training)
+        except (AttributeError, TypeError, ValueError):
+            # a port's own module with unexpected settings (a padding given in a form of
+            # its own): not read here; the numbers still judge it
             continue
-        path = port.flax_path_of(name)
-        flax = port.census.modules.get(path) if path is not None else None
-        if flax is None:
-            continue
-        if path in attributes:
-            flax = Overlay(flax, attributes[path])
-        rows += module_rows(name, module, path, flax, shape, training)
     return rows
 
 

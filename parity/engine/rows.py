@@ -188,7 +188,8 @@ def format_table(report: Report) -> list[str]:
     """The per-row table as text lines (for the terminal)."""
     names = [escape_text(r.name) for r in report.rows]
     width = max([len(n) for n in names] + [5])
-    lines = [f"{'row':<{width}}  {'shape':<16} {'max|diff|':>9}  {'rel.scale':>9}  status"]
+    lines = [f"{'row':<{width}}  {'shape':<16} {'layout':<13} {'max|diff|':>9}  "
+             f"{'rel.scale':>9}  status"]
     for name, r in zip(names, report.rows):
         shape = format_shape(r.torch_shape if r.torch_shape is not None else r.jax_shape)
         status = r.status
@@ -196,8 +197,8 @@ def format_table(report: Report) -> list[str]:
             status += f" (JAX {format_shape(r.jax_shape)})"
         if r.status == HYPERPARAMETER:
             status += f" ({escape_text(r.flax_name or '')})"
-        lines.append(f"{name:<{width}}  {shape:<16} {_num(r.max_abs):>9}  "
-                     f"{_num(r.rel_to_scale):>9}  {status}")
+        lines.append(f"{name:<{width}}  {shape:<16} {r.layout or '-':<13} "
+                     f"{_num(r.max_abs):>9}  {_num(r.rel_to_scale):>9}  {status}")
     return lines
 
 

@@ -24,8 +24,14 @@ def register(sub) -> None:
         "check", help="compare any PyTorch model with its Flax port, module by module",
         description="Run a PyTorch model and its Flax port on the same converted weights and "
                     "seeded inputs, capture every module on both sides (torch forward hooks / "
-                    "Flax capture_intermediates), align them by name (torch a.b.0 <-> Flax "
-                    "a/b_0) and report each row and the first divergence. --mutants injects "
+                    "Flax capture_intermediates), pair them by name (torch a.b.0 <-> Flax "
+                    "a/b_0), then by shape and execution order (Flax's automatic names; "
+                    "guesses printed, ties refused), compare each output in the layout what "
+                    "produced it gives (never guessed from shapes) and each pair's "
+                    "hyperparameters (eps, padding, strides, GELU approximation, pooling, "
+                    "...: a mismatch fails even below the tolerance), and report each row, "
+                    "the first divergence and the torch-only modules just before it. "
+                    "--mutants injects "
                     "known porting defects into the Flax side and checks that each is caught "
                     "where it was put. --save-fixture stores the torch run, so that CI can "
                     "check the port with --fixture where PyTorch is not installed. "
@@ -41,7 +47,11 @@ def register(sub) -> None:
                "            --mutants all --report out/check --junit out/check.xml\n"
                "  dln check --torch net.py:make --flax port.py:make --input-shape 1,3,32,32 \\\n"
                "            --save-fixture net.safetensors\n"
-               "  dln check --fixture net.safetensors --flax port.py:make   # no torch needed")
+               "  dln check --fixture net.safetensors --flax port.py:make   # no torch needed\n"
+               "  dln check --torch block.py:make --flax port.py:make --input-shape 2,64,192 \\\n"
+               "            --input-layout as-is               # tokens (N, L, C)\n"
+               "  dln check --torch net.py:make --flax port.py:make --input-shape 2,3,64,64 \\\n"
+               "            --train --apply-kwargs '{\"train\": false}' --mapping pairs.json")
     p.add_argument("--torch", default=None, metavar="FILE.py:FUNC",
                    help="function returning the torch model (FILE.py:FUNC or pkg.mod:FUNC); "
                         "it is put in eval mode")

@@ -206,6 +206,22 @@ CATALOGUE: tuple[Mutant, ...] = (
       "        return list(rates)",
       ("tests/parity/test_train_parity.py",),
       "the zoo's rate defects never reach the JAX side (the zoo would test nothing)"),
+    # ---- the NNX frontend (parity/engine/nnx.py)
+    M("nnx-super-call-logged-twice", "parity/engine/nnx.py",
+      "        if run is None or key not in run.paths or key in run.running:",
+      "        if run is None or key not in run.paths:",
+      ("tests/parity/test_nnx_frontend.py",),
+      "a subclass's __call__ calling super().__call__ logged as two calls of one module"),
+    M("nnx-patches-left-in-place", "parity/engine/nnx.py",
+      "            setattr(cls, \"__call__\", original)\n",
+      "            pass\n",
+      ("tests/parity/test_nnx_frontend.py",),
+      "the patched __call__ of NNX classes not restored after a run"),
+    M("nnx-inherited-call-not-captured", "parity/engine/nnx.py",
+      "        for cls in type(module).__mro__:",
+      "        for cls in (type(module),):",
+      ("tests/parity/test_nnx_frontend.py",),
+      "only each class's own __call__ patched: a subclass inheriting it is not captured"),
 )
 
 

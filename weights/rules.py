@@ -322,7 +322,8 @@ def _refuse(where: str, kind: str, tensors: dict, why: str) -> NoConverterRule:
 
 def plan_conversion(torch_model, mapping: dict[str, str] | None = None,
                     flax_modules: dict[str, object] | None = None,
-                    extra_rules: dict | None = None) -> ConversionPlan:
+                    extra_rules: dict | None = None,
+                    paths_of: Callable[[str], list[str]] | None = None) -> ConversionPlan:
     """The rule of every tensor of `torch_model`. A module takes the rule of the most
     specific class of its MRO that has one (extra_rules: {class or class name: rule},
     before the built-in ones); the parameters and float buffers of a module of your own
@@ -330,8 +331,13 @@ def plan_conversion(torch_model, mapping: dict[str, str] | None = None,
     of the port's module; integer buffers are dropped and listed. A torch.nn kind with
     tensors and no rule (LSTM, ...) is refused (NoConverterRule) naming the module, its
     kind and its tensors. flax_modules: Flax path -> Flax module (read for ConvTranspose's
-    transpose_kernel and MultiheadAttention's layout); mapping: torch name -> Flax path."""
-    mapping = {k: v.replace(".", "/") for k, v in (mapping or {}).items()}
+    transpose_kernel and MultiheadAttention's layout); mapping: torch name -> Flax path.
+    paths_of: the port's rename rule (an NNX port's: parity.engine.nnx), whose paths
+    (and the mapping's) are taken as spelled; default the Linen rule, whose mapping may
+    be spelled with dots (`enc.conv` -> `enc/conv`)."""
+    paths_of = paths_of or flax_path_candidates
+    mapping = {k: v.replace(".", "/") if paths_of is flax_path_candidates else v
+               for k, v in (mapping or {}).items()}
     flax_modules = flax_modules or {}
     planned: list[TensorRule] = []
     dropped: list[str] = []
@@ -344,7 +350,7 @@ def plan_conversion(torch_model, mapping: dict[str, str] | None = None,
         where = f"'{name}'" if name else "the root module"
         path = mapping.get(name)
         if path is None:
-            candidates = flax_path_candidates(name)
+            candidates = paths_of(name)
             path = next((c for c in candidates if c in flax_modules), candidates[0])
         found = rule_for(module, extra_rules)
         if name in attention_out:
@@ -387,7 +393,9 @@ def plan_conversion(torch_model, mapping: dict[str, str] | None = None,
 def convert_model(torch_model, expected: dict[str, tuple[int, ...]] | None = None,
                   mapping: dict[str, str] | None = None,
                   flax_modules: dict[str, object] | None = None,
-                  extra_rules: dict[str, Rule] | None = None) -> tuple[dict, ConversionPlan]:
+                  extra_rules: dict[str, Rule] | None = None,
+                  paths_of: Callable[[str], list[str]] | None = None
+                  ) -> tuple[dict, ConversionPlan]:
     """(Flax variables {collection: tree}, plan) from a torch model's own tensors.
 
     expected: the Flax model's variable shapes, flat ('params/a/kernel' -> shape);
@@ -395,7 +403,7 @@ def convert_model(torch_model, expected: dict[str, tuple[int, ...]] | None = Non
     lists in one ConversionMismatch. A PReLU whose Flax module names its one slope
     differently (e.g. 'alpha') uses that name.
     """
-    plan = plan_conversion(torch_model, mapping, flax_modules, extra_rules)
+    plan = plan_conversion(torch_model, mapping, flax_modules, extra_rules, paths_of)
     if expected is not None:
         plan = _adopt_collections(plan, expected)
     state = {}

@@ -4,7 +4,7 @@ trees, and the one strict comparison of two tables of tensor shapes.
 - Rename rule: a torch module name `a.b.0` is the Flax module path `a/b_0` (an index
   of an nn.Sequential / ModuleList becomes `_0`); a Flax `nn.Sequential` puts the same
   module at `a/b/layers_0`, the second candidate. NNX paths read like torch names;
-  an nnx.Sequential adds `layers.` (`a.0` -> `a.layers.0`).
+  an nnx.Sequential adds `layers.` at any of the indices (`a.0` -> `a.layers.0`).
 - Trees: `{'params': {'a': {'kernel': v}}}` <-> `{'params/a/kernel': v}` (or, with
   sep='.', dotted names such as `feat1.conv.kernel`; sep=None: tuple paths).
 - `shape_mismatch` lists missing, unexpected and wrongly shaped tensors, sorted, in
@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 
 _SEQUENTIAL_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
+MAX_SEQUENTIAL_LEVELS = 4  # NNX: indices of one name that may sit in an nnx.Sequential
 
 
 def rename(torch_module: str) -> str:
@@ -35,9 +36,18 @@ def flax_path_candidates(torch_module: str) -> list[str]:
 
 def nnx_path_candidates(torch_module: str) -> list[str]:
     """Paths a torch module may have in an NNX port: its own name (NNX paths read like
-    torch's), then the same module inside an nnx.Sequential (`a.0` -> `a.layers.0`)."""
-    sequential = _SEQUENTIAL_INDEX.sub(r".layers.\1", torch_module)
-    return [torch_module] if sequential == torch_module else [torch_module, sequential]
+    torch's), then the same with an nnx.Sequential at some of its indices (`a.0` ->
+    `a.layers.0`; `blocks.0.mlp.1` -> `blocks.0.mlp.layers.1`, ...), fewest first."""
+    import itertools
+
+    parts = torch_module.split(".") if torch_module else []
+    indices = [i for i, part in enumerate(parts) if part.isdigit()]
+    out = []
+    for count in range(min(len(indices), MAX_SEQUENTIAL_LEVELS) + 1):
+        for chosen in itertools.combinations(indices, count):
+            out.append(".".join(f"layers.{p}" if i in chosen else p
+                                for i, p in enumerate(parts)))
+    return out
 
 
 def flatten_tree(tree, sep: str | None = "/") -> dict:

@@ -23,17 +23,17 @@ def register(sub) -> None:
     p = sub.add_parser(
         "check", help="compare any PyTorch model with its Flax port, module by module",
         description="Run a PyTorch model and its Flax port on the same converted weights and "
-                    "seeded inputs, capture every module on both sides (torch forward hooks / "
-                    "Flax capture_intermediates), pair them by name (torch a.b.0 <-> Flax "
-                    "a/b_0), then by shape and execution order (Flax's automatic names; "
-                    "guesses printed, ties refused), compare each output in the layout what "
-                    "produced it gives (never guessed from shapes) and each pair's "
-                    "hyperparameters (eps, padding, strides, GELU approximation, pooling, "
-                    "...: a mismatch fails even below the tolerance), and report each row, "
-                    "the first divergence and the torch-only modules just before it. "
-                    "--mutants injects "
-                    "known porting defects into the Flax side and checks that each is caught "
-                    "where it was put. --save-fixture stores the torch run, so that CI can "
+                    "seeded inputs, capture every module on both sides (torch forward hooks; "
+                    "NNX: each module's __call__, Linen: capture_intermediates), pair them by "
+                    "name (torch a.b.0 <-> NNX a.b.0 or a.layers.0, Linen a/b_0), then by "
+                    "shape and execution order (Flax's automatic names; guesses printed, "
+                    "ties refused), compare each output in the layout what produced it gives "
+                    "(never guessed from shapes) and each pair's hyperparameters (eps, "
+                    "padding, strides, GELU approximation, pooling, ...: a mismatch fails "
+                    "even below the tolerance), and report each row, the first divergence "
+                    "and the torch-only modules just before it. --mutants injects known "
+                    "porting defects into the Flax side and checks that each is caught where "
+                    "it was put. --save-fixture stores the torch run, so that CI can "
                     "check the port with --fixture where PyTorch is not installed. "
                     "FILE.py factories are imported and called: their code runs, so name only "
                     "files you trust. Exit 0: all pass, no mutant missed; 1: divergence or "
@@ -41,7 +41,7 @@ def register(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  dln check --torch parity/examples/tiny_unet/torch_model.py:build \\\n"
-               "            --flax parity/examples/tiny_unet/flax_model.py:build "
+               "            --flax parity/examples/tiny_unet/nnx_model.py:build "
                "--input-shape 2,3,16,16\n"
                "  dln check --torch net.py:make --flax port.py:make --input-shape 1,3,32,32 \\\n"
                "            --mutants all --report out/check --junit out/check.xml\n"
@@ -56,7 +56,8 @@ def register(sub) -> None:
                    help="function returning the torch model (FILE.py:FUNC or pkg.mod:FUNC); "
                         "it is put in eval mode")
     p.add_argument("--flax", required=True, metavar="FILE.py:FUNC",
-                   help="function returning the Flax model (linen)")
+                   help="function returning the Flax model: a flax.nnx.Module (put in eval "
+                        "mode, like the torch model) or a flax.linen.Module")
     p.add_argument("--input-shape", default=None, metavar="N,C,H,W",
                    help="input shape in the torch layout, e.g. 2,3,32,32")
     p.add_argument("--fixture", default=None, metavar="FILE",

@@ -34,6 +34,7 @@ def register(sub) -> None:
                "\nexamples:\n"
                "  dln parity --weights DLN_pretrained.pth --size 61x93 --batch 3\n"
                "  dln parity --variant brightness=off,residual_sign=paper,dim=16\n"
+               "  dln parity --backend nnx --weights DLN_pretrained.pth\n"
                "  dln parity --inject conv1d-kernel --report out/parity_conv1d")
     p.add_argument("--weights", default=None,
                    help=".pth or .safetensors checkpoint (default: seeded random weights with "
@@ -50,6 +51,10 @@ def register(sub) -> None:
     p.add_argument("--variant", default=None,
                    help="switches, e.g. brightness=off,residual_sign=paper,gamma=0.5 (dim=16 "
                         "for random weights); must agree with what the checkpoint records")
+    p.add_argument("--backend", choices=("jax", "nnx"), default="jax",
+                   help="the port checked: jax = the Flax Linen port (port/model.py), nnx = "
+                        "the Flax NNX port (port/nnx_model.py); the same blocks, weights and "
+                        "report (default jax)")
     p.add_argument("--inject", default=None, metavar="DEFECT",
                    help="apply a known porting defect to the JAX side only (see below)")
     p.add_argument("--report", default=None, metavar="DIR",
@@ -152,7 +157,11 @@ def run(args) -> int:
             raise UserError("--fixture takes its weights and inputs from the fixture; drop "
                             "--weights/--images/--size/--gradients/--training")
         return _finish(args, dln.run_fixture(args.fixture or None, tol=args.tol,
-                                             defect=args.inject))
+                                             defect=args.inject, backend=args.backend))
+    if (args.gradients or args.training) and args.backend != "jax":
+        raise UserError("--gradients and --training check the Linen port (the NNX port's "
+                        "gradients: dln check --gradients with an NNX factory; its training: "
+                        "dln train --framework nnx)")
     if (args.gradients or args.training) and args.images or args.gradients and args.inject:
         raise UserError("--gradients and --training take --weights/--variant/--size/--batch, "
                         "not --images (nor --gradients --inject)")
@@ -167,7 +176,7 @@ def run(args) -> int:
     inputs = dln.image_inputs(args.images, args.batch, ckpt.config) if args.images else \
         dln.random_inputs(size, batch, args.seed)
     return _finish(args, dln.run_parity(ckpt, inputs, tol=args.tol, defect=args.inject,
-                                        weights_label=label))
+                                        weights_label=label, backend=args.backend))
 
 
 def _finish(args, result) -> int:
@@ -186,6 +195,8 @@ def _finish(args, result) -> int:
         print(f"weights: {escape_text(details['weights'])}; dim {config['dim']}, "
               f"brightness={'on' if config['brightness'] else 'off'}, gamma={config['gamma']:g}, "
               f"residual_sign={config['residual_sign']}", file=out)
+    if details.get("port"):
+        print(f"port: {details['port']}", file=out)
     inputs = details.get("inputs")
     if inputs:
         print(f"inputs: {escape_text(inputs.get('description', inputs))}", file=out)

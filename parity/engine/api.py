@@ -15,8 +15,9 @@ What happens:
   (input_layout "channels-last" for NCL, "as-is" for tokens (N, L, C)) or as the first
   module reading them says; each torch output is moved or kept by what produced it
   (parity.engine.torch_side.record_torch) and each row names its layout.
-- alignment: a user `mapping` {torch name: Flax path}, torch `a.b.0` <-> Flax `a/b_0`
-  (weights/trees.py), then Flax's automatic names paired by shape and execution order
+- alignment: a user `mapping` {torch name: Flax path}, torch `a.b.0` <-> Linen `a/b_0`,
+  NNX `a.b.0` or `a.layers.0` inside an nnx.Sequential (the frontend's rename rule,
+  weights/trees.py), then Flax's automatic names paired by shape and execution order
   (parity.engine.pairing: guesses listed, ambiguity refused). A module seen on one side
   only is a row of its own, never dropped; the final output is always judged.
 - pass rule (parity/engine/tolerance.py): max|flax - torch| <= tol * max(1, max|torch|)
@@ -144,7 +145,7 @@ def convert_weights(torch_model, flax_model, inputs, *, mapping: dict[str, str] 
     pairing = infer_pairing(torch_model, census, mapping, frontend.path_candidates,
                             reference.order, extra_rules)
     converted = convert_model(torch_model, census.shapes, pairing.mapping, census.modules,
-                              extra_rules)[0]
+                              extra_rules, paths_of=frontend.path_candidates)[0]
     if len(_CONVERSIONS) >= CONVERSIONS_KEPT:
         _CONVERSIONS.pop(next(iter(_CONVERSIONS)))
     _CONVERSIONS[id(converted)] = (converted, pairing, reference.input_layouts)
@@ -158,7 +159,7 @@ def infer_pairing(torch_model, census: Census, mapping: dict[str, str] | None = 
     execution order; guesses listed; ambiguity refused)."""
     from weights.rules import plan_conversion
 
-    plan = plan_conversion(torch_model, mapping, census.modules, extra_rules)
+    plan = plan_conversion(torch_model, mapping, census.modules, extra_rules, paths_of)
     return pair_modules(plan, census, mapping, paths_of, torch_order, torch_model)
 
 

@@ -117,14 +117,26 @@ def load_weights_into(torch_model, path: str) -> None:
                                  for k in own}, strict=True)
 
 
-def build(spec: str, kind: type, kind_name: str):
-    """The model a factory returns, of `kind` (a torch model in eval mode)."""
+def build(spec: str, kind: type | tuple[type, ...], kind_name: str):
+    """The model a factory returns, of `kind`; a torch model or an NNX module is put in
+    eval mode (NNX: BatchNorm's running averages, dropout off), a Linen module has none."""
     factory = load_factory(spec)
     with user_code(f"{spec} failed"):
         model = factory()
     if not isinstance(model, kind):
         raise CheckInputError(f"{spec} returned {type(model).__name__}, not a {kind_name}")
-    return model.eval() if kind_name.startswith("torch") else model
+    if hasattr(model, "eval") and callable(model.eval):
+        with user_code(f"{spec}: its model cannot be put in eval mode"):
+            model.eval()
+    return model
+
+
+def build_flax(spec: str):
+    """The Flax port a factory returns: a flax.nnx.Module or a flax.linen.Module."""
+    import flax.linen
+    from flax import nnx
+
+    return build(spec, (nnx.Module, flax.linen.Module), "flax.nnx.Module or flax.linen.Module")
 
 
 def mutant_names(text: str | None) -> list[str] | None:
@@ -209,11 +221,10 @@ def run_check(torch_spec: str, flax_spec: str, input_shape: tuple[int, ...], *,
     extra_rules = load_rules(rules)
     if save_fixture and (Path(save_fixture).exists() or Path(save_fixture).is_symlink()):
         raise CheckInputError(f"--save-fixture {save_fixture}: exists (remove it first)")
-    import flax.linen
     import torch
 
     torch_model = build(torch_spec, torch.nn.Module, "torch.nn.Module")
-    flax_model = build(flax_spec, flax.linen.Module, "flax.linen.Module")
+    flax_model = build_flax(flax_spec)
     if weights:
         load_weights_into(torch_model, weights)
     shown = ",".join(map(str, input_shape))
@@ -252,10 +263,8 @@ def run_fixture_check(fixture: str, flax_spec: str, *, tol: float | None = None)
 
     if not Path(fixture).is_file():
         raise CheckInputError(f"--fixture {fixture}: no such file")
-    import flax.linen
-
     stored = load_fixture(fixture)
-    flax_model = build(flax_spec, flax.linen.Module, "flax.linen.Module")
+    flax_model = build_flax(flax_spec)
     with user_code("the Flax model cannot run the fixture's inputs"):
         port = fixture_port(stored, flax_model, tol=tol, where=fixture)
         report = port.compare()

@@ -1,7 +1,7 @@
 """The Flax side behind one small interface: everything above it works for any kind of port.
 
-A frontend wraps one Flax model and the arguments of its apply (Linen: linen.py;
-`frontend_for` picks it) and offers: `path_candidates(torch_name)` (the rename rule);
+A frontend wraps one Flax model and the arguments of its apply (Linen: linen.py, NNX:
+nnx.py; `frontend_for` picks it) and offers: `path_candidates(torch_name)` (the rename rule);
 `census(inputs)` (every submodule by path, every variable's shape under flat keys
 'collection/path/leaf', from an abstract run); `make_apply(wanted, context, jit)` (a
 function of (variables, *inputs) giving {(path, suffix): output} for every submodule in
@@ -117,12 +117,18 @@ def flax_inputs(inputs) -> tuple[np.ndarray, ...]:
 
 
 def frontend_for(flax_model, apply_kwargs: dict | None = None):
-    """The frontend that reads `flax_model` (a flax.linen.Module today)."""
+    """The frontend that reads `flax_model`: a flax.linen.Module (linen.py) or a
+    flax.nnx.Module (nnx.py)."""
     import flax.linen as nn
+    from flax import nnx
 
     if isinstance(flax_model, nn.Module):
         from parity.engine.linen import LinenFrontend
 
         return LinenFrontend(flax_model, apply_kwargs)
+    if isinstance(flax_model, nnx.Module):
+        from parity.engine.nnx import NNXFrontend
+
+        return NNXFrontend(flax_model, apply_kwargs)
     raise UnsupportedPort(f"the Flax model is a {type(flax_model).__name__}, not a "
-                          "flax.linen.Module")
+                          "flax.linen.Module or a flax.nnx.Module")

@@ -29,14 +29,14 @@ from weights.trees import flatten_tree, flax_path_candidates, nest_tree
 
 # (function name, namespaces ports call it from)
 PATCHABLE = {
-    "gelu": ("jax.nn", "flax.linen", "flax.linen.activation"),
-    "leaky_relu": ("jax.nn", "flax.linen", "flax.linen.activation"),
+    "gelu": ("jax.nn", "flax.linen", "flax.linen.activation", "flax.nnx"),
+    "leaky_relu": ("jax.nn", "flax.linen", "flax.linen.activation", "flax.nnx"),
     "resize": ("jax.image",),
-    "max_pool": ("flax.linen", "flax.linen.pooling"),
-    "avg_pool": ("flax.linen", "flax.linen.pooling"),
+    "max_pool": ("flax.linen", "flax.linen.pooling", "flax.nnx"),
+    "avg_pool": ("flax.linen", "flax.linen.pooling", "flax.nnx"),
     "pad": ("jax.numpy",),
-    "hard_swish": ("jax.nn", "flax.linen", "flax.linen.activation"),
-    "hard_sigmoid": ("jax.nn", "flax.linen", "flax.linen.activation"),
+    "hard_swish": ("jax.nn", "flax.linen", "flax.linen.activation", "flax.nnx"),
+    "hard_sigmoid": ("jax.nn", "flax.linen", "flax.linen.activation", "flax.nnx"),
 }
 APPLY_CACHE_SIZE = 16  # compiled applies kept per process (model, chosen paths, arguments)
 _APPLY_CACHE: dict = {}
@@ -263,7 +263,6 @@ class _ScopeTracker:
 
     def __init__(self):
         self.stack: list[str] = [""]
-        self.counts: dict[tuple[str, str], int] = {}
 
     def __call__(self, next_fun, args, kwargs, context):
         self.stack.append("/".join(context.module.path))
@@ -272,26 +271,22 @@ class _ScopeTracker:
         finally:
             self.stack.pop()
 
-    def next_index(self, function: str) -> tuple[str, int]:
-        key = (function, self.stack[-1])
-        self.counts[key] = self.counts.get(key, 0) + 1
-        return self.stack[-1], self.counts[key]
-
 
 @contextlib.contextmanager
-def calls_patched(on_call: Callable) -> Iterator[None]:
+def functions_patched(on_call: Callable, current_scope: Callable[[], str]) -> Iterator[None]:
     """Stand-ins for PATCHABLE functions: on_call(function, original, scope, index, args,
-    kwargs) computes each call. Restored on exit."""
-    import flax.linen as nn
-
-    tracker = _ScopeTracker()
+    kwargs) computes each call, scope being current_scope() (the innermost module running,
+    as the frontend knows it) and index counting calls of the function in that scope.
+    Restored on exit."""
+    counts: dict[tuple[str, str], int] = {}
     saved = []
     for function, namespaces in PATCHABLE.items():
         modules = [importlib.import_module(n) for n in namespaces]
         original = getattr(modules[0], function)
 
         def stand_in(*args, _function=function, _original=original, **kwargs):
-            scope, index = tracker.next_index(_function)
+            scope = current_scope()
+            counts[(_function, scope)] = index = counts.get((_function, scope), 0) + 1
             return on_call(_function, _original, scope, index, args, kwargs)
 
         for module in modules:
@@ -299,8 +294,17 @@ def calls_patched(on_call: Callable) -> Iterator[None]:
                 saved.append((module, function, original))
                 setattr(module, function, stand_in)
     try:
-        with nn.intercept_methods(tracker):
-            yield
+        yield
     finally:
         for module, function, original in saved:
             setattr(module, function, original)
+
+
+@contextlib.contextmanager
+def calls_patched(on_call: Callable) -> Iterator[None]:
+    """functions_patched, each call attributed to the innermost Linen module running."""
+    import flax.linen as nn
+
+    tracker = _ScopeTracker()
+    with functions_patched(on_call, lambda: tracker.stack[-1]), nn.intercept_methods(tracker):
+        yield

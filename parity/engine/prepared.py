@@ -133,7 +133,8 @@ def prepare_port(torch_model, flax_model, inputs, *, variables: dict | None = No
     pairing = infer_pairing(torch_model, census, mapping, frontend.path_candidates, order,
                             extra_rules)
     converted, plan = convert_model(torch_model, census.shapes, pairing.mapping,
-                                    census.modules, extra_rules)
+                                    census.modules, extra_rules,
+                                    paths_of=frontend.path_candidates)
     variables = converted if variables is None else variables
     return PreparedPort(torch_model, frontend, variables, inputs, census, plan, reference,
                         pairing.mapping, tol, torch_modules is not None, pairing.guessed,

@@ -65,10 +65,43 @@ def reference_model(ckpt):
     return model_from_state(ckpt.torch_state, ckpt.config)
 
 
-def port_model(config: DLNConfig):
+PORTS = ("jax", "nnx")  # the Linen port (port/model.py) and the NNX port (port/nnx_model.py)
+
+
+def port_model(config: DLNConfig, backend: str = "jax"):
+    """The port `dln parity` checks: the Linen DLN ("jax") or the NNX DLN ("nnx"; its own
+    weights are never used: every variable is given)."""
+    if backend == "nnx":
+        from port.nnx_model import init_model
+
+        return init_model(config)
+    if backend != "jax":
+        raise UserError(f"--backend {backend!r}: expected one of {', '.join(PORTS)}")
     from port.model import DLN
 
     return DLN(config)
+
+
+def port_variables(frontend, flax_params: dict[str, np.ndarray]) -> dict:
+    """DLN's weights (dotted Flax names, which both ports share: one safetensors file
+    serves both) as the frontend's variables."""
+    from weights.trees import nest_tree
+
+    if frontend.kind == "nnx":
+        return frontend.variables_named(flax_params)
+    return {"params": nest_tree(flax_params, sep=".")}
+
+
+def port_mapping(backend: str, torch_names) -> dict[str, str]:
+    """Torch block -> port path where the frontend's rename rule does not give it: the
+    NNX DLN's attributes are the Linen port's names (`fusion.fc_0` for torch's
+    `fusion.fc.0`), so that one safetensors file serves both ports."""
+    from weights.trees import rename
+
+    if backend != "nnx":
+        return {}
+    return {name: rename(name).replace("/", ".") for name in torch_names
+            if rename(name).replace("/", ".") != name}
 
 
 def block_names(torch_model) -> list[str]:
@@ -160,19 +193,20 @@ def image_inputs(paths: list[str], batch: int | None = None,
 
 
 # ---- forward parity, with or without an injected defect ---------------------------------
-def prepare(ckpt, inputs: Inputs, tol: float = FORWARD_ATOL):
+def prepare(ckpt, inputs: Inputs, tol: float = FORWARD_ATOL, backend: str = "jax"):
     """DLN's prepared port (parity.engine.prepared): the reference's blocks captured once,
     the checkpoint's Flax weights as they are (checked against DLN's tensor table when the
-    checkpoint was read), the census only when a defect needs it."""
+    checkpoint was read), the census only when a defect needs it. backend: which port."""
     from parity.engine.frontend import frontend_for
     from parity.engine.prepared import PreparedPort
     from parity.engine.torch_side import record_torch
 
+    frontend = frontend_for(port_model(ckpt.config, backend))
     torch_model = reference_model(ckpt)
     reference = record_torch(torch_model, inputs.x, block_names(torch_model))
-    return PreparedPort(torch_model, frontend_for(port_model(ckpt.config)),
-                        {"params": ckpt.flax_tree()}, (inputs.x,), None, None, reference,
-                        tol=tol, chosen=True)
+    return PreparedPort(torch_model, frontend, port_variables(frontend, ckpt.flax_params),
+                        (inputs.x,), None, None, reference,
+                        port_mapping(backend, reference.kinds), tol=tol, chosen=True)
 
 
 def _run(port, config: DLNConfig, defect: str | None, details: dict, notes: list[str]
@@ -198,21 +232,27 @@ def _run(port, config: DLNConfig, defect: str | None, details: dict, notes: list
 
 
 def run_parity(ckpt, inputs: Inputs, *, tol: float = FORWARD_ATOL, defect: str | None = None,
-               weights_label: str | None = None) -> CheckResult:
+               weights_label: str | None = None, backend: str = "jax") -> CheckResult:
     """Every block of the torch reference and the Flax port on ckpt's weights (a
     weights.convert.Checkpoint; its config says which variant both sides run); `defect`
-    (a DLN zoo entry) is applied to the JAX side only."""
+    (a DLN zoo entry) is applied to the JAX side only; backend: the Linen port ("jax")
+    or the NNX port ("nnx"), the same report."""
     check_memory(ckpt.config, *inputs.x.shape[:1], *inputs.x.shape[2:])
-    details = {"weights": weights_label or str(ckpt.source),
+    details = {"weights": weights_label or str(ckpt.source), "port": _port_name(backend),
                "inputs": {"shape": list(inputs.x.shape), "layout": "NCHW",
                           "description": inputs.description}}
-    return _run(prepare(ckpt, inputs, tol), ckpt.config, defect, details, list(ckpt.notes))
+    return _run(prepare(ckpt, inputs, tol, backend), ckpt.config, defect, details,
+                list(ckpt.notes))
+
+
+def _port_name(backend: str) -> str:
+    return "port.nnx_model.DLN (Flax NNX)" if backend == "nnx" else "port.model.DLN (Flax Linen)"
 
 
 def run_fixture(path: str | Path | None = None, *, tol: float | None = None,
-                defect: str | None = None) -> CheckResult:
-    """The Flax port against a DLN fixture's stored torch outputs (default: the committed
-    one); no PyTorch import."""
+                defect: str | None = None, backend: str = "jax") -> CheckResult:
+    """The Flax port (Linen "jax" or "nnx") against a DLN fixture's stored torch outputs
+    (default: the committed one); no PyTorch import."""
     from parity.engine.fixture import fixture_port, load_fixture
 
     path = Path(path) if path else default_fixture()
@@ -224,9 +264,18 @@ def run_fixture(path: str | Path | None = None, *, tol: float | None = None,
         raise UserError(f"--fixture {path}: not a DLN fixture (no DLN config in it; "
                         "`dln check --fixture` checks any model's)")
     config = DLNConfig.from_json(fixture.extra["dln_config"])
-    port = fixture_port(fixture, port_model(config), tol=tol, where=str(path))
+    model = port_model(config, backend)
+    if backend == "nnx":  # the fixture's variables under the NNX frontend's keys
+        from parity.engine.frontend import frontend_for
+
+        frontend = frontend_for(model)
+        fixture = dataclasses.replace(
+            fixture, variables=frontend.flat(port_variables(
+                frontend, {".".join(k.split("/")[1:]): v for k, v in fixture.variables.items()})),
+            mapping=port_mapping(backend, fixture.reference.kinds))
+    port = fixture_port(fixture, model, tol=tol, where=str(path))
     x = port.inputs[0]
-    details = {"weights": f"{path} (the fixture's)",
+    details = {"weights": f"{path} (the fixture's)", "port": _port_name(backend),
                "inputs": {"shape": list(x.shape), "layout": "NCHW", "description":
                           f"the fixture's input batch {x.shape[2]}x{x.shape[3]} (stored "
                           f"outputs: {fixture.extra.get('made_by', 'reference_torch')})"}}

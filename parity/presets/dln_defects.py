@@ -52,6 +52,23 @@ def _variables_only(port, changes: dict, what: str) -> Mutation:
                     None if changes else f"{what} changes no tensor of these weights")
 
 
+def _path(port, torch_module: str) -> str:
+    """The port's path of a torch module by the mapping or the frontend's rename rule
+    (no census needed: Linen 'feature/conv', NNX 'feature.conv')."""
+    return port.mapping.get(torch_module) or port.frontend.path_candidates(torch_module)[0]
+
+
+def _key(port, torch_module: str, leaf: str) -> str:
+    """The flat variable key of a torch module's `leaf` in the port (Linen
+    'params/feature/conv/kernel', NNX 'params/feature.conv/kernel')."""
+    return "/".join(["params", *filter(None, _path(port, torch_module).split("/")), leaf])
+
+
+def _dotted(key_or_path: str) -> str:
+    """A flat key or path in dots whatever the frontend ('feat1/conv' -> 'feat1.conv')."""
+    return key_or_path.replace("/", ".")
+
+
 def _is_kernel(key: str, value) -> bool:
     return key.endswith("/kernel") and np.ndim(value) == 4
 
@@ -71,13 +88,17 @@ def _first_block(port, kind: str, need=lambda name: True) -> list[Site]:
 
 # ---- conv1d-kernel: flax.linen.Conv(kernel_size=3) with an int is a 1-D conv -----------
 def _conv1d(port, site) -> Mutation:
+    nnx = port.frontend.kind == "nnx"
+
     def one_d(path, module):
         if type(module).__name__ != "Conv":
             return None
         pad = module.padding[-1][0] if isinstance(module.padding, (tuple, list)) else \
             module.padding
-        # exactly the earlier port's layer: int kernel_size and int padding
-        return {"kernel_size": module.kernel_size[-1], "padding": pad, "strides": 1}
+        # exactly the earlier port's layer: int kernel_size and int padding (an NNX Conv
+        # keeps an int kernel_size as a 1-tuple)
+        size = module.kernel_size[-1]
+        return {"kernel_size": (size,) if nnx else size, "padding": pad, "strides": 1}
     # a 1-D port has one kernel row per conv: give it the centre row of each 3x3
     changes = _changed(port, lambda key, v: v[v.shape[0] // 2], _is_kernel)
     return Mutation(replaced(port, changes), port.frontend.modules_changed(one_d), compile=True)
@@ -87,18 +108,20 @@ def _conv1d(port, site) -> Mutation:
 def _feature_width(port, site) -> Mutation:
     flat = port.frontend.flat(port.variables)
     rng = np.random.default_rng(FEATURE_WIDTH_SEED)
-    k, b, ko = (np.asarray(flat[f"params/{name}"]) for name in
-                ("feature/conv/kernel", "feature/conv/bias", "out/kernel"))
+    keys = (_key(port, "feature.conv", "kernel"), _key(port, "feature.conv", "bias"),
+            _key(port, "out", "kernel"))
+    k, b, ko = (np.asarray(flat[key]) for key in keys)
     dim, wide = k.shape[-1], 4 * k.shape[-1]
     extra = rng.normal(0, 1 / np.sqrt(np.prod(k.shape[:3])), k.shape[:3] + (wide - dim,))
     extra_b = rng.uniform(-0.1, 0.1, wide - dim)
     extra_in = rng.normal(0, 1 / np.sqrt(9 * wide), (3, 3, wide - dim, 3))
-    changes = {"params/feature/conv/kernel": np.concatenate([k, extra], axis=3),
-               "params/feature/conv/bias": np.concatenate([b, extra_b]),
-               "params/out/kernel": np.concatenate([ko, extra_in], axis=2)}
-    # `out` infers its input width from what it is given
+    changes = dict(zip(keys, (np.concatenate([k, extra], axis=3), np.concatenate([b, extra_b]),
+                              np.concatenate([ko, extra_in], axis=2))))
+    # `out` infers its input width from what it is given (NNX: from its kernel)
+    conv = _path(port, "feature.conv")
+    width = {"out_features" if port.frontend.kind == "nnx" else "features": wide}
     return Mutation(replaced(port, changes), port.frontend.modules_changed(
-        lambda path, module: {"features": wide} if path == "feature/conv" else None))
+        lambda path, module: width if path == conv else None))
 
 
 # ---- brightness-scaled: the max channel of the scaled input ------------------------------
@@ -114,14 +137,14 @@ def _brightness_scaled(port, site) -> Mutation:
 # ---- fa-no-bias: the FA outlayer conv has no bias ------------------------------------------
 def _fa_no_bias(port, site) -> Mutation:
     def outlayer_bias(key, value):
-        return key.endswith("fusion/outlayer/conv/bias")
+        return _dotted(key).endswith("fusion.outlayer.conv.bias")
     changes = {k: None for k in port.frontend.flat(port.variables) if outlayer_bias(k, None)}
     biases = [v for k, v in port.frontend.flat(port.variables).items() if k in changes]
     equivalent = None if any(np.any(np.asarray(b)) for b in biases) else (
         "the FA outlayer biases are all zero in these weights: dropping them changes nothing "
         "(authors' initialisation); use trained weights")
     return Mutation(replaced(port, changes), port.frontend.modules_changed(
-        lambda path, module: {"use_bias": False} if path.endswith("fusion/outlayer/conv")
+        lambda path, module: {"use_bias": False} if _dotted(path).endswith("fusion.outlayer.conv")
         else None), equivalent)
 
 
@@ -134,7 +157,8 @@ def _dense_untransposed(port, site) -> Mutation:
     """torch's (out, in) weight reshaped, not transposed, to Flax's (in, out)."""
     return _variables_only(port, _changed(
         port, lambda key, v: v.T.reshape(v.shape),
-        lambda key, v: key.endswith(("fc_0/kernel", "fc_2/kernel"))), "dense-untransposed")
+        lambda key, v: _dotted(key).endswith(("fc_0.kernel", "fc_2.kernel"))),
+        "dense-untransposed")
 
 
 def _first_conv_sites(port) -> list[Site]:
@@ -157,9 +181,12 @@ def _prelu_default(port, site) -> Mutation:
 
 # ---- residual-sign: another config; concat-order: the feature input reordered ---------------
 def _residual_sign(port, site) -> Mutation:
+    from parity.presets.dln import port_model
+
     config = port.flax_model.config
     flipped = config.replace(residual_sign="paper" if config.residual_sign == "code" else "code")
-    return Mutation(None, None, None, type(port.flax_model)(flipped))
+    return Mutation(None, None, None, port_model(flipped, port.frontend.kind == "nnx" and "nnx"
+                                                  or "jax"))
 
 
 def _concat_order(port, site) -> Mutation:

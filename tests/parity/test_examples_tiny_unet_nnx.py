@@ -51,3 +51,51 @@ def test_an_nnx_default_left_in_the_port_fails_the_end_to_end_check(pair, defect
         mutant.bottleneck.down.padding = "SAME"  # pads (0, 1) where torch pads (1, 1)
     got = _run(mutant)
     assert not (measure(got[0], feature_map).passed and measure(got[1], logits).passed)
+
+
+# ---- checked by the engine like the Linen port (tests/parity/test_examples_tiny_unet.py) ----
+@pytest.fixture(scope="module")
+def engine_port():
+    from parity import prepare_port
+
+    port = nnx_model.build(seed=3)
+    port.eval()
+    return prepare_port(torch_model.build(), port, X)
+
+
+def test_the_engine_passes_every_module_of_the_nnx_port_under_torch_names(engine_port):
+    report = engine_port.compare()
+    assert report.passed, report.failures[:3]
+    compared = {r.name: r.flax_name for r in report.compared}
+    for name in ("stem.0", "stem.1", "stem.2", "bottleneck.down", "bottleneck.norm",
+                 "bottleneck.depthwise", "bottleneck.prelu", "up", "upsample", "fuse",
+                 "head.1", "prediction[0]", "prediction[1]"):
+        assert compared.get(name) == name, name     # NNX paths read like torch names
+    assert report.worst.rel_to_scale <= FORWARD_ATOL
+
+
+def test_every_applicable_mutant_is_caught_at_its_site_in_the_nnx_port(engine_port):
+    from parity import CATALOGUE, run_zoo
+    from parity.zoo.mutation import CAUGHT, NOT_APPLICABLE
+
+    zoo = run_zoo(engine_port)
+    applicable = [r for r in zoo.results if r.status != NOT_APPLICABLE]
+    assert all(r.status == CAUGHT for r in applicable), \
+        [(r.defect, r.site, r.status, r.note) for r in applicable if r.status != CAUGHT]
+    assert {r.defect for r in applicable} == \
+        set(CATALOGUE) - {"leaky-relu-default-slope", "layernorm-eps"}
+    by_site = {(r.defect, r.site): r.first_divergence for r in applicable}
+    assert by_site[("batchnorm-batch-stats", "stem.1")] == "stem.1"
+    assert by_site[("same-padding-strided", "bottleneck.down")] == "bottleneck.down"
+    assert by_site[("conv-transpose-unflipped", "up")] == "up"
+    assert by_site[("groupnorm-eps", "bottleneck.norm")] == "bottleneck.norm"
+    assert by_site[("upsample-method", "upsample: resize call 1")] == "upsample"
+
+
+def test_gradient_parity_of_the_nnx_port_per_torch_parameter(engine_port):
+    from parity import gradient_parity
+
+    grads = gradient_parity(engine_port.torch_model, engine_port.flax_model,
+                            engine_port.variables, X, plan=engine_port.plan)
+    assert len(grads.rows) == sum(1 for _ in engine_port.torch_model.parameters())
+    assert grads.passed, grads.summary()

@@ -20,7 +20,7 @@ mutant was killed (1 otherwise, 2 for a stale catalogue).
     python tools/mutants.py --list
     python tools/mutants.py --only atomic-link-replaced tv-dropped-in-the-jax-step
 
-Not part of the wheel and not run by `make test` (a run takes ~20 minutes on 2 cores);
+Not part of the wheel and not run by `make test` (48 mutants: ~16 minutes on 2 cores);
 tests/project/test_mutant_catalogue.py checks, without running a test, that every
 snippet still applies.
 """
@@ -77,6 +77,103 @@ CATALOGUE: tuple[Mutant, ...] = (
       "        os.replace(tmp, dst)  # atomic, and fails if dst exists",
       ("tests/core/test_atomic_race.py", "tests/dln/test_enhance_race.py"),
       "the atomic writer replaces a file that appeared meanwhile", 6),
+    # ---- the comparison engine's pass rule: the audit's items 1, 2 and 7, and fail-safe
+    # verdicts (a NaN, an empty comparison, a shape alone, a final output not compared)
+    M("missing-row-not-failing", "parity/engine/rows.py",
+      "FAILING = (FAIL, SHAPE, MISSING, OUTPUT_ONLY_FLAX, EMPTY, MISSING_TORCH, NOT_COMPARED)",
+      "FAILING = (FAIL, SHAPE, OUTPUT_ONLY_FLAX, EMPTY, MISSING_TORCH, NOT_COMPARED)",
+      ("tests/parity/test_fail_safe_pass_rule.py",),
+      "a block missing on the JAX side no longer fails the report", 1),
+    M("error-with-nanmax", "parity/engine/tolerance.py",
+      '    max_abs = float(np.max(diff)) if np.all(np.isfinite(diff)) else float("inf")',
+      "    max_abs = float(np.nanmax(diff))",
+      ("tests/parity/test_fail_safe_pass_rule.py",),
+      "the error taken with a NaN-ignoring maximum (a NaN in the prediction passes)", 2),
+    M("plot-without-first-divergence-mark", "parity/engine/report.py",
+      "        if first is not None:\n            ax.scatter([first]",
+      "        if False:\n            ax.scatter([first]",
+      ("tests/parity/test_plot_marks.py",),
+      "the per-layer plot without its first-divergence ring and line", 7),
+    M("empty-comparison-passes", "parity/engine/rows.py",
+      "        return not self.failures and any(row.passed for row in self.rows)",
+      "        return not self.failures",
+      ("tests/parity/test_fail_safe_pass_rule.py",),
+      "the empty-comparison guard removed: a report with nothing compared passes"),
+    M("nothing-compared-not-refused", "parity/engine/api.py",
+      "    if not report.compared:", "    if False:",
+      ("tests/parity/test_engine_api.py",),
+      "a comparison in which no output had a counterpart is returned, not refused"),
+    M("zero-size-outputs-pass", "parity/engine/tolerance.py",
+      '        return Comparison(float("nan"), float("nan"), float("nan"), False, True, '
+      'empty=True)',
+      "        return Comparison(0.0, 0.0, 0.0, True, True)",
+      ("tests/parity/test_fail_safe_pass_rule.py",),
+      "zero-size outputs (nothing measured) pass"),
+    M("shape-mismatch-row-passes", "parity/engine/rows.py",
+      "        return Row(name, shape, tuple(np.shape(actual)), None, None, None, SHAPE, "
+      "flax_name,",
+      "        return Row(name, shape, tuple(np.shape(actual)), None, None, None, PASS, "
+      "flax_name,",
+      ("tests/parity/test_fail_safe_pass_rule.py",),
+      "a shape mismatch alone (values otherwise equal) passes"),
+    M("missing-in-torch-not-flagged", "parity/engine/rows.py",
+      "             for name in declared if name and name not in seen]",
+      "             for name in () if name and name not in seen]",
+      ("tests/parity/test_fail_safe_pass_rule.py",),
+      "a chosen torch module with no output leaves no row"),
+    M("declared-modules-not-passed-on", "parity/engine/api.py",
+      "frontend.path_candidates, reference.kinds if chosen else ())",
+      "frontend.path_candidates, ())",
+      ("tests/parity/test_fail_safe_dln_parity.py::"
+       "test_a_declared_block_that_never_runs_in_the_reference_fails",),
+      "compare() does not tell the rows which torch modules were chosen"),
+    M("final-output-not-compared-passes", "parity/engine/rows.py",
+      '    if "" not in seen and "" not in flax_modules:', "    if False:",
+      ("tests/parity/test_fail_safe_pass_rule.py",),
+      "a final output with no floating-point array on either side passes unseen"),
+    # ---- the Linen frontend: which call of a module is its output, and call numbering
+    M("nested-call-compared-not-the-outermost", "parity/engine/linen.py",
+      ' and (path, "__call__") not in running', "",
+      ("tests/parity/test_fail_safe_verdicts.py::"
+       "test_a_nan_or_inf_in_an_intermediate_output_alone_fails",),
+      "a block subclass's inner super().__call__ is compared, its real output is `#2`"),
+    M("root-inner-call-is-captured", "parity/engine/linen.py",
+      '            return method_name == "__call__" and bool(module.path) and \\\n'
+      '                (wanted is None or path in wanted) and (path, "__call__") not in running',
+      '            return method_name == "__call__" and \\\n'
+      '                (wanted is None or path in wanted or not path)',
+      ("tests/parity/test_engine_api.py::test_the_outermost_call_of_the_root_is_the_prediction",),
+      "the root recorded like any module, every call: its inner super().__call__ first"),
+    M("call-suffix-off-by-one", "parity/engine/linen.py",
+      "            for call, output in enumerate(value, 1):",
+      "            for call, output in enumerate(value):",
+      ("tests/parity/test_fail_safe_verdicts.py::"
+       "test_the_correct_staged_port_passes_with_every_block_compared",),
+      "the Flax side's calls numbered from 0: every first call is `#0`, pairs with nothing"),
+    # ---- gradient parity's verdict
+    M("gradient-nan-ignored", "parity/grads/model_gradients.py",
+      "    return all((r.rel_l2 if rule == RELATIVE_L2 else r.rel_to_scale) <= tol for r in rows)",
+      "    return not any((r.rel_l2 if rule == RELATIVE_L2 else r.rel_to_scale) > tol "
+      "for r in rows)",
+      ("tests/parity/test_fail_safe_gradients_training.py",),
+      "a NaN gradient error passes its limit"),
+    M("gradient-loss-nan-ignored", "parity/grads/model_gradients.py",
+      "        finite = math.isfinite(self.loss_torch) and math.isfinite(self.loss_jax)",
+      "        finite = True",
+      ("tests/parity/test_fail_safe_gradients_training.py",),
+      "a NaN or infinite loss passes when the gradients agree"),
+    M("gradient-worst-skips-nan", "parity/grads/model_gradients.py",
+      "    return max(rows, key=lambda r: math.inf if math.isnan(_error(r, rule)) else "
+      "_error(r, rule))",
+      "    return max(rows, key=lambda r: _error(r, rule))",
+      ("tests/parity/test_fail_safe_gradients_training.py",),
+      "the worst gradient tensor found with max() alone (a NaN not first is passed over)"),
+    M("gradient-uncovered-parameters-unjudged", "parity/grads/model_gradients.py",
+      "    uncovered = tuple((n, tuple(p.shape)) for n, p in names.items() if n not in covered)",
+      "    uncovered = ()",
+      ("tests/parity/test_fail_safe_gradients_training.py::"
+       "test_a_torch_parameter_the_conversion_plan_leaves_out_fails_as_a_row",),
+      "a torch parameter the conversion plan leaves out gets no gradient row"),
     # ---- weights: converter layouts, rename, strict checks, safe loading
     M("conv-kernel-in-out-swapped", "weights/rules.py",
       "    if kind == \"conv\":            # (O, I/g, *k) -> (*k, I/g, O)\n"
@@ -102,6 +199,16 @@ CATALOGUE: tuple[Mutant, ...] = (
       "    missing = []",
       ("tests/weights/test_convert.py",),
       "the strict key check lets missing tensors through"),
+    M("strict-check-ignores-unexpected", "weights/trees.py",
+      "    unexpected = sorted(set(got) - set(expected))",
+      "    unexpected = []",
+      ("tests/weights/test_rules.py",),
+      "the strict key check's `unexpected` list ignored (torch tensors left unconverted)"),
+    M("rename-sequential-candidate-dropped", "weights/trees.py",
+      "    return [first] if sequential == first else [first, sequential]",
+      "    return [first]",
+      ("tests/weights/test_rename_candidates.py",),
+      "the rename rule no longer offers a Flax nn.Sequential's `a/layers_0` for `a.0`"),
     M("non-finite-tensors-accepted", "weights/tensor_checks.py",
       "        if not finite.all():",
       "        if False:",

@@ -123,7 +123,8 @@ def compare_captured(frontend, reference: TorchCapture, variables, inputs, *,
     outputs = frontend.make_apply(wanted, context, jit)(variables, *flax_inputs(inputs))
     report = align_rows(reference.outputs, outputs, tol, mapping, chosen,
                         frontend.path_candidates, reference.layouts,
-                        getattr(reference, "composite", frozenset()))
+                        getattr(reference, "composite", frozenset()),
+                        reference.kinds if chosen else ())
     if not report.compared:
         raise NothingCompared(
             "nothing was compared: no torch module output has a Flax counterpart (names "

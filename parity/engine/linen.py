@@ -3,9 +3,12 @@
 Capture: `capture_intermediates` records the return value of every submodule's
 `__call__` under its path (`enc/conv_0`); the root's entry is what `apply` returns, so a
 port whose `__call__` post-processes `super().__call__(x)` is judged by its final output,
-not by the inner call. Every collection is mutable during the apply, so a module that
-updates batch statistics (BatchNorm left in training mode) runs, and shows as a
-divergence, instead of failing. Applies are traced at "highest" matmul precision (true
+not by the inner call. The same holds for every submodule: a call made while the same
+module's `__call__` is still running (a subclass calling `super().__call__`) is not
+recorded, only the outermost one is (a second call after the first returned is `#2`).
+Every collection is mutable during the apply, so a module that updates batch
+statistics (BatchNorm left in training mode) runs, and shows as a divergence, instead
+of failing. Applies are traced at "highest" matmul precision (true
 float32, scoped to the trace) and cached per model, chosen paths and shape.
 
 The zoo's contexts are Flax method interceptors (a module run as a clone with changed
@@ -133,15 +136,30 @@ class LinenFrontend:
         import jax
         import jax.numpy as jnp
 
+        running: list[tuple[str, str]] = []  # (path, method) of the calls now running
+
+        def track(next_fun, args, kwargs, context):
+            running.append(("/".join(context.module.path), context.method_name))
+            try:
+                return next_fun(*args, **kwargs)
+            finally:
+                running.pop()
+
         def keep(module, method_name: str) -> bool:
+            # asked as a call returns, after its own entry left `running`: an entry for
+            # the same module still there is an outer call of it (super().__call__)
+            path = "/".join(module.path)
             return method_name == "__call__" and bool(module.path) and \
-                (wanted is None or "/".join(module.path) in wanted)
+                (wanted is None or path in wanted) and (path, "__call__") not in running
 
         training = self.training
 
         def run(variables, *inputs):
+            import flax.linen as nn
+
             with ExitStack() as stack:
                 stack.enter_context(jax.default_matmul_precision("highest"))
+                stack.enter_context(nn.intercept_methods(track))
                 if training:
                     stack.enter_context(training_mode())
                 if context is not None:

@@ -10,13 +10,20 @@ one side only is a row of its own: "only in torch" / "only in flax" (information
 every module is captured: a torch `nn.ReLU` module is usually a function call in Flax),
 or "missing in JAX" (a failure) when the caller chose the modules to compare. The final
 output (the root, row `prediction`) is always judged: a leaf of it on one side only fails.
+
+The pass rule fails safe: a report passes only when no row fails AND at least one row was
+compared and agreed, so an empty comparison never passes. A NaN or an infinity in a
+compared output is an infinite error (tolerance.measure); zero-size outputs are "empty"
+(nothing was measured) and fail; a chosen torch module that produced no output is
+"missing in torch" and fails; a final output with no floating-point array on either side
+is "final output not compared" and fails.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -27,8 +34,12 @@ from weights.trees import flax_path_candidates
 PREDICTION = "prediction"  # the row of the model's final output (the root module)
 PASS, FAIL, SHAPE, MISSING = "pass", "fail", "shape mismatch", "missing in JAX"
 ONLY_TORCH, ONLY_FLAX, OUTPUT_ONLY_FLAX = "only in torch", "only in flax", "output only in flax"
+EMPTY = "empty (zero-size, nothing to compare)"
+MISSING_TORCH = "missing in torch"                 # a chosen module that produced no output
+NOT_COMPARED = "final output not compared"        # no floating-point array on either side
 HYPERPARAMETER = "hyperparameter mismatch"   # parity.engine.hyperparameters
-FAILING = (FAIL, SHAPE, MISSING, OUTPUT_ONLY_FLAX, HYPERPARAMETER)
+FAILING = (FAIL, SHAPE, MISSING, OUTPUT_ONLY_FLAX, EMPTY, MISSING_TORCH, NOT_COMPARED,
+           HYPERPARAMETER)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +91,9 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return not self.failures
+        """No row fails and at least one row was compared and agreed (an empty
+        comparison proves nothing, so it never passes)."""
+        return not self.failures and any(row.passed for row in self.rows)
 
     @property
     def first_divergence(self) -> str | None:
@@ -126,6 +139,9 @@ def judge(name: str, reference: np.ndarray, actual: np.ndarray | None, tol: floa
     if not result.shape_ok:
         return Row(name, shape, tuple(np.shape(actual)), None, None, None, SHAPE, flax_name,
                    module, layout)
+    if result.empty:
+        return Row(name, shape, tuple(np.shape(actual)), None, None, None, EMPTY, flax_name,
+                   module, layout)
     return Row(name, shape, tuple(np.shape(actual)), result.max_abs, result.scale,
                result.rel_to_scale, PASS if result.passed else FAIL, flax_name, module, layout)
 
@@ -139,14 +155,17 @@ def align_rows(torch_outputs: "OrderedDict[tuple[str, str], np.ndarray]",
                mapping: dict[str, str] | None = None, chosen: bool = False,
                paths_of: Callable[[str], list[str]] = flax_path_candidates,
                layouts: dict[tuple[str, str], str] | None = None,
-               not_judged: frozenset = frozenset()) -> Report:
+               not_judged: frozenset = frozenset(), declared: Iterable[str] = ()) -> Report:
     """Rows for every captured output of either side (keys (module or path, suffix)).
 
     mapping: torch module name -> Flax path, overriding the rename rule (`paths_of`).
     chosen: the torch modules were chosen by the caller, so one missing in Flax fails;
-    otherwise it is an informational "only in torch" row. The root ('') always pairs
-    with the root, and its leaves fail when one side lacks them. not_judged: torch
-    modules whose rows are informational (a layer subclass with children of its own).
+    otherwise it is an informational "only in torch" row. declared: the chosen torch
+    modules; one with no captured output fails ("missing in torch"). The root ('')
+    always pairs with the root, and its leaves fail when one side lacks them; when
+    neither side's final output holds a floating-point array, a failing row says so.
+    not_judged: torch modules whose rows are informational (a layer subclass with
+    children of its own).
     """
     mapping = mapping or {}
     flax_modules = {path for path, _ in flax_outputs}
@@ -168,6 +187,11 @@ def align_rows(torch_outputs: "OrderedDict[tuple[str, str], np.ndarray]",
         rows.append(judge(row_name(module, suffix), reference, actual, tol, flax_name, module,
                           MISSING if chosen or module == "" else ONLY_TORCH,
                           (layouts or {}).get((module, suffix))))
+    seen = {module for module, _ in torch_outputs}
+    rows += [Row(name, None, None, None, None, None, MISSING_TORCH, None, name)
+             for name in declared if name and name not in seen]
+    if "" not in seen and "" not in flax_modules:
+        rows.append(Row(PREDICTION, None, None, None, None, None, NOT_COMPARED, None, ""))
     for (path, suffix), value in flax_outputs.items():
         if (path, suffix) not in used:
             name = row_name(path, suffix)
@@ -224,6 +248,8 @@ def verdict_line(report: Report) -> str:
     compared = len(report.compared)
     one_side = sum(not r.compared and not r.failed for r in report.rows)
     extra = f" ({one_side} on one side only, not compared)" if one_side else ""
+    if not report.failures and not report.passed:
+        return f"FAILS: nothing was compared ({len(report.rows)} rows, none on both sides)"
     if report.passed:
         where = f"; worst {escape_text(worst.name)} at {worst.rel_to_scale:.2e}" if worst else ""
         return (f"PASS: all {compared} rows agree within {report.tol:.0e} "

@@ -80,26 +80,35 @@ class Comparison:
     rel_to_scale: float  # max_abs / max(SCALE_FLOOR, scale)
     passed: bool
     shape_ok: bool
+    empty: bool = False  # zero-size arrays: nothing was measured, so it cannot pass
 
     def describe(self) -> str:
         if not self.shape_ok:
             return "shape mismatch"
+        if self.empty:
+            return "nothing to compare (zero-size arrays)"
         return (f"max|diff| {self.max_abs:.3e}, scale {self.scale:.3e}, "
                 f"relative to scale {self.rel_to_scale:.3e}")
 
 
 def measure(actual, reference, tol: float = FORWARD_ATOL) -> Comparison:
-    """Scale-aware comparison: passes when max|a - r| <= tol * max(1, max|r|)."""
+    """Scale-aware comparison: passes when max|a - r| <= tol * max(1, max|r|).
+
+    Fails safe: a NaN or an infinity anywhere in either array (even at the same place on
+    both sides) is an infinite error, and zero-size arrays (nothing measured) never pass."""
     a = np.asarray(actual, dtype=np.float64)
     r = np.asarray(reference, dtype=np.float64)
     if a.shape != r.shape:
         return Comparison(float("inf"), float("nan"), float("inf"), False, False)
     if a.size == 0:
-        return Comparison(0.0, 0.0, 0.0, True, True)
-    diff = np.abs(a - r)
+        return Comparison(float("nan"), float("nan"), float("nan"), False, True, empty=True)
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN: judged on the next line
+        diff = np.abs(a - r)
+    # np.max, not np.nanmax, and any non-finite difference is infinite: NaN never passes
     max_abs = float(np.max(diff)) if np.all(np.isfinite(diff)) else float("inf")
     scale = float(np.max(np.abs(r)))
-    rel = max_abs / max(SCALE_FLOOR, scale)
+    # an infinite error stays infinite relative to any scale (inf / inf would be NaN)
+    rel = max_abs / max(SCALE_FLOOR, scale) if max_abs < float("inf") else float("inf")
     return Comparison(max_abs, scale, rel, bool(rel <= tol), True)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 import pickle
 import sys
 import tempfile
@@ -63,8 +64,13 @@ class TensorRow:
         return out
 
 
+def _error(row: TensorRow, rule: str) -> float:
+    return row.rel_l2 if rule == RELATIVE_L2 else row.rel_to_scale
+
+
 def _worst(rows: list[TensorRow], rule: str) -> TensorRow:
-    return max(rows, key=lambda r: r.rel_l2 if rule == RELATIVE_L2 else r.rel_to_scale)
+    # a NaN is the worst (max() alone passes over a NaN that is not first)
+    return max(rows, key=lambda r: math.inf if math.isnan(_error(r, rule)) else _error(r, rule))
 
 
 def _within(rows: list[TensorRow], rule: str, tol: float) -> bool:
@@ -88,7 +94,9 @@ class GradientParity:
 
     @property
     def passed(self) -> bool:
-        return bool(self.rows) and _within(self.rows, self.rule, self.tol) and all(
+        """Every judged tensor within its limit, at least one compared, both losses finite."""
+        finite = math.isfinite(self.loss_torch) and math.isfinite(self.loss_jax)
+        return finite and bool(self.rows) and _within(self.rows, self.rule, self.tol) and all(
             _within(rows, RELATIVE_L2, self.adam_tol) for label, rows in self.adam.items()
             if label in self.ADAM_JUDGED)
 
@@ -235,8 +243,12 @@ def optax_adam_step(params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
 
 
 # ---- comparing ---------------------------------------------------------------------------
-def _rows(rules, torch_side: dict, jax_side: dict, tol: float) -> list[TensorRow]:
-    rows = []
+def _rows(rules, torch_side: dict, jax_side: dict, tol: float,
+          uncovered: tuple[tuple[str, tuple], ...] = ()) -> list[TensorRow]:
+    """One row per converted parameter; one failing (NaN) row per torch parameter the
+    conversion plan does not cover, so that no gradient goes unjudged."""
+    rows = [TensorRow(name, "-", "no Flax counterpart", shape, math.nan, math.nan, math.nan)
+            for name, shape in uncovered]
     for rule in rules:
         ref = np.asarray(torch_side[rule.torch_name], np.float64)
         got = to_torch(rule.kind, np.asarray(jax_side[rule.key]), rule.torch_shape)
@@ -263,12 +275,14 @@ def gradient_parity(torch_model, flax_model, variables, inputs, *, plan,
     torch_loss, flax_loss = torch_loss or sum_of_outputs, flax_loss or sum_of_outputs
     names = dict(torch_model.named_parameters())
     rules = [r for r in plan.rules if r.collection == "params" and r.torch_name in names]
+    covered = {r.torch_name for r in rules}
+    uncovered = tuple((n, tuple(p.shape)) for n, p in names.items() if n not in covered)
     loss_t32, grads_t32 = torch_gradients(torch_model, xs, torch_loss)
     if not float64:
         loss_j, grads_j = jax_gradients(frontend, variables, fx, flax_loss, flax_context)
         tol = MODEL_GRAD_TOL if tol is None else tol
         return GradientParity("float32", SCALE, tol, loss_name, loss_t32, loss_j,
-                              _rows(rules, grads_t32, grads_j, tol))
+                              _rows(rules, grads_t32, grads_j, tol, uncovered))
     loss_t64, grads_t64 = torch_gradients(torch_model, xs, torch_loss, float64=True)
     tol = GRAD_RTOL if tol is None else tol
     with tempfile.TemporaryDirectory(prefix="parity_grad64_") as tmp:
@@ -287,8 +301,8 @@ def gradient_parity(torch_model, flax_model, variables, inputs, *, plan,
             loss_j64 = float(out["loss"])
             grads_j64 = {k[len("grad:"):]: out[k] for k in out.files if k.startswith("grad:")}
     report = GradientParity("float64", RELATIVE_L2, tol, loss_name, loss_t64, loss_j64,
-                            _rows(rules, grads_t64, grads_j64, tol),
-                            _rows(rules, grads_t32, grads_j32, tol))
+                            _rows(rules, grads_t64, grads_j64, tol, uncovered),
+                            _rows(rules, grads_t32, grads_j32, tol, uncovered))
     if adam is not None:
         start = {r.torch_name: names[r.torch_name].detach().numpy() for r in rules}
         flax_start = {r.key: to_flax(r.kind, start[r.torch_name]) for r in rules}

@@ -94,11 +94,14 @@ def test_capture_leaves_the_models_users_run_unchanged():
 def test_shape_mismatch_and_missing_blocks_are_reported_not_raised():
     ref = {("feat1", ""): np.ones((1, 4, 4, 8), np.float32),
            ("feat2", ""): np.ones((1, 4, 4, 4), np.float32),
-           ("out", ""): np.ones((1, 4, 4, 3), np.float32)}
+           ("out", ""): np.ones((1, 4, 4, 3), np.float32),
+           ("", ""): np.ones((1, 4, 4, 3), np.float32)}
     got = {("feat1", ""): np.ones((1, 4, 4, 8), np.float32),
-           ("feat2", ""): np.ones((1, 4, 4, 16), np.float32)}
+           ("feat2", ""): np.ones((1, 4, 4, 16), np.float32),
+           ("", ""): np.ones((1, 4, 4, 3), np.float32)}
     report = align_rows(ref, got, tol=1e-5, chosen=True)
-    assert [r.status for r in report.rows] == ["pass", "shape mismatch", "missing in JAX"]
+    assert [r.status for r in report.rows] == ["pass", "shape mismatch", "missing in JAX",
+                                               "pass"]
     assert report.first_divergence == "feat2" and report.rows[1].jax_shape == (1, 4, 4, 16)
 
 

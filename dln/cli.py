@@ -122,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dln {args.command}: stopped by {stop.name}", file=sys.stderr)
         return 128 + stop.signum
     except UserError as err:  # one line, whatever names the message holds
-        print(f"dln {args.command}: error: {escape_text(err)}", file=sys.stderr)
-        return 2
+        code = getattr(err, "exit_code", 2)  # PortDiverges: a FAIL verdict, exit 1
+        print(f"dln {args.command}: {'FAIL' if code == 1 else 'error'}: {escape_text(err)}",
+              file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print(f"dln {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -34,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from core.errors import UserError
+from core.errors import PortDiverges, UserError
 from weights.trees import flax_path_candidates, nest_tree, shape_mismatch
 
 
@@ -42,8 +42,9 @@ class NoConverterRule(UserError, ValueError):
     """A torch module kind with tensors but no conversion rule."""
 
 
-class ConversionMismatch(UserError, ValueError):
-    """Converted tensors do not fit the Flax model's variables."""
+class ConversionMismatch(PortDiverges, ValueError):
+    """Converted tensors do not fit the Flax model's variables: the port lacks, adds or
+    reshapes a tensor of the reference (a FAIL verdict, exit 1)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """`dln check`: any PyTorch model against its Flax port, module by module; mutants; fixtures.
 
 Exit 0: a full comparison in which every compared row passes (and no mutant is missed,
-and with --gradients every parameter's gradient agrees); 1: a divergence or a missed
-mutant; 2: bad input (a factory, shape or file that cannot be used, user code that
+and with --gradients every parameter's gradient agrees); 1: a divergence, a missed
+mutant, or a port whose structure fails before numbers (its variables cannot take the
+torch weights, nothing pairs: core.errors.PortDiverges); 2: bad input (a factory, shape or file that cannot be used, user code that
 fails or exits, a torch module kind the converter has no rule for). The logic is
 parity.engine.check; the report format is the one `dln parity` writes.
 """
@@ -36,8 +37,9 @@ def register(sub) -> None:
                     "it was put. --save-fixture stores the torch run, so that CI can "
                     "check the port with --fixture where PyTorch is not installed. "
                     "FILE.py factories are imported and called: their code runs, so name only "
-                    "files you trust. Exit 0: all pass, no mutant missed; 1: divergence or "
-                    "missed mutant; 2: bad input.",
+                    "files you trust. Exit 0: all pass, no mutant missed; 1: divergence, "
+                    "missed mutant, a port whose variables cannot take the torch weights "
+                    "or nothing compared; 2: bad input.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  dln check --torch parity/examples/tiny_unet/torch_model.py:build \\\n"

@@ -22,13 +22,14 @@ What happens:
   only is a row of its own, never dropped; the final output is always judged.
 - pass rule (parity/engine/tolerance.py): max|flax - torch| <= tol * max(1, max|torch|)
   per row; the first failing row in torch's finish order is the first divergence.
-- a run that compared nothing raises NothingCompared (a user error), never passes.
+- a run that compared nothing raises NothingCompared (a FAIL verdict, exit 1), never
+  passes.
 The torch model runs as given (call `.eval()` first for inference behaviour).
 """
 
 from __future__ import annotations
 
-from core.errors import UserError
+from core.errors import PortDiverges, UserError
 from parity.engine.frontend import (AS_IS, CHANNELS_LAST, Census, as_input_tuple, flax_inputs,
                                     frontend_for, with_layouts)
 from parity.engine.pairing import Pairing, pair_modules
@@ -37,8 +38,9 @@ from parity.engine.tolerance import FORWARD_ATOL
 from parity.engine.torch_side import TorchCapture, record_torch
 
 
-class NothingCompared(UserError, ValueError):
-    """A comparison in which no output had a counterpart: it cannot prove anything."""
+class NothingCompared(PortDiverges, ValueError):
+    """A comparison in which no output had a counterpart: it cannot prove anything, so
+    it fails (exit 1)."""
 
 
 # the pairing and input layouts each recent convert_weights result was made with (keyed by
@@ -122,9 +124,8 @@ def compare_captured(frontend, reference: TorchCapture, variables, inputs, *,
         inputs = with_layouts(inputs, reference.input_layouts)
     outputs = frontend.make_apply(wanted, context, jit)(variables, *flax_inputs(inputs))
     report = align_rows(reference.outputs, outputs, tol, mapping, chosen,
-                        frontend.path_candidates, reference.layouts,
-                        getattr(reference, "composite", frozenset()),
-                        reference.kinds if chosen else ())
+                        frontend.path_candidates, reference.kinds if chosen else (),
+                        reference.layouts, getattr(reference, "composite", frozenset()))
     if not report.compared:
         raise NothingCompared(
             "nothing was compared: no torch module output has a Flax counterpart (names "

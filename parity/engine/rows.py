@@ -38,8 +38,8 @@ EMPTY = "empty (zero-size, nothing to compare)"
 MISSING_TORCH = "missing in torch"                 # a chosen module that produced no output
 NOT_COMPARED = "final output not compared"        # no floating-point array on either side
 HYPERPARAMETER = "hyperparameter mismatch"   # parity.engine.hyperparameters
-FAILING = (FAIL, SHAPE, MISSING, OUTPUT_ONLY_FLAX, EMPTY, MISSING_TORCH, NOT_COMPARED,
-           HYPERPARAMETER)
+FAILING = (FAIL, SHAPE, MISSING, OUTPUT_ONLY_FLAX, EMPTY, MISSING_TORCH, NOT_COMPARED)
+FAILING += (HYPERPARAMETER,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +154,9 @@ def align_rows(torch_outputs: "OrderedDict[tuple[str, str], np.ndarray]",
                flax_outputs: dict[tuple[str, str], np.ndarray], tol: float = FORWARD_ATOL,
                mapping: dict[str, str] | None = None, chosen: bool = False,
                paths_of: Callable[[str], list[str]] = flax_path_candidates,
+               declared: Iterable[str] = (),
                layouts: dict[tuple[str, str], str] | None = None,
-               not_judged: frozenset = frozenset(), declared: Iterable[str] = ()) -> Report:
+               not_judged: frozenset = frozenset()) -> Report:
     """Rows for every captured output of either side (keys (module or path, suffix)).
 
     mapping: torch module name -> Flax path, overriding the rename rule (`paths_of`).

@@ -45,7 +45,7 @@ def _port_variant(kind: str):
                 return y.at[1, 3, 4, 0].set(jnp.nan)
             return y
 
-    return lambda config: Variant(config)
+    return lambda config, backend="jax": Variant(config)
 
 
 def _torch_variant(kind: str):

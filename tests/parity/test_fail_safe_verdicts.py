@@ -437,14 +437,15 @@ def test_a_port_that_drops_a_block_fails(model_files, capsys):
     assert code == 1 and ("prediction", "fail") in _not_passing(report), out
 
 
-def test_a_port_that_drops_a_block_with_weights_is_refused_naming_its_tensors(model_files,
-                                                                             capsys):
+def test_a_port_that_drops_a_block_with_weights_fails_naming_its_tensors(model_files, capsys):
+    """The conversion cannot place the block's tensors: a FAIL verdict (exit 1), one line."""
     code, out = _check(model_files, "make_staged", "make_staged_no_probe", capsys)
-    assert code == 2 and "unexpected" in out and "probe/conv/kernel" in out, out
+    assert code == 1 and "FAIL" in out and "unexpected" in out and "probe/conv/kernel" in out, \
+        out
 
 
-def test_nothing_compared_at_all_is_refused(model_files, capsys, tmp_path):
-    """No output of either side holds a float array: an error, never a pass."""
+def test_nothing_compared_at_all_fails(model_files, capsys, tmp_path):
+    """No output of either side holds a float array: a FAIL verdict (exit 1), never a pass."""
     (tmp_path / "ints_torch.py").write_text(textwrap.dedent('''
         import torch
         class Ints(torch.nn.Module):
@@ -464,7 +465,7 @@ def test_nothing_compared_at_all_is_refused(model_files, capsys, tmp_path):
     code = main(["check", "--torch", f"{tmp_path / 'ints_torch.py'}:make", "--flax",
                  f"{tmp_path / 'ints_flax.py'}:make", "--input-shape", "2,3,4,4"])
     err = capsys.readouterr().err
-    assert code == 2 and "nothing was compared" in err, err
+    assert code == 1 and "FAIL: nothing was compared" in err, err
 
 
 def test_gradients_of_the_correct_port_pass(model_files, capsys):

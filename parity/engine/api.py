@@ -29,6 +29,8 @@ The torch model runs as given (call `.eval()` first for inference behaviour).
 
 from __future__ import annotations
 
+import functools
+
 from core.errors import PortDiverges, UserError
 from parity.engine.frontend import (AS_IS, CHANNELS_LAST, Census, as_input_tuple, flax_inputs,
                                     frontend_for, with_layouts)
@@ -123,9 +125,11 @@ def compare_captured(frontend, reference: TorchCapture, variables, inputs, *,
     if reference.input_layouts:
         inputs = with_layouts(inputs, reference.input_layouts)
     outputs = frontend.make_apply(wanted, context, jit)(variables, *flax_inputs(inputs))
-    report = align_rows(reference.outputs, outputs, tol, mapping, chosen,
-                        frontend.path_candidates, reference.kinds if chosen else (),
-                        reference.layouts, getattr(reference, "composite", frozenset()))
+    # each row's layout, and the rows not judged (torch_side.TorchCapture)
+    rows_of = functools.partial(align_rows, layouts=reference.layouts,
+                                not_judged=getattr(reference, "composite", frozenset()))
+    report = rows_of(reference.outputs, outputs, tol, mapping, chosen,
+                     frontend.path_candidates, reference.kinds if chosen else ())
     if not report.compared:
         raise NothingCompared(
             "nothing was compared: no torch module output has a Flax counterpart (names "

@@ -273,18 +273,21 @@ def read_safetensors_metadata(path: Path) -> dict[str, str]:
 
 
 def load_safetensors(path: str | os.PathLike, notes: list[str] | None = None,
-                     check: Callable[[dict, dict], None] | None = None
+                     check: Callable[[dict, dict], None] | None = None,
+                     skip_integers: bool = False
                      ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Tensors (float32, finite) and the header metadata of a safetensors file.
 
     check(declared, metadata), when given, sees every tensor's declared shape (as
     DeclaredArray) before any is materialised, and raises CheckpointError to refuse.
+    skip_integers: integer tensors (counters, index buffers) are left out (named in
+    notes) instead of refused.
     """
     path = Path(path)
     notes = [] if notes is None else notes
     data = read_checkpoint_bytes(path)
     try:
-        return parse_safetensors(data, path, notes, check)
+        return parse_safetensors(data, path, notes, check, skip_integers)
     except CheckpointError as err:
         if data.startswith((b"PK\x03\x04", b"\x80\x02")):
             raise CheckpointError(f"{path}: not a safetensors file: it looks like a PyTorch "

@@ -56,7 +56,8 @@ class TensorRule:
     flax_path: str                  # Flax module path, e.g. "enc/conv"
     leaf: str                       # e.g. "kernel"
     kind: str                       # layout: conv | conv_transpose | conv_transpose_flip |
-                                    # dense | prelu | bias | scale | mean | var | embedding
+                                    # dense | prelu | bias | scale | mean | var | embedding |
+                                    # same (a bare tensor) | mha_<part>_<kernel|bias>:<heads>
     torch_shape: tuple[int, ...]
 
     @property
@@ -93,7 +94,30 @@ def to_flax(kind: str, value: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(value.T)
     if kind == "prelu":
         return value.reshape(()) if value.size == 1 else value
+    if kind.startswith("mha_"):
+        return np.ascontiguousarray(_mha_to_flax(kind, value))
     return value
+
+
+def _mha_kind(kind: str) -> tuple[str, int]:
+    """'mha_1_kernel:8' -> ('1_kernel', 8)."""
+    body, heads = kind[len("mha_"):].split(":")
+    return body, int(heads)
+
+
+def _mha_to_flax(kind: str, value: np.ndarray) -> np.ndarray:
+    """nn.MultiheadAttention's fused in_proj (3E, E) / (3E,) split into query, key, value
+    (part 0, 1, 2) of flax MultiHeadDotProductAttention: kernel (E, heads, head_dim),
+    bias (heads, head_dim); out_proj (E, E) -> out kernel (heads, head_dim, E)."""
+    body, heads = _mha_kind(kind)
+    if body == "out_kernel":
+        return value.T.reshape(heads, -1, value.shape[0])
+    part, what = int(body[0]), body[2:]
+    size = value.shape[0] // 3
+    piece = value[part * size:(part + 1) * size]
+    if what == "kernel":
+        return piece.T.reshape(piece.shape[1], heads, -1)
+    return piece.reshape(heads, -1)
 
 
 def flax_shape(kind: str, torch_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -108,6 +132,13 @@ def flax_shape(kind: str, torch_shape: tuple[int, ...]) -> tuple[int, ...]:
         return shape[::-1]
     if kind == "prelu":
         return () if math.prod(shape) == 1 else shape
+    if kind.startswith("mha_"):
+        body, heads = _mha_kind(kind)
+        if body == "out_kernel":
+            return (heads, shape[1] // heads, shape[0])
+        size = shape[0] // 3
+        return (shape[1], heads, size // heads) if body.endswith("kernel") else \
+            (heads, size // heads)
     if kind in ("conv", "conv_transpose", "conv_transpose_flip"):
         raise ValueError(f"a {kind} tensor has at least 2 axes, got shape {shape}")
     return shape
@@ -127,6 +158,12 @@ def to_torch(kind: str, value: np.ndarray, torch_shape: tuple[int, ...] | None =
         return np.ascontiguousarray(value.T)
     if kind == "prelu":
         return value.reshape(torch_shape if torch_shape is not None else (value.size,))
+    if kind.startswith("mha_"):
+        body, heads = _mha_kind(kind)
+        if body == "out_kernel":
+            return np.ascontiguousarray(value.reshape(-1, value.shape[-1]).T)
+        raise ValueError(f"a {kind} tensor is one third of a fused torch tensor: it has no "
+                         "torch layout of its own")
     return value
 
 
@@ -141,8 +178,10 @@ def _own_tensors(module) -> dict[str, np.ndarray]:
     return tensors
 
 
-# a rule: (module, flax module attributes or None) -> {torch tensor name: (collection, leaf, kind)}
-Rule = Callable[[object, object], dict[str, tuple[str, str, str]]]
+# a rule: (module, flax module attributes or None) -> {torch tensor name: (collection, leaf,
+# kind)} (None: dropped), or, for a tensor split over several Flax modules, a list of
+# (flax sub-path, collection, leaf, kind)
+Rule = Callable[[object, object], dict]
 
 
 def _conv_rule(module, flax_module) -> dict:
@@ -173,6 +212,16 @@ def _norm_rule(module, flax_module) -> dict:
     return {"weight": ("params", "scale", "scale"), "bias": ("params", "bias", "bias")}
 
 
+def _instance_norm_rule(module, flax_module) -> dict:
+    # flax.linen.InstanceNorm keeps no running statistics: a torch InstanceNorm that
+    # tracks them uses them in eval mode, which the port cannot do
+    if getattr(module, "track_running_stats", False):
+        raise NoConverterRule(
+            f"{type(module).__name__} with track_running_stats=True (tensors: running_mean, "
+            "running_var): flax.linen.InstanceNorm keeps no running statistics")
+    return _norm_rule(module, flax_module)
+
+
 def _prelu_rule(module, flax_module) -> dict:
     return {"weight": ("params", "negative_slope", "prelu")}
 
@@ -181,14 +230,77 @@ def _embedding_rule(module, flax_module) -> dict:
     return {"weight": ("params", "embedding", "embedding")}
 
 
+def _holds(flax_module, *names: str) -> bool:
+    """Does the Flax module have these submodules (by attribute or by name)?"""
+    if flax_module is None:
+        return False
+    return all(getattr(flax_module, n, None) is not None for n in names)
+
+
+def _multihead_attention_rule(module, flax_module) -> dict:
+    """nn.MultiheadAttention: a port built on flax.linen.MultiHeadDotProductAttention holds
+    query/key/value kernels (E, heads, head_dim): the fused in_proj (3E, E) is split in
+    that order; any other port keeps in_proj_weight/in_proj_bias as same-named variables."""
+    heads = int(module.num_heads)
+    if getattr(module, "bias_k", None) is not None or not module._qkv_same_embed_dim:
+        raise NoConverterRule(
+            "MultiheadAttention with add_bias_kv or kdim/vdim != embed_dim (tensors: "
+            f"{', '.join(sorted(_own_tensors(module)))}) has no Flax counterpart rule")
+    if type(flax_module).__name__ == "MultiHeadDotProductAttention":
+        return {"in_proj_weight": [(part, "params", "kernel", f"mha_{i}_kernel:{heads}")
+                                   for i, part in enumerate(("query", "key", "value"))],
+                "in_proj_bias": [(part, "params", "bias", f"mha_{i}_bias:{heads}")
+                                 for i, part in enumerate(("query", "key", "value"))]}
+    return {"in_proj_weight": ("params", "in_proj_weight", "same"),
+            "in_proj_bias": ("params", "in_proj_bias", "same")}
+
+
+# rules by torch class name; a module takes the rule of the first class of its MRO that
+# has one (subclasses such as timm's BatchNormAct2d or torchvision's
+# NonDynamicallyQuantizableLinear take their base's; the most specific rule wins)
 RULES: dict[str, Rule] = {
     **{f"Conv{d}d": _conv_rule for d in (1, 2, 3)},
     **{f"ConvTranspose{d}d": _conv_transpose_rule for d in (1, 2, 3)},
     "Linear": _linear_rule,
     **{f"BatchNorm{d}d": _batchnorm_rule for d in (1, 2, 3)},
-    "LayerNorm": _norm_rule, "GroupNorm": _norm_rule,
+    "SyncBatchNorm": _batchnorm_rule,
+    **{f"InstanceNorm{d}d": _instance_norm_rule for d in (1, 2, 3)},
+    "LayerNorm": _norm_rule, "GroupNorm": _norm_rule, "RMSNorm": _norm_rule,
     "PReLU": _prelu_rule, "Embedding": _embedding_rule,
+    "MultiheadAttention": _multihead_attention_rule,
 }
+
+
+def rule_for(module, extra_rules: dict | None = None) -> tuple[str, Rule] | None:
+    """(matched class name, rule) of the most specific class in the module's MRO with a
+    rule: a user rule (keyed by class or class name) before a built-in one of the same
+    class; None when no class has one."""
+    extra = extra_rules or {}
+    for cls in type(module).__mro__:
+        for key in (cls, cls.__name__):
+            if key in extra:
+                return cls.__name__, extra[key]
+        if cls.__name__ in RULES and cls.__module__.startswith("torch."):
+            return cls.__name__, RULES[cls.__name__]
+    return None
+
+
+CONTAINERS = ("Module", "Sequential", "ModuleList", "ModuleDict", "ParameterList",
+              "ParameterDict")
+
+
+def _from_torch_nn(module) -> bool:
+    """A layer kind torch itself defines (LSTM, Bilinear, ...): its tensors have a meaning
+    no same-name pass-through can know. Containers (nn.Module, nn.Sequential, ...) holding
+    tensors are the user's own."""
+    kind = type(module)
+    return kind.__module__.startswith("torch.nn.") and kind.__name__ not in CONTAINERS
+
+
+def _is_index(value: np.ndarray) -> bool:
+    """Integer and boolean buffers are indices or counters (num_batches_tracked, Swin's
+    relative_position_index), not weights: dropped from the conversion and listed."""
+    return not np.issubdtype(np.asarray(value).dtype, np.floating)
 
 
 @dataclasses.dataclass
@@ -203,50 +315,79 @@ class ConversionPlan:
         return out
 
 
+def _refuse(where: str, kind: str, tensors: dict, why: str) -> NoConverterRule:
+    shown = ", ".join(f"{n} {tuple(v.shape)}" for n, v in sorted(tensors.items()))
+    return NoConverterRule(f"no converter rule for torch module {where} of kind {kind} "
+                           f"(tensors: {shown}): {why}")
+
+
 def plan_conversion(torch_model, mapping: dict[str, str] | None = None,
                     flax_modules: dict[str, object] | None = None,
-                    extra_rules: dict[str, Rule] | None = None,
+                    extra_rules: dict | None = None,
                     paths_of: Callable[[str], list[str]] | None = None) -> ConversionPlan:
-    """The rule of every tensor of `torch_model`; NoConverterRule names a module kind that
-    holds tensors but has no rule. flax_modules: Flax path -> Flax module (read for
-    ConvTranspose's transpose_kernel); mapping: torch module name -> Flax path.
+    """The rule of every tensor of `torch_model`. A module takes the rule of the most
+    specific class of its MRO that has one (extra_rules: {class or class name: rule},
+    before the built-in ones); the parameters and float buffers of a module of your own
+    (cls_token, pos_embed, a layer-scale gamma, a bias table) go to same-named variables
+    of the port's module; integer buffers are dropped and listed. A torch.nn kind with
+    tensors and no rule (LSTM, ...) is refused (NoConverterRule) naming the module, its
+    kind and its tensors. flax_modules: Flax path -> Flax module (read for ConvTranspose's
+    transpose_kernel and MultiheadAttention's layout); mapping: torch name -> Flax path.
     paths_of: the port's rename rule (an NNX port's: parity.engine.nnx), whose paths
     (and the mapping's) are taken as spelled; default the Linen rule, whose mapping may
     be spelled with dots (`enc.conv` -> `enc/conv`)."""
-    rules_by_kind = {**RULES, **(extra_rules or {})}
     paths_of = paths_of or flax_path_candidates
     mapping = {k: v.replace(".", "/") if paths_of is flax_path_candidates else v
                for k, v in (mapping or {}).items()}
     flax_modules = flax_modules or {}
     planned: list[TensorRule] = []
     dropped: list[str] = []
+    attention_out: dict[str, tuple[str, int]] = {}   # out_proj -> (Flax `out` path, heads)
     for name, module in torch_model.named_modules():
         tensors = _own_tensors(module)
         if not tensors:
             continue
         kind = type(module).__name__
         where = f"'{name}'" if name else "the root module"
-        if kind not in rules_by_kind:
-            raise NoConverterRule(
-                f"no converter rule for torch module kind {kind} at {where} (tensors: "
-                f"{', '.join(sorted(tensors))}); rules exist for {', '.join(sorted(RULES))}")
         path = mapping.get(name)
         if path is None:
             candidates = paths_of(name)
             path = next((c for c in candidates if c in flax_modules), candidates[0])
-        table = rules_by_kind[kind](module, flax_modules.get(path))
+        found = rule_for(module, extra_rules)
+        if name in attention_out:
+            path, heads = attention_out[name]
+            found = ("Linear", lambda m, f, h=heads: {
+                "weight": ("params", "kernel", f"mha_out_kernel:{h}"),
+                "bias": ("params", "bias", "bias")})
+        elif found is not None and found[0] == "MultiheadAttention" and \
+                type(flax_modules.get(path)).__name__ == "MultiHeadDotProductAttention":
+            attention_out[f"{name}.out_proj" if name else "out_proj"] = (
+                f"{path}/out", int(module.num_heads))
+        weights = {n: v for n, v in tensors.items() if not _is_index(v)}
+        if found is None and _from_torch_nn(module) and weights:
+            raise _refuse(where, kind, weights, "pass --rules FILE.py (a RULES dict) or "
+                          f"extra_rules; rules exist for {', '.join(sorted(RULES))}")
+        try:
+            table = {} if found is None else found[1](module, flax_modules.get(path))
+        except NoConverterRule as err:   # a rule that refuses this module's settings
+            raise _refuse(where, kind, tensors, str(err)) from None
         for tensor_name, value in tensors.items():
             full = f"{name}.{tensor_name}" if name else tensor_name
-            if tensor_name not in table:
-                raise NoConverterRule(f"the {kind} rule does not know tensor {tensor_name!r} "
-                                      f"of {where}")
-            target = table[tensor_name]
-            if target is None:
+            target = table.get(tensor_name, "same" if tensor_name not in table else None)
+            if _is_index(value) or target is None:
                 dropped.append(full)
                 continue
-            collection, leaf, layout = target
-            planned.append(TensorRule(full, name, kind, collection, path, leaf, layout,
-                                      tuple(value.shape)))
+            if target == "same":
+                if found is not None and _from_torch_nn(module):
+                    raise _refuse(where, kind, {tensor_name: value},
+                                  f"the {found[0]} rule does not know this tensor")
+                target = ("params", tensor_name, "same")
+            for item in (target if isinstance(target, list) else [target]):
+                sub, (collection, leaf, layout) = (item[0], item[1:]) if len(item) == 4 \
+                    else ("", item)
+                planned.append(TensorRule(full, name, kind, collection,
+                                          "/".join(filter(None, (path, sub))), leaf, layout,
+                                          tuple(value.shape)))
     return ConversionPlan(planned, dropped)
 
 
@@ -264,6 +405,8 @@ def convert_model(torch_model, expected: dict[str, tuple[int, ...]] | None = Non
     differently (e.g. 'alpha') uses that name.
     """
     plan = plan_conversion(torch_model, mapping, flax_modules, extra_rules, paths_of)
+    if expected is not None:
+        plan = _adopt_collections(plan, expected)
     state = {}
     for name, module in torch_model.named_modules():
         for tensor_name, value in _own_tensors(module).items():
@@ -277,6 +420,21 @@ def convert_model(torch_model, expected: dict[str, tuple[int, ...]] | None = Non
     if problems:
         raise ConversionMismatch(f"converted weights do not fit the Flax model: {problems}")
     return nest_tree(flat), plan
+
+
+def _adopt_collections(plan: ConversionPlan, expected: dict) -> ConversionPlan:
+    """A bare tensor (cls_token, a float buffer) goes to whichever collection of the port
+    holds a variable of its name at its module's path."""
+    rules = []
+    for r in plan.rules:
+        if r.kind == "same" and r.key not in expected:
+            tail = "/" + "/".join([*filter(None, r.flax_path.split("/")), r.leaf])
+            found = [k.split("/")[0] for k in expected if k.endswith(tail) and
+                     k.count("/") == tail.count("/")]
+            if len(found) == 1:
+                r = dataclasses.replace(r, collection=found[0])
+        rules.append(r)
+    return ConversionPlan(rules, plan.dropped)
 
 
 def _adopt_prelu_names(plan: ConversionPlan, expected: dict) -> ConversionPlan:

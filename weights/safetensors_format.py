@@ -23,6 +23,9 @@ from weights.tensor_checks import FloatConversions, one_line
 MAX_SAFETENSORS_HEADER = 8 << 20
 SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "bfloat16"}
 SAFETENSORS_ITEMSIZE = {"F32": 4, "F16": 2, "F64": 8, "BF16": 2}
+# integer and boolean tensors (BatchNorm's num_batches_tracked, Swin's
+# relative_position_index): never weights; skipped on request (skip_integers)
+INDEX_ITEMSIZE = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 def safetensors_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
@@ -81,9 +84,12 @@ class DeclaredArray:
         self.ndim = len(shape)
 
 
-def _declared_tensors(header: dict, body_size: int) -> dict[str, DeclaredArray]:
+def _declared_tensors(header: dict, body_size: int, skipped: list[str] | None = None
+                      ) -> dict[str, DeclaredArray]:
     """Every tensor the header declares, after checking that their byte ranges have the
-    sizes their shapes imply and tile the data section exactly (no gap, no overlap)."""
+    sizes their shapes imply and tile the data section exactly (no gap, no overlap).
+    skipped: when given, integer tensors are left out (their names appended) instead of
+    refused."""
     def unreadable(reason: str) -> CheckpointError:
         return CheckpointError(f"not a readable safetensors file: {reason}")
 
@@ -94,7 +100,8 @@ def _declared_tensors(header: dict, body_size: int) -> dict[str, DeclaredArray]:
         if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str):
             raise unreadable(f"tensor {name!r} has no dtype")
         code, shape, offsets = entry["dtype"], entry.get("shape"), entry.get("data_offsets")
-        if code not in SAFETENSORS_DTYPES:
+        index = skipped is not None and code in INDEX_ITEMSIZE
+        if code not in SAFETENSORS_DTYPES and not index:
             raise CheckpointError(f"tensor {name!r} has dtype {code}; only floating-point "
                                   "tensors are read as weights")
         if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
@@ -103,8 +110,8 @@ def _declared_tensors(header: dict, body_size: int) -> dict[str, DeclaredArray]:
                 not all(type(n) is int for n in offsets):
             raise unreadable(f"tensor {name!r} has no valid data offsets")
         begin, end = offsets
-        if not 0 <= begin <= end <= body_size or \
-                end - begin != math.prod(shape) * SAFETENSORS_ITEMSIZE[code]:
+        itemsize = INDEX_ITEMSIZE[code] if index else SAFETENSORS_ITEMSIZE[code]
+        if not 0 <= begin <= end <= body_size or end - begin != math.prod(shape) * itemsize:
             raise unreadable(f"tensor {name!r}: data offsets {offsets} do not hold its "
                              f"shape {shape} within {body_size:,} bytes")
         declared[name] = DeclaredArray(code, tuple(shape), begin, end)
@@ -115,13 +122,21 @@ def _declared_tensors(header: dict, body_size: int) -> dict[str, DeclaredArray]:
         position = item.end
     if position != body_size:
         raise unreadable(f"{body_size - position:,} bytes after its last tensor")
+    for name in [n for n, d in declared.items() if d.code in INDEX_ITEMSIZE]:
+        del declared[name]
+        skipped.append(name)
     return declared
 
 
-def parse_safetensors(data: bytes, path: Path, notes: list[str], check=None):
+def parse_safetensors(data: bytes, path: Path, notes: list[str], check=None,
+                      skip_integers: bool = False):
     header, metadata = safetensors_header(data)  # metadata: text to text, checked there
     body_start = 8 + int.from_bytes(data[:8], "little")
-    declared = _declared_tensors(header, len(data) - body_start)
+    skipped: list[str] | None = [] if skip_integers else None
+    declared = _declared_tensors(header, len(data) - body_start, skipped)
+    if skipped:
+        notes.append(f"{len(skipped)} integer tensors not read as weights: "
+                     f"{', '.join(sorted(skipped)[:8])}" + (" ..." if len(skipped) > 8 else ""))
     if check is not None:
         check(declared, metadata)
     body = memoryview(data)[body_start:]

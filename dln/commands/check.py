@@ -25,11 +25,16 @@ def register(sub) -> None:
         "check", help="compare any PyTorch model with its Flax port, module by module",
         description="Run a PyTorch model and its Flax port on the same converted weights and "
                     "seeded inputs, capture every module on both sides (torch forward hooks; "
-                    "NNX: each module's __call__, Linen: capture_intermediates), align them by "
-                    "name (torch a.b.0 <-> NNX a.b.0 or a.layers.0, Linen a/b_0) and report "
-                    "each row and the first divergence. --mutants injects known porting "
-                    "defects into the Flax side and checks that each is caught where it was "
-                    "put. --save-fixture stores the torch run, so that CI can "
+                    "NNX: each module's __call__, Linen: capture_intermediates), pair them by "
+                    "name (torch a.b.0 <-> NNX a.b.0 or a.layers.0, Linen a/b_0), then by "
+                    "shape and execution order (Flax's automatic names; guesses printed, "
+                    "ties refused), compare each output in the layout what produced it gives "
+                    "(never guessed from shapes) and each pair's hyperparameters (eps, "
+                    "padding, strides, GELU approximation, pooling, ...: a mismatch fails "
+                    "even below the tolerance), and report each row, the first divergence "
+                    "and the torch-only modules just before it. --mutants injects known "
+                    "porting defects into the Flax side and checks that each is caught where "
+                    "it was put. --save-fixture stores the torch run, so that CI can "
                     "check the port with --fixture where PyTorch is not installed. "
                     "FILE.py factories are imported and called: their code runs, so name only "
                     "files you trust. Exit 0: all pass, no mutant missed; 1: divergence, "
@@ -44,7 +49,11 @@ def register(sub) -> None:
                "            --mutants all --report out/check --junit out/check.xml\n"
                "  dln check --torch net.py:make --flax port.py:make --input-shape 1,3,32,32 \\\n"
                "            --save-fixture net.safetensors\n"
-               "  dln check --fixture net.safetensors --flax port.py:make   # no torch needed")
+               "  dln check --fixture net.safetensors --flax port.py:make   # no torch needed\n"
+               "  dln check --torch block.py:make --flax port.py:make --input-shape 2,64,192 \\\n"
+               "            --input-layout as-is               # tokens (N, L, C)\n"
+               "  dln check --torch net.py:make --flax port.py:make --input-shape 2,3,64,64 \\\n"
+               "            --train --apply-kwargs '{\"train\": false}' --mapping pairs.json")
     p.add_argument("--torch", default=None, metavar="FILE.py:FUNC",
                    help="function returning the torch model (FILE.py:FUNC or pkg.mod:FUNC); "
                         "it is put in eval mode")
@@ -71,6 +80,27 @@ def register(sub) -> None:
     p.add_argument("--gradients", action="store_true",
                    help="also compare d(sum of outputs)/d(parameter) per torch parameter "
                         "(float32, by the same per-row rule)")
+    p.add_argument("--input-layout", default=None, choices=("channels-last", "as-is"),
+                   help="what the Flax side takes: channels-last (torch's NCHW/NCL moved to "
+                        "NHWC/NLC) or as-is (tokens (N, L, C)). Default: channels-last for "
+                        "4-D/5-D inputs; a 3-D input takes the layout of the first module "
+                        "reading it (Conv1d: channels-last; Linear, LayerNorm, attention: "
+                        "as-is), else must be given")
+    p.add_argument("--mapping", default=None, metavar="FILE.json",
+                   help='torch module name -> Flax path, e.g. {"layer1.0.bn1": '
+                        '"BasicBlock_0/BatchNorm_1"}, where neither the rename rule (a.b.0 <-> '
+                        "a/b_0) nor pairing by shape and execution order finds the pair")
+    p.add_argument("--apply-kwargs", default=None, metavar="JSON",
+                   help='keyword arguments of the Flax apply, e.g. \'{"train": false}\'')
+    p.add_argument("--rules", default=None, metavar="FILE.py",
+                   help="converter rules of your own: FILE.py defines RULES = {torch class or "
+                        "class name: rule}, rule(torch_module, flax_module) -> {tensor name: "
+                        "(collection, leaf, layout) or None to drop}; layouts: conv, dense, "
+                        "same, scale, bias, mean, var, ... (weights/rules.py)")
+    p.add_argument("--train", action="store_true",
+                   help="both sides in training mode (BatchNorm on batch statistics, dropout "
+                        "off): compares outputs and the updated BatchNorm statistics (torch "
+                        "momentum 0.1 is Flax 0.9)")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="write report.json, report.md, per_layer_error.png (and mutants.json)")
     p.add_argument("--json", action="store_true", help="print the report JSON to stdout")
@@ -94,10 +124,11 @@ def run(args) -> int:
         raise UserError(f"--report {args.report}: exists and is not a folder")
     if args.fixture is not None:
         if args.torch or args.input_shape or args.weights or args.mutants or args.gradients \
-                or args.save_fixture:
+                or args.save_fixture or args.train or args.rules or args.mapping \
+                or args.input_layout:
             raise UserError("--fixture takes the torch side, weights and inputs from the file: "
                             "drop --torch/--input-shape/--weights/--mutants/--gradients/"
-                            "--save-fixture")
+                            "--save-fixture/--train/--rules/--mapping/--input-layout")
     elif not args.torch or not args.input_shape:
         raise UserError("--torch and --input-shape are required (or --fixture FILE)")
     stdout = sys.stdout
@@ -112,7 +143,11 @@ def run(args) -> int:
             result = run_check(args.torch, args.flax, parse_input_shape(args.input_shape),
                                weights=args.weights, seed=args.seed, mutants=args.mutants,
                                tol=args.tol, progress=progress, gradients=args.gradients,
-                               save_fixture=args.save_fixture)
+                               save_fixture=args.save_fixture, input_layout=args.input_layout,
+                               mapping=args.mapping, apply_kwargs=args.apply_kwargs,
+                               rules=args.rules, train=args.train)
+    for line in result.details.get("pairs_guessed", []):
+        print(f"paired by shape and execution order: {escape_text(line)}", file=out)
     print("\n".join(format_table(result.report)), file=out)
     print(verdict_line(result.report), file=out)
     if result.mutants is not None:

@@ -49,8 +49,9 @@ def user_code(what: str) -> Iterator[None]:
                               + (f": {detail[:200]}" if detail else "")) from None
 
 
-def load_factory(spec: str) -> Callable:
-    """FILE.py:FUNC or package.module:FUNC -> the function (the module is imported)."""
+def load_factory(spec: str, attribute: bool = False) -> Callable:
+    """FILE.py:FUNC or package.module:FUNC -> the function (the module is imported);
+    attribute: any attribute of that name (not only a function)."""
     where, sep, func = spec.rpartition(":")
     if not sep or not where or not func:
         raise CheckInputError(f"{spec!r}: expected FILE.py:FUNC or package.module:FUNC")
@@ -75,6 +76,10 @@ def load_factory(spec: str) -> Callable:
     finally:
         sys.path.remove(folder)
     factory = getattr(module, func, None)
+    if attribute:
+        if factory is None:
+            raise CheckInputError(f"{where} has no {func}")
+        return factory
     if not callable(factory):
         raise CheckInputError(f"{where} has no function {func!r}")
     return factory
@@ -98,10 +103,11 @@ def load_weights_into(torch_model, path: str) -> None:
     from weights.files import is_safetensors_path, load_pth, load_safetensors
     from weights.trees import shape_mismatch
 
-    state = load_safetensors(path)[0] if is_safetensors_path(path) else \
+    state = load_safetensors(path, skip_integers=True)[0] if is_safetensors_path(path) else \
         load_pth(path, expect_dln=False)[0]
     own = torch_model.state_dict()
-    counters = {k for k in own if k.endswith("num_batches_tracked")}  # not weights: kept
+    # integer buffers (num_batches_tracked, relative_position_index) are not weights: kept
+    counters = {k for k, v in own.items() if not v.is_floating_point()}
     state = {**{k: own[k].numpy() for k in counters}, **state}
     problems = shape_mismatch({k: np.shape(v) for k, v in state.items()},
                               {k: tuple(v.shape) for k, v in own.items()})
@@ -148,16 +154,71 @@ def mutant_names(text: str | None) -> list[str] | None:
     return names
 
 
+def load_mapping(path: str | None) -> dict[str, str] | None:
+    """--mapping FILE.json: {"torch module name": "Flax/path", ...}."""
+    import json
+
+    if path is None:
+        return None
+    try:
+        mapping = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise CheckInputError(f"--mapping {path}: cannot read ({err.strerror})") from None
+    except ValueError as err:
+        raise CheckInputError(f"--mapping {path}: not JSON ({err})") from None
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in mapping.items()):
+        raise CheckInputError(f"--mapping {path}: expected an object of torch module names "
+                              'to Flax paths, e.g. {"layer1.0.conv1": "BasicBlock_0/Conv_1"}')
+    return mapping
+
+
+def parse_apply_kwargs(text: str | None) -> dict | None:
+    """--apply-kwargs JSON: keyword arguments of the Flax apply, e.g. {"train": false}."""
+    import json
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise CheckInputError(f"--apply-kwargs {text!r}: not JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise CheckInputError(f"--apply-kwargs {text!r}: expected a JSON object such as "
+                              '{"train": false}')
+    return value
+
+
+def load_rules(path: str | None) -> dict | None:
+    """--rules FILE.py: the file's RULES, {torch class or class name: rule}, where a rule is
+    rule(torch_module, flax_module) -> {tensor name: (collection, leaf, layout) or None}
+    (layouts: weights.rules)."""
+    if path is None:
+        return None
+    if not path.endswith(".py"):
+        raise CheckInputError(f"--rules {path}: expected a .py file defining RULES")
+    module = load_factory(f"{path}:RULES", attribute=True)
+    if not isinstance(module, dict) or not all(callable(v) for v in module.values()):
+        raise CheckInputError(f"--rules {path}: RULES must be a dict of torch class (or class "
+                              "name) to rule functions")
+    return module
+
+
 def run_check(torch_spec: str, flax_spec: str, input_shape: tuple[int, ...], *,
               weights: str | None = None, seed: int = 0, mutants: str | None = None,
               tol: float = FORWARD_ATOL, progress=None, gradients: bool = False,
-              save_fixture: str | None = None) -> CheckResult:
+              save_fixture: str | None = None, input_layout: str | None = None,
+              mapping: str | None = None, apply_kwargs: str | None = None,
+              rules: str | None = None, train: bool = False) -> CheckResult:
     from parity.engine.fixture import write_fixture
     from parity.engine.memory import capture_bytes, check_memory
     from parity.engine.prepared import prepare_port
     from parity.zoo.mutation import run_zoo
 
     names = mutant_names(mutants)
+    user_mapping = load_mapping(mapping)
+    kwargs = parse_apply_kwargs(apply_kwargs)
+    extra_rules = load_rules(rules)
     if save_fixture and (Path(save_fixture).exists() or Path(save_fixture).is_symlink()):
         raise CheckInputError(f"--save-fixture {save_fixture}: exists (remove it first)")
     import torch
@@ -171,7 +232,9 @@ def run_check(torch_spec: str, flax_spec: str, input_shape: tuple[int, ...], *,
                  "use a smaller --input-shape")
     x = np.random.default_rng(seed).random(input_shape, dtype=np.float32)
     with user_code(f"the models cannot run inputs of shape {shown}"):
-        port = prepare_port(torch_model, flax_model, x, tol=tol)
+        port = prepare_port(torch_model, flax_model, x, tol=tol, mapping=user_mapping,
+                            apply_kwargs=kwargs, extra_rules=extra_rules,
+                            input_layout=input_layout, training=train)
         report = port.compare()
     if save_fixture:
         write_fixture(save_fixture, port, overwrite=False)
@@ -180,12 +243,15 @@ def run_check(torch_spec: str, flax_spec: str, input_shape: tuple[int, ...], *,
     if gradients:
         from parity.grads.model_gradients import gradient_parity
 
-        grads = gradient_parity(torch_model, flax_model, port.variables, x, plan=port.plan,
-                                tol=tol)
+        grads = gradient_parity(torch_model, flax_model, port.variables, port.inputs,
+                                plan=port.plan, tol=tol, apply_kwargs=kwargs)
     details = {"torch": torch_spec, "flax": flax_spec,
                "weights": weights or "the torch model's own weights, converted by the rules",
-               "inputs": {"shape": list(input_shape), "layout": "torch (channels first)",
-                          "distribution": "uniform [0, 1)", "seed": seed}}
+               "inputs": {"shape": list(input_shape),
+                          "layout": ", ".join(port.reference.input_layouts),
+                          "distribution": "uniform [0, 1)", "seed": seed},
+               "mode": "training" if train else "eval",
+               "pairs_guessed": [f"{t} -> {f} (by {how})" for t, f, how in port.guessed]}
     if save_fixture:
         details["fixture_written"] = save_fixture
     return CheckResult(TITLE, details, report, zoo, grads)

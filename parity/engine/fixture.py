@@ -34,8 +34,9 @@ from parity.engine.torch_side import TorchCapture
 from weights.trees import shape_mismatch
 
 FORMAT, FORMAT_VERSION = "parity-fixture", "1"
-LAYOUTS = {"inputs": "torch (channels first)", "variables": "Flax (flat keys collection/path/"
-           "leaf)", "outputs": "channels-last for 3-, 4- and 5-D arrays, as they are otherwise"}
+LAYOUTS = {"inputs": "torch's (input_layouts: what the Flax side takes)",
+           "variables": "Flax (flat keys collection/path/leaf)",
+           "outputs": "as compared (row_layouts: moved channels-last or as they are)"}
 
 
 class FixtureError(UserError, ValueError):
@@ -56,11 +57,14 @@ class Fixture:
 def save_fixture(path: str | os.PathLike, torch_model, flax_model, inputs, *,
                  mapping: dict[str, str] | None = None, torch_modules: list[str] | None = None,
                  apply_kwargs: dict | None = None, tol: float = FORWARD_ATOL,
-                 extra: dict | None = None, overwrite: bool = True) -> Path:
+                 extra: dict | None = None, overwrite: bool = True,
+                 extra_rules: dict | None = None,
+                 input_layout: str | list[str] | None = None) -> Path:
     """Run the torch model on `inputs`, convert its weights for `flax_model`, and write
     the fixture file; returns its path."""
     port = prepare_port(torch_model, flax_model, inputs, mapping=mapping,
-                        apply_kwargs=apply_kwargs, tol=tol, torch_modules=torch_modules)
+                        apply_kwargs=apply_kwargs, tol=tol, torch_modules=torch_modules,
+                        extra_rules=extra_rules, input_layout=input_layout)
     return write_fixture(path, port, extra, overwrite)
 
 
@@ -78,6 +82,9 @@ def write_fixture(path: str | os.PathLike, port: PreparedPort, extra: dict | Non
         "mapping": {k: v for k, v in pairing.items() if v is not None},
         "chosen": port.chosen, "tolerance": port.tol, "layouts": LAYOUTS,
         "frontend": port.frontend.kind, "made_by": f"torch {torch.__version__}",
+        "input_layouts": list(port.reference.input_layouts),
+        "row_layouts": [port.reference.layouts.get(key) for key in rows],
+        "not_judged": sorted(port.reference.composite),
         "extra": extra or {}}
     tensors = {**{f"input/{i}": x for i, x in enumerate(port.inputs)},
                **{f"variable/{k}": np.asarray(v) for k, v in
@@ -103,7 +110,11 @@ def load_fixture(path: str | os.PathLike) -> Fixture:
         inputs = tuple(arrays[f"input/{i}"] for i in range(sum(k.startswith("input/")
                                                                 for k in arrays)))
         reference = TorchCapture(outputs, dict(d["kinds"]),
-                                 {k: tuple(v) for k, v in d["input_shapes"].items()})
+                                 {k: tuple(v) for k, v in d["input_shapes"].items()},
+                                 [], {key: layout for key, layout in
+                                      zip(rows, d.get("row_layouts", [])) if layout},
+                                 tuple(d.get("input_layouts", ())),
+                                 frozenset(d.get("not_judged", ())))
         variables = {k[len("variable/"):]: v for k, v in arrays.items()
                      if k.startswith("variable/")}
         return Fixture(inputs, variables, reference, dict(d["mapping"]), bool(d["chosen"]),

@@ -67,14 +67,53 @@ def channels_last(array: np.ndarray) -> np.ndarray:
     return array
 
 
+CHANNELS_LAST, AS_IS = "channels-last", "as-is"   # what is done to a torch array
+
+
+class TorchInputs(tuple):
+    """Inputs in the torch layout with, per input, what the Flax side takes: its
+    channels moved last (CHANNELS_LAST) or the array as it is (AS_IS)."""
+
+    layouts: tuple[str, ...]
+
+    def __new__(cls, arrays, layouts):
+        self = super().__new__(cls, arrays)
+        self.layouts = tuple(layouts)
+        return self
+
+    def __reduce__(self):     # pickled to workers with its layouts
+        return TorchInputs, (tuple(self), self.layouts)
+
+
+def default_layout(array: np.ndarray) -> str | None:
+    """4-D and 5-D inputs are images/volumes (NCHW, NCDHW): channels-last; 2-D and
+    smaller as they are; None for 3-D, which may be NCL or tokens (N, L, C): declared by
+    the user or found from the first module that reads it, never guessed by shape."""
+    return CHANNELS_LAST if np.ndim(array) in (4, 5) else AS_IS if np.ndim(array) < 3 \
+        else None
+
+
 def as_input_tuple(inputs) -> tuple[np.ndarray, ...]:
+    if isinstance(inputs, TorchInputs):
+        return inputs
     items = inputs if isinstance(inputs, (tuple, list)) else (inputs,)
     return tuple(np.asarray(x, np.float32) for x in items)
 
 
+def with_layouts(inputs, layouts) -> TorchInputs:
+    return TorchInputs(as_input_tuple(inputs), layouts)
+
+
+def move(array: np.ndarray, layout: str | None) -> np.ndarray:
+    return channels_last(array) if layout == CHANNELS_LAST else array
+
+
 def flax_inputs(inputs) -> tuple[np.ndarray, ...]:
-    """The torch-layout inputs as the Flax side takes them (channels-last)."""
-    return tuple(channels_last(x) for x in as_input_tuple(inputs))
+    """The torch-layout inputs as the Flax side takes them: each as its layout says
+    (TorchInputs), else channels-last for 3- to 5-D arrays (the older default)."""
+    items = as_input_tuple(inputs)
+    layouts = getattr(items, "layouts", None) or [CHANNELS_LAST] * len(items)
+    return tuple(move(x, layout) for x, layout in zip(items, layouts))
 
 
 def frontend_for(flax_model, apply_kwargs: dict | None = None):

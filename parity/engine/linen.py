@@ -35,6 +35,11 @@ PATCHABLE = {
     "gelu": ("jax.nn", "flax.linen", "flax.linen.activation", "flax.nnx"),
     "leaky_relu": ("jax.nn", "flax.linen", "flax.linen.activation", "flax.nnx"),
     "resize": ("jax.image",),
+    "max_pool": ("flax.linen", "flax.linen.pooling", "flax.nnx"),
+    "avg_pool": ("flax.linen", "flax.linen.pooling", "flax.nnx"),
+    "pad": ("jax.numpy",),
+    "hard_swish": ("jax.nn", "flax.linen", "flax.linen.activation", "flax.nnx"),
+    "hard_sigmoid": ("jax.nn", "flax.linen", "flax.linen.activation", "flax.nnx"),
 }
 APPLY_CACHE_SIZE = 16  # compiled applies kept per process (model, chosen paths, arguments)
 _APPLY_CACHE: dict = {}
@@ -65,6 +70,10 @@ class LinenFrontend:
     def __init__(self, module, apply_kwargs: dict | None = None):
         self.module = module
         self.apply_kwargs = dict(apply_kwargs or {})
+        # training mode (`dln check --train`): every BatchNorm normalises with the batch's
+        # statistics and updates its averages, which make_apply returns as outputs
+        # (path, '.running_mean' / '.running_var'); Dropout stays deterministic
+        self.training = False
 
     # ---- names and variables -----------------------------------------------------------
     path_candidates = staticmethod(flax_path_candidates)
@@ -109,7 +118,8 @@ class LinenFrontend:
         key = None
         if context is None and jit:
             try:
-                key = (self.module, wanted, tuple(sorted(self.apply_kwargs.items())))
+                key = (self.module, wanted, tuple(sorted(self.apply_kwargs.items())),
+                       self.training)
                 hash(key)
             except TypeError:
                 key = None
@@ -142,24 +152,33 @@ class LinenFrontend:
             return method_name == "__call__" and bool(module.path) and \
                 (wanted is None or path in wanted) and (path, "__call__") not in running
 
+        training = self.training
+
         def run(variables, *inputs):
             import flax.linen as nn
 
             with ExitStack() as stack:
                 stack.enter_context(jax.default_matmul_precision("highest"))
                 stack.enter_context(nn.intercept_methods(track))
+                if training:
+                    stack.enter_context(training_mode())
                 if context is not None:
                     stack.enter_context(context())
                 out, state = self.module.apply(variables, *inputs, capture_intermediates=keep,
                                                mutable=True, **self.apply_kwargs)
-            return out, state.get("intermediates", {})
+            stats = state.get("batch_stats", {}) if training else {}
+            return out, (state.get("intermediates", {}), stats)
 
         compiled = jax.jit(run) if jit else run
 
         def apply(variables, *inputs) -> dict[tuple[str, str], np.ndarray]:
-            out, tree = compiled(jax.tree_util.tree_map(jnp.asarray, variables),
-                                 *[jnp.asarray(x) for x in inputs])
+            out, (tree, stats) = compiled(jax.tree_util.tree_map(jnp.asarray, variables),
+                                          *[jnp.asarray(x) for x in inputs])
             outputs = _intermediates(jax.device_get(tree))
+            for key, value in flatten_tree(jax.device_get(stats)).items():
+                path, _, leaf = key.rpartition("/")
+                outputs[(path, UPDATED_STATS.get(leaf, "." + leaf))] = np.asarray(value,
+                                                                                  np.float32)
             outputs.update({("", suffix): array for suffix, array in
                             flatten_output(jax.device_get(out), _leaf)})
             return outputs
@@ -221,6 +240,40 @@ class LinenFrontend:
     @staticmethod
     def calls_patched(on_call: Callable) -> Callable:
         return lambda: calls_patched(on_call)
+
+
+UPDATED_STATS = {"mean": ".running_mean", "var": ".running_var"}  # torch's buffer names
+
+
+@contextlib.contextmanager
+def training_mode() -> Iterator[None]:
+    """Every flax.linen BatchNorm called with use_running_average=False (whatever the port
+    passes) and every Dropout deterministic, while the apply is traced."""
+    import flax.linen as nn
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        # flax.linen's BatchNorm and Dropout, or a port's own module of that name and field
+        # (flaxmodels has its own BatchNorm)
+        names = {c.__name__ for c in type(module).__mro__}
+        found = ("use_running_average", False) if "BatchNorm" in names and \
+            hasattr(module, "use_running_average") else \
+            ("deterministic", True) if "Dropout" in names and hasattr(module, "deterministic") \
+            else None
+        if context.method_name != "__call__" or found is None:
+            return next_fun(*args, **kwargs)
+        field, value = found
+        # the bound module of this apply: its constructor value set aside for the call
+        # (Flax refuses the field both at construction and at call time), then restored
+        saved = getattr(module, field)
+        object.__setattr__(module, field, None)
+        try:
+            return next_fun(*args[:1], **{**kwargs, field: value})
+        finally:
+            object.__setattr__(module, field, saved)
+
+    with nn.intercept_methods(interceptor):
+        yield
 
 
 class _ScopeTracker:

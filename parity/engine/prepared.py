@@ -17,8 +17,8 @@ import functools
 
 import numpy as np
 
-from parity.engine.api import compare_captured, infer_mapping
-from parity.engine.frontend import Census, FunctionCall, as_input_tuple, frontend_for
+from parity.engine.api import compare_captured, infer_pairing, input_layouts_of
+from parity.engine.frontend import Census, FunctionCall, as_input_tuple, frontend_for, with_layouts
 from parity.engine.rows import Report
 from parity.engine.tolerance import FORWARD_ATOL
 from parity.engine.torch_side import TorchCapture, record_torch
@@ -36,6 +36,9 @@ class PreparedPort:
     mapping: dict[str, str] = dataclasses.field(default_factory=dict)
     tol: float = FORWARD_ATOL
     chosen: bool = False                    # the capture holds chosen torch modules only
+    guessed: list = dataclasses.field(default_factory=list)  # pairs found by shape and order
+    extra_rules: dict | None = None
+    training: bool = False                  # both sides run in training mode (--train)
 
     @property
     def census(self) -> Census:
@@ -54,15 +57,36 @@ class PreparedPort:
         return self.frontend.module
 
     def compare(self, variables: dict | None = None, context=None, flax_model=None,
-                jit: bool = True) -> Report:
+                jit: bool = True, attributes: dict | None = None,
+                call_changes: dict | None = None) -> Report:
         """This port, or a mutant of it (other variables, a context around the Flax
-        apply, or another Flax model), against the torch capture."""
-        frontend = self.frontend if flax_model is None else \
-            frontend_for(flax_model, self.frontend.apply_kwargs)
-        return compare_captured(frontend, self.reference,
-                                self.variables if variables is None else variables,
-                                self.inputs, tol=self.tol, mapping=self.mapping,
-                                chosen=self.chosen, context=context, jit=jit)
+        apply, or another Flax model), against the torch capture; with the rows of the
+        hyperparameter diff (parity.engine.hyperparameters; attributes: {Flax path:
+        {attribute: value}} a mutant's clones run with; call_changes: {(function, scope,
+        index): {keyword: value}} a mutant's function calls are made with)."""
+        from parity.engine.hyperparameters import changed_calls, hyperparameter_rows, merged
+
+        frontend = self.frontend
+        if flax_model is not None:
+            frontend = frontend_for(flax_model, self.frontend.apply_kwargs)
+            frontend.training = self.training
+        report = compare_captured(frontend, self.reference,
+                                  self.variables if variables is None else variables,
+                                  self.inputs, tol=self.tol, mapping=self.mapping,
+                                  chosen=self.chosen, context=context, jit=jit)
+        if flax_model is None:
+            mismatches = self.mismatches if not (attributes or call_changes) else \
+                hyperparameter_rows(self, attributes,
+                                    changed_calls(self.calls, call_changes or {}))
+            report.rows = merged(report.rows, mismatches)
+        return report
+
+    @functools.cached_property
+    def mismatches(self) -> list:
+        """The hyperparameter diff of the port as it is."""
+        from parity.engine.hyperparameters import hyperparameter_rows
+
+        return hyperparameter_rows(self)
 
     def flax_path_of(self, torch_name: str) -> str | None:
         """The Flax module path aligned with a torch module (None: not in the port)."""
@@ -81,19 +105,37 @@ class PreparedPort:
 
 def prepare_port(torch_model, flax_model, inputs, *, variables: dict | None = None,
                  mapping: dict[str, str] | None = None, apply_kwargs: dict | None = None,
-                 tol: float = FORWARD_ATOL, torch_modules: list[str] | None = None
-                 ) -> PreparedPort:
+                 tol: float = FORWARD_ATOL, torch_modules: list[str] | None = None,
+                 extra_rules: dict | None = None,
+                 input_layout: str | list[str] | None = None,
+                 training: bool = False) -> PreparedPort:
     """Everything the zoo needs; variables default to the torch model's own weights
-    converted by the rules (weights.rules). torch_modules: compare only these."""
+    converted by the rules (weights.rules, and extra_rules: {class or class name: rule}).
+    torch_modules: compare only these; input_layout: parity.engine.api.compare's;
+    training: both sides in training mode (parity.engine.training): outputs and the
+    updated BatchNorm statistics are compared."""
     from weights.rules import convert_model
 
-    inputs = as_input_tuple(inputs)
+    if training:
+        from parity.engine.training import record_training
+
+        reference = record_training(torch_model, inputs, torch_modules,
+                                    input_layouts_of(inputs, input_layout), extra_rules)
+    else:
+        reference = record_torch(torch_model, inputs, torch_modules,
+                                 input_layouts_of(inputs, input_layout))
+    inputs = with_layouts(inputs, reference.input_layouts)
     frontend = frontend_for(flax_model, apply_kwargs)
+    frontend.training = training
     census = frontend.census(inputs)
-    mapping = infer_mapping(torch_model, census, mapping, frontend.path_candidates)
-    converted, plan = convert_model(torch_model, census.shapes, mapping, census.modules,
+    order = reference.order if torch_modules is None else \
+        record_torch(torch_model, inputs).order
+    pairing = infer_pairing(torch_model, census, mapping, frontend.path_candidates, order,
+                            extra_rules)
+    converted, plan = convert_model(torch_model, census.shapes, pairing.mapping,
+                                    census.modules, extra_rules,
                                     paths_of=frontend.path_candidates)
     variables = converted if variables is None else variables
-    reference = record_torch(torch_model, inputs, torch_modules)
     return PreparedPort(torch_model, frontend, variables, inputs, census, plan, reference,
-                        mapping, tol, torch_modules is not None)
+                        pairing.mapping, tol, torch_modules is not None, pairing.guessed,
+                        extra_rules, training)

@@ -107,8 +107,9 @@ def report_markdown(result: CheckResult) -> str:
     # run times are printed, not written here: the same run gives byte-identical files
     if layers is not None:
         lines += ["", f"![per-row error]({PLOT_NAME})", "",
-                  "| # | torch module | Flax path | shape | max abs error | relative to scale "
-                  "| status |", "| ---: | --- | --- | --- | ---: | ---: | --- |"]
+                  "| # | torch module | Flax path | shape | layout | max abs error "
+                  "| relative to scale | status |",
+                  "| ---: | --- | --- | --- | --- | ---: | ---: | --- |"]
         for i, r in enumerate(layers.rows, 1):
             status = r.status
             if r.jax_shape is not None and r.torch_shape is not None and \
@@ -119,6 +120,7 @@ def report_markdown(result: CheckResult) -> str:
             shape = r.torch_shape if r.torch_shape is not None else r.jax_shape
             lines.append(f"| {i} | `{_md(r.name) if r.module is not None else '-'}` | "
                          f"`{_md(r.flax_name or '-')}` | {format_shape(shape)} | "
+                         f"{getattr(r, 'layout', None) or '-'} | "
                          f"{_cell(r.max_abs)} | {_cell(r.rel_to_scale)} | {status} |")
     if result.gradients is not None:
         g = result.gradients

@@ -37,7 +37,9 @@ ONLY_TORCH, ONLY_FLAX, OUTPUT_ONLY_FLAX = "only in torch", "only in flax", "outp
 EMPTY = "empty (zero-size, nothing to compare)"
 MISSING_TORCH = "missing in torch"                 # a chosen module that produced no output
 NOT_COMPARED = "final output not compared"        # no floating-point array on either side
+HYPERPARAMETER = "hyperparameter mismatch"   # parity.engine.hyperparameters
 FAILING = (FAIL, SHAPE, MISSING, OUTPUT_ONLY_FLAX, EMPTY, MISSING_TORCH, NOT_COMPARED)
+FAILING += (HYPERPARAMETER,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Row:
     status: str
     flax_name: str | None = None   # the Flax path (+ suffix) the row was compared with
     module: str | None = None      # torch module name ("" for the root); None: only in flax
+    layout: str | None = None      # what was done to the torch output before comparing it:
+                                   # "channels-last" (moved) or "as-is"; None: not known
 
     @property
     def passed(self) -> bool:
@@ -124,25 +128,22 @@ class Report:
 
 def judge(name: str, reference: np.ndarray, actual: np.ndarray | None, tol: float,
           flax_name: str | None = None, module: str | None = None,
-          missing: str = MISSING) -> Row:
+          missing: str = MISSING, layout: str | None = None) -> Row:
+    """One row. The reference is already in the layout the port must give (`layout`, from
+    what produced it): no other transposition is ever tried, so a port that returns
+    tokens (N, C, L) for torch's (N, L, C) fails even when L == C."""
     shape = tuple(np.shape(reference))
     if actual is None:
-        return Row(name, shape, None, None, None, None, missing, None, module)
+        return Row(name, shape, None, None, None, None, missing, None, module, layout)
     result = measure(actual, reference, tol)
-    if not result.shape_ok and reference.ndim in (3, 4, 5):
-        # a channels-first torch output that the port keeps channels-first too (or a
-        # 3-D (N, L, D) sequence): compare it in the torch layout
-        back = np.moveaxis(reference, -1, 1)
-        if back.shape == np.shape(actual):
-            result = measure(actual, back, tol)
     if not result.shape_ok:
         return Row(name, shape, tuple(np.shape(actual)), None, None, None, SHAPE, flax_name,
-                   module)
+                   module, layout)
     if result.empty:
         return Row(name, shape, tuple(np.shape(actual)), None, None, None, EMPTY, flax_name,
-                   module)
+                   module, layout)
     return Row(name, shape, tuple(np.shape(actual)), result.max_abs, result.scale,
-               result.rel_to_scale, PASS if result.passed else FAIL, flax_name, module)
+               result.rel_to_scale, PASS if result.passed else FAIL, flax_name, module, layout)
 
 
 def row_name(module: str, suffix: str) -> str:
@@ -153,7 +154,9 @@ def align_rows(torch_outputs: "OrderedDict[tuple[str, str], np.ndarray]",
                flax_outputs: dict[tuple[str, str], np.ndarray], tol: float = FORWARD_ATOL,
                mapping: dict[str, str] | None = None, chosen: bool = False,
                paths_of: Callable[[str], list[str]] = flax_path_candidates,
-               declared: Iterable[str] = ()) -> Report:
+               declared: Iterable[str] = (),
+               layouts: dict[tuple[str, str], str] | None = None,
+               not_judged: frozenset = frozenset()) -> Report:
     """Rows for every captured output of either side (keys (module or path, suffix)).
 
     mapping: torch module name -> Flax path, overriding the rename rule (`paths_of`).
@@ -162,6 +165,8 @@ def align_rows(torch_outputs: "OrderedDict[tuple[str, str], np.ndarray]",
     modules; one with no captured output fails ("missing in torch"). The root ('')
     always pairs with the root, and its leaves fail when one side lacks them; when
     neither side's final output holds a floating-point array, a failing row says so.
+    not_judged: torch modules whose rows are informational (a layer subclass with
+    children of its own).
     """
     mapping = mapping or {}
     flax_modules = {path for path, _ in flax_outputs}
@@ -173,13 +178,16 @@ def align_rows(torch_outputs: "OrderedDict[tuple[str, str], np.ndarray]",
             candidates = [mapping[module]] if module in mapping else paths_of(module)
             resolved[module] = next((c for c in candidates if c in flax_modules), None)
         path = resolved[module]
+        if module in not_judged and not chosen:   # torch_side.TorchCapture.composite
+            path = None
         key = None if path is None else (path, suffix)
         actual = flax_outputs.get(key) if key is not None else None
         if actual is not None:
             used.add(key)
         flax_name = None if actual is None else row_name(path, suffix)
         rows.append(judge(row_name(module, suffix), reference, actual, tol, flax_name, module,
-                          MISSING if chosen or module == "" else ONLY_TORCH))
+                          MISSING if chosen or module == "" else ONLY_TORCH,
+                          (layouts or {}).get((module, suffix))))
     seen = {module for module, _ in torch_outputs}
     rows += [Row(name, None, None, None, None, None, MISSING_TORCH, None, name)
              for name in declared if name and name not in seen]
@@ -205,15 +213,35 @@ def format_table(report: Report) -> list[str]:
     """The per-row table as text lines (for the terminal)."""
     names = [escape_text(r.name) for r in report.rows]
     width = max([len(n) for n in names] + [5])
-    lines = [f"{'row':<{width}}  {'shape':<16} {'max|diff|':>9}  {'rel.scale':>9}  status"]
+    lines = [f"{'row':<{width}}  {'shape':<16} {'layout':<13} {'max|diff|':>9}  "
+             f"{'rel.scale':>9}  status"]
     for name, r in zip(names, report.rows):
         shape = format_shape(r.torch_shape if r.torch_shape is not None else r.jax_shape)
         status = r.status
         if r.status == SHAPE:
             status += f" (JAX {format_shape(r.jax_shape)})"
-        lines.append(f"{name:<{width}}  {shape:<16} {_num(r.max_abs):>9}  "
-                     f"{_num(r.rel_to_scale):>9}  {status}")
+        if r.status == HYPERPARAMETER:
+            status += f" ({escape_text(r.flax_name or '')})"
+        lines.append(f"{name:<{width}}  {shape:<16} {r.layout or '-':<13} "
+                     f"{_num(r.max_abs):>9}  {_num(r.rel_to_scale):>9}  {status}")
     return lines
+
+
+def suspects(report: Report) -> list[str]:
+    """Torch-only modules (pooling, activations, padding, pixel shuffle: functions in the
+    port) that ran between the last passing row and the first failing one: the first
+    failure may be theirs, shown in the next module that has a row."""
+    failures = report.failures
+    if not failures or failures[0].status == HYPERPARAMETER:
+        return []
+    at = report.rows.index(failures[0])
+    found = []
+    for row in reversed(report.rows[:at]):
+        if row.status == PASS:
+            break
+        if row.status == ONLY_TORCH and row.module:
+            found.append(row.module)
+    return found[::-1]
 
 
 def verdict_line(report: Report) -> str:
@@ -232,6 +260,11 @@ def verdict_line(report: Report) -> str:
         f"{first.rel_to_scale:.2e} relative to scale, max|diff| {first.max_abs:.2e}"
     if first.status == SHAPE:
         detail += f": torch {format_shape(first.torch_shape)} vs JAX {format_shape(first.jax_shape)}"
-    return (f"DIVERGES: first divergence at {escape_text(first.name)} ({detail}); "
+    if first.status == HYPERPARAMETER:
+        detail += f": {escape_text(first.flax_name or '')}"
+    blamed = suspects(report)
+    also = f"; torch-only modules just before it, suspects too: " \
+        f"{escape_text(', '.join(blamed))}" if blamed else ""
+    return (f"DIVERGES: first divergence at {escape_text(first.name)} ({detail}){also}; "
             f"{len(report.failures)} of {len(report.rows) - one_side} rows fail at tol "
             f"{report.tol:.0e}{extra}")

@@ -46,6 +46,11 @@ class Mutation:
     # compile the mutant's apply even with a context: cheaper when the change reaches every
     # module (DLN's conv1d-kernel: 1.9 s compiled vs 5.0 s eager, dim 16, 2 x 13 x 17)
     compile: bool = False
+    # {Flax path: {attribute: value}} the mutant's clones run with, so that the
+    # hyperparameter diff reads them (parity.engine.hyperparameters)
+    attributes: dict | None = None
+    # {(function, scope, index): {keyword: value}}: the calls the mutant changes, likewise
+    call_changes: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +128,12 @@ def _clone_call(port, site: Site, **changes) -> Callable:
         lambda path, module: changes if path == site.flax_path else None)
 
 
+def clone_mutation(port, site: Site, equivalent: str | None = None, **changes) -> Mutation:
+    """The site's module run as a clone with `changes`, which the diff reads too."""
+    return Mutation(None, _clone_call(port, site, **changes), equivalent,
+                    attributes={site.flax_path: changes})
+
+
 def flax_default(cls_name: str, field: str):
     """A flax.linen module kind's default for one field (e.g. PReLU's initial slope)."""
     import flax.linen as nn
@@ -192,7 +203,7 @@ def _same_padding(port, site) -> Mutation:
             total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
             same &= (total // 2, total - total // 2) == (p, p)
         equal = "SAME pads equal the explicit padding at this input size" if same else None
-    return Mutation(None, _clone_call(port, site, padding="SAME"), equal)
+    return clone_mutation(port, site, equal, padding="SAME")
 
 
 def _strided(port, name, module, path):
@@ -203,8 +214,8 @@ def _eps_clone(cls_name: str):
     def mutate(port, site) -> Mutation:
         current = float(port.census.modules[site.flax_path].epsilon)
         default = float(flax_default(cls_name, "epsilon"))
-        return Mutation(None, _clone_call(port, site, epsilon=default if current != default
-                                          else current * 10))
+        return clone_mutation(port, site, epsilon=default if current != default
+                              else current * 10)
     return mutate
 
 
@@ -222,21 +233,27 @@ def _call_sites(function: str, need: Callable | None = None):
     return find
 
 
-def _call_mutation(port, site: Site, replace: Callable, equivalent: str | None = None
-                   ) -> Mutation:
+def _call_mutation(port, site: Site, replace: Callable, equivalent: str | None = None,
+                   seen_as: dict | None = None) -> Mutation:
+    """The site's call computed by replace(original, args, kwargs); seen_as: the keyword
+    arguments the diff reads the mutated call as making."""
     def on_call(function, original, scope, index, args, kwargs):
         if function == site.call.function and scope == site.flax_path and \
                 index == site.call.index:
             return replace(original, args, dict(kwargs))
         return original(*args, **kwargs)
-    return Mutation(None, port.frontend.calls_patched(on_call), equivalent)
+    key = (site.call.function, site.call.scope, site.call.index)
+    return Mutation(None, port.frontend.calls_patched(on_call), equivalent,
+                    call_changes={key: seen_as} if seen_as else None)
 
 
 def _gelu_flip(port, site) -> Mutation:
     def replace(original, args, kwargs):
         approximate = kwargs.pop("approximate", args[1] if len(args) > 1 else True)
         return original(args[0], approximate=not approximate)
-    return _call_mutation(port, site, replace)
+    call = site.call
+    approximate = call.kwargs.get("approximate", call.args[0] if call.args else True)
+    return _call_mutation(port, site, replace, seen_as={"approximate": not approximate})
 
 
 def _leaky_default(port, site) -> Mutation:
@@ -260,7 +277,7 @@ def _resize_other_method(port, site) -> Mutation:
         kwargs["method"] = other
         return original(args[0], args[1] if len(args) > 1 else kwargs.pop("shape"),
                         **{k: v for k, v in kwargs.items() if k != "shape"})
-    return _call_mutation(port, site, replace)
+    return _call_mutation(port, site, replace, seen_as={"method": other})
 
 
 def _resize_align_corners(port, site) -> Mutation:
@@ -311,8 +328,7 @@ CATALOGUE: dict[str, Defect] = {d.name: d for d in [
                   "at inference (use_running_average=False)", BATCHNORM,
                   _module_sites(BATCHNORM, _both(_has("var"),
                                                  _flax_attr("use_running_average"))),
-                  lambda port, site: Mutation(None, _clone_call(port, site,
-                                                                use_running_average=False))),
+                  lambda port, site: clone_mutation(port, site, use_running_average=False)),
     Defect("conv-transpose-unflipped", "ConvTranspose kernel not flipped (torch's "
                   "transposed conv is the gradient of a conv)", CONV_TRANSPOSE,
                   _module_sites(CONV_TRANSPOSE, _has("kernel")),
@@ -336,3 +352,8 @@ CATALOGUE: dict[str, Defect] = {d.name: d for d in [
                   "1e-5)", ("LayerNorm",),
                   _module_sites(("LayerNorm",), _flax_attr("epsilon")), _eps_clone("LayerNorm")),
 ]}
+
+
+from parity.zoo.real_model_defects import DEFECTS as _REAL_MODEL_DEFECTS  # noqa: E402
+
+CATALOGUE.update(_REAL_MODEL_DEFECTS)

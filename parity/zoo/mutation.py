@@ -6,10 +6,12 @@ Statuses:
                      innermost compared ancestor when the site itself has no Flax row
     missed           the engine diverges elsewhere first (the defect is mislocated)
     equivalent       the mutant provably computes the same function at these shapes
-    below-tolerance  every block's measured effect stays within the tolerance (shown)
+    below-tolerance  every block's measured effect stays within the tolerance (shown) and
+                     the hyperparameter diff does not see it either: a blind spot, which
+                     counts as missed (the score never reads 100% over one)
     not-applicable   the port has no site for the defect (one entry, with the reason)
-The mutation score is caught / (caught + missed); every missed mutant is named. A port
-that already diverges is not scored: its mutants could prove nothing.
+The mutation score is caught / (caught + missed + below-tolerance); every missed mutant is
+named. A port that already diverges is not scored: its mutants could prove nothing.
 """
 
 from __future__ import annotations
@@ -57,11 +59,12 @@ class MutationReport:
 
     @property
     def missed(self) -> list[MutantResult]:
-        return [r for r in self.results if r.status == MISSED]
+        """Mislocated mutants and blind spots (below tolerance, unseen by the diff)."""
+        return [r for r in self.results if r.status in (MISSED, BELOW)]
 
     @property
     def score(self) -> float | None:
-        judged = [r for r in self.results if r.status in (CAUGHT, MISSED)]
+        judged = [r for r in self.results if r.status in (CAUGHT, MISSED, BELOW)]
         return None if not judged else sum(r.caught for r in judged) / len(judged)
 
     def counts(self) -> dict[str, int]:
@@ -76,7 +79,8 @@ class MutationReport:
         c = self.counts()
         score = "n/a" if self.score is None else f"{self.score:.0%}"
         line = (f"mutation score {score}: {c[CAUGHT]} caught, {c[MISSED]} missed, "
-                f"{c[EQUIVALENT]} equivalent, {c[BELOW]} below tolerance, "
+                f"{c[EQUIVALENT]} equivalent, {c[BELOW]} below tolerance (missed: blind "
+                "spots), "
                 f"{c[NOT_APPLICABLE]} defects not applicable")
         if self.missed:
             line += "; missed: " + ", ".join(f"{r.defect} at {r.site}" for r in self.missed)
@@ -123,7 +127,10 @@ def mutant_report(port, mutation):
     # than it saves (tiny example: ~5 s per compiled mutant vs well under 1 s eagerly;
     # DLN dim 16 concat-order 0.6 s eager vs 2.2 s compiled), unless the mutation says
     return port.compare(mutation.variables, mutation.context, mutation.flax_model,
-                        jit=mutation.context is None or mutation.compile)
+                        jit=mutation.context is None or mutation.compile,
+                        **({"attributes": mutation.attributes} if mutation.attributes else {}),
+                        **({"call_changes": mutation.call_changes} if mutation.call_changes
+                           else {}))
 
 
 def run_mutant(port, defect, site: Site, compared: set[str]) -> MutantResult:

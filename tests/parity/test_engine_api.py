@@ -73,7 +73,9 @@ def test_a_correct_port_passes_with_every_module_a_row(torch_net):
 def test_a_planted_batchnorm_epsilon_is_named_at_the_batchnorm(torch_net):
     wrong = flax_net(bn_eps=1e-3)
     report = compare(torch_net, wrong, convert_weights(torch_net, wrong, X), X)
-    assert report.first_divergence == "bn", report.failures[:2]
+    assert report.first_divergence_module == "bn", report.failures[:2]
+    # named twice: by the hyperparameter diff, and by the numbers
+    assert [r.status for r in report.failures[:2]] == ["hyperparameter mismatch", "fail"]
 
 
 def test_modules_on_the_flax_side_only_are_rows_too(torch_net):

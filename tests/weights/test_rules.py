@@ -88,7 +88,7 @@ def test_norms_prelu_linear_and_embedding_rules():
 
 def test_a_module_kind_with_tensors_and_no_rule_is_refused_by_name():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LSTM(4, 4))
-    with pytest.raises(NoConverterRule, match=r"LSTM at '1'") as info:
+    with pytest.raises(NoConverterRule, match=r"'1' of kind LSTM \(tensors: bias_hh_l0 \(16,\)") as info:
         plan_conversion(model)
     assert isinstance(info.value, UserError)
     assert plan_conversion(nn.Sequential(nn.ReLU(), nn.Flatten())).rules == []

@@ -1,0 +1,189 @@
+"""Catalogue entries for what ports of real models get wrong (ResNets, MobileNets, ViTs,
+CycleGAN generators), in the forms of parity/zoo/catalogue.py:
+
+    attention-scale       the fused qkv projection's query scaled by head_dim^-1 instead of
+                          head_dim^-0.5 (expressed on the qkv Linear's query columns)
+    qkv-split-order       query and key taken in the wrong order from the fused qkv output
+    pool-padding          max_pool/avg_pool with 'SAME' where torch pads explicitly
+                          (torchvision's max-pool pads (1, 1); SAME pads (0, 1) there)
+    reflect-as-zero-pad   jnp.pad with zeros where torch reflects (CycleGAN's ReflectionPad2d)
+    instancenorm-eps      InstanceNorm epsilon at Flax's default (1e-6; torch 1e-5)
+    hard-activation-smooth  hard_swish/hard_sigmoid replaced by swish/sigmoid (MobileNetV3)
+    token-transpose       tokens returned (N, C, L) instead of (N, L, C)
+    batchnorm-momentum    BatchNorm momentum at Flax's 0.99 (torch's 0.1 is Flax's 0.9);
+                          applies in training mode (`dln check --train`) only
+A site is the torch module where the defect must show first; the parameter-free ones
+(pooling, padding, activations) are paired with the port's function calls by
+parity.engine.hyperparameters.paired_calls, whose diff reads the mutated call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parity.zoo.catalogue import (BATCHNORM, Defect, Mutation, Site, _call_mutation,
+                                  _eps_clone, _flax_attr, _module_sites, _param_mutation,
+                                  clone_mutation)
+
+INSTANCENORM = ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")
+FLAX_BATCHNORM_MOMENTUM = 0.99
+
+
+def _fused_qkv(port, name, module, path) -> bool:
+    """A Linear whose output is a fused (query, key, value) projection."""
+    linear = any(c.__name__ == "Linear" for c in type(module).__mro__)
+    return linear and name.split(".")[-1] == "qkv" and \
+        module.out_features == 3 * module.in_features and \
+        any(r.leaf == "kernel" for r in port.plan.by_module().get(name, []))
+
+
+def _qkv_blocks(value: np.ndarray, axis: int) -> list[np.ndarray]:
+    return np.split(value, 3, axis=axis)
+
+
+def _on_qkv(port, site, change) -> Mutation:
+    """change(kernel or bias) applied to the site's kernel and bias alike."""
+    def apply(value, torch_value, rule):
+        return change(value, value.ndim - 1)
+    mutated = _param_mutation(port, site, "kernel", apply)
+    if any(r.leaf == "bias" for r in port.plan.by_module().get(site.torch_module, [])):
+        mutated = _param_mutation(_Shadow(port, mutated.variables), site, "bias", apply)
+    return mutated
+
+
+def _qkv_swapped(port, site) -> Mutation:
+    def swap(value, axis):
+        q, k, v = _qkv_blocks(value, axis)
+        return np.concatenate([k, q, v], axis=axis)
+    return _on_qkv(port, site, swap)
+
+
+class _Shadow:
+    """A port whose variables are another mutant's (to change two tensors of one site)."""
+
+    def __init__(self, port, variables):
+        self.__dict__.update(port=port, variables=variables)
+
+    def __getattr__(self, name):
+        return getattr(self.port, name)
+
+
+def _heads(port, site) -> int | None:
+    parent = port.torch_model.get_submodule(site.torch_module.rpartition(".")[0]) \
+        if "." in site.torch_module else port.torch_model
+    for attr in ("num_heads", "heads", "n_heads"):
+        if isinstance(getattr(parent, attr, None), int):
+            return getattr(parent, attr)
+    return None
+
+
+def _attention_scale(port, site) -> Mutation:
+    module = port.torch_model.get_submodule(site.torch_module)
+    head_dim = module.in_features // (_heads(port, site) or 1)
+    factor = np.float32(head_dim ** -0.5)   # head_dim^-1 = head_dim^-0.5 * head_dim^-0.5
+
+    def scale(value, axis):
+        q, k, v = _qkv_blocks(value, axis)
+        return np.concatenate([q * factor, k, v], axis=axis)
+    return _on_qkv(port, site, scale)
+
+
+def _paired_call_sites(function_names: tuple[str, ...], need=None):
+    def find(port) -> list[Site]:
+        from parity.engine.hyperparameters import paired_calls
+
+        return [Site(name, call.scope, f"{name} ({call.scope or '(root)'}: {call.function} "
+                     f"call {call.index})", call)
+                for name, call in paired_calls(port)
+                if call.function in function_names and (need is None or need(call))]
+    return find
+
+
+def _pool_same(port, site) -> Mutation:
+    padding = site.call.kwargs.get("padding", site.call.args[2] if len(site.call.args) > 2
+                                   else "VALID")
+    other = "VALID" if isinstance(padding, str) and padding.upper() == "SAME" else "SAME"
+
+    def replace(original, args, kwargs):
+        kwargs.pop("padding", None)
+        return original(*args[:3], padding=other, **kwargs)
+    return _call_mutation(port, site, replace, seen_as={"padding": other})
+
+
+def _reflect_call(call) -> bool:
+    mode = call.kwargs.get("mode", call.args[1] if len(call.args) > 1 else "constant")
+    return str(mode) in ("reflect", "symmetric", "edge", "wrap")
+
+
+def _zero_pad(port, site) -> Mutation:
+    def replace(original, args, kwargs):
+        kwargs.pop("mode", None)
+        return original(args[0], args[1] if len(args) > 1 else kwargs.pop("pad_width"),
+                        mode="constant", **kwargs)
+    return _call_mutation(port, site, replace, seen_as={"mode": "constant"})
+
+
+def _smooth(port, site) -> Mutation:
+    import jax.nn
+
+    smooth = {"hard_swish": jax.nn.swish, "hard_sigmoid": jax.nn.sigmoid}[site.call.function]
+    return _call_mutation(port, site, lambda original, args, kwargs: smooth(args[0]))
+
+
+def _token_sites(port) -> list[Site]:
+    """The final output when it is tokens (N, L, C) compared as they are."""
+    out = [key for key, layout in port.reference.layouts.items()
+           if key[0] == "" and layout == "as-is" and port.reference.outputs[key].ndim == 3]
+    return [Site("", "", "prediction (tokens)")] if out else []
+
+
+def _outputs_changed(port, change):
+    """A context: the root's return value changed (a Flax method interceptor)."""
+    def factory():
+        import flax.linen as nn
+
+        def interceptor(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if context.method_name == "__call__" and not context.module.path:
+                return change(out)
+            return out
+        return nn.intercept_methods(interceptor)
+    return factory
+
+
+def _momentum(port, site) -> Mutation:
+    current = float(port.census.modules[site.flax_path].momentum)
+    wrong = FLAX_BATCHNORM_MOMENTUM if current != FLAX_BATCHNORM_MOMENTUM else 0.9
+    return clone_mutation(port, site, momentum=wrong)
+
+
+def _training(port, name, module, path) -> bool:
+    return bool(getattr(port, "training", False))
+
+
+DEFECTS: dict[str, Defect] = {d.name: d for d in [
+    Defect("attention-scale", "attention scores scaled by 1/head_dim instead of "
+           "head_dim^-0.5 (on the fused qkv projection's query)", ("Linear",),
+           _module_sites(("Linear",), _fused_qkv), _attention_scale),
+    Defect("qkv-split-order", "query and key taken in the wrong order from a fused qkv "
+           "projection", ("Linear",), _module_sites(("Linear",), _fused_qkv), _qkv_swapped),
+    Defect("pool-padding", "max_pool/avg_pool padded 'SAME' where torch pads explicitly "
+           "(or the reverse)", ("call:max_pool", "call:avg_pool"),
+           _paired_call_sites(("max_pool", "avg_pool")), _pool_same),
+    Defect("reflect-as-zero-pad", "zero padding where torch reflects (ReflectionPad2d)",
+           ("call:pad",), _paired_call_sites(("pad",), _reflect_call), _zero_pad),
+    Defect("instancenorm-eps", "InstanceNorm epsilon left at Flax's default (1e-6; torch "
+           "1e-5)", INSTANCENORM, _module_sites(INSTANCENORM, _flax_attr("epsilon")),
+           _eps_clone("InstanceNorm")),
+    Defect("hard-activation-smooth", "hard_swish/hard_sigmoid replaced by swish/sigmoid",
+           ("call:hard_swish", "call:hard_sigmoid"),
+           _paired_call_sites(("hard_swish", "hard_sigmoid")), _smooth),
+    Defect("token-transpose", "tokens returned (N, C, L) instead of (N, L, C)",
+           ("tokens",), _token_sites, lambda port, site: Mutation(
+               None, _outputs_changed(port, lambda out: out.swapaxes(-1, -2)
+                                      if getattr(out, "ndim", 0) == 3 else out))),
+    Defect("batchnorm-momentum", "BatchNorm momentum at Flax's default 0.99 (torch 0.1 is "
+           "Flax 0.9); training mode only", BATCHNORM,
+           _module_sites(BATCHNORM, lambda *a: _training(*a) and _flax_attr("momentum")(*a)),
+           _momentum),
+]}

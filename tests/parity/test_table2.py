@@ -126,7 +126,10 @@ def test_table2_measures_both_formats_on_every_backend_like_the_authors(
         assert sizes["pth_bytes"] == (tmp_path / "back.pth").stat().st_size
         assert sizes["safetensors_bytes"] == st.stat().st_size
         # Orbax's data files depend on when its asynchronous writes land: a few KB apart
-        assert abs(sizes["orbax_bytes"] - orbax) <= 0.1 * orbax, (sizes, orbax)
+        # at dim 64 (0.1%), up to 30,019 B apart seen for this dim-16 model on a loaded
+        # machine; it holds every parameter byte at least
+        assert sizes["orbax_bytes"] >= sizes["parameter_bytes"], sizes
+        assert abs(sizes["orbax_bytes"] - orbax) <= max(0.1 * orbax, 64 * 1024), (sizes, orbax)
         source = authors_pth_16 if name.startswith("pth") else st
         assert sizes["file_bytes"] == source.stat().st_size
     pth_line = next(line for line in printed.splitlines() if line.startswith("| pth (nnx) |"))

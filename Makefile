@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/dln demo --out out/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 # Mutation testing of the toolkit itself (outside `make test`, ~20 min on 2 cores): each
 # mutant of tools/mutants.py's catalogue applied to a throwaway copy, its tests run there.

@@ -3,8 +3,12 @@
 The per-image held-out PSNRs are the figures published in weights/sample/README.md
 (measured by the trainer at the end of training, on the GPU it was trained on); they
 are parsed from the card, not produced by the code under test, and must hold on this
-CPU with both backends to 0.01 dB (the card's two decimals; the backends' PNGs differ by
-at most 0.1% of values off by one level, which moves PSNR by well under 0.01 dB).
+CPU to 0.01 dB (the card's two decimals). Run on the JAX backend: the PyTorch backend's
+PNGs equal JAX's under the one-level rule (tests/dln/test_determinism.py,
+tests/parity/test_table2.py), the reference network's outputs are held to the port's
+block by block by the parity tests, and `make table2` prints both backends' PSNRs for
+this model (docs/table2.md: equal to the printed digits); running it here too cost 18 s
+of the suite's budget.
 """
 
 import re
@@ -26,7 +30,7 @@ def published_heldout_psnr() -> dict[str, tuple[float, float]]:
     return rows
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("backend", ["jax"])
 def test_sample_model_gives_the_model_cards_heldout_psnr_per_image_to_001_db(backend):
     from dln.heldout import evaluate_checkpoint
 

@@ -43,6 +43,23 @@ class Census:
     shapes: dict[str, tuple[int, ...]]       # 'params/a/kernel' -> shape
 
 
+def traced_function_calls(run: Callable, variables, inputs) -> list[FunctionCall]:
+    """Every patchable function call of one apply, from an abstract trace (nothing is
+    computed): `run(record, variables, *xs)` applies the model with `record` patched in
+    as the stand-in of each patchable function (a frontend's calls_patched)."""
+    import jax
+
+    calls: list[FunctionCall] = []
+
+    def record(function, original, scope, index, args, kwargs):
+        calls.append(FunctionCall(function, scope, index, dict(kwargs), tuple(args[1:])))
+        return original(*args, **kwargs)
+
+    shapes = [jax.ShapeDtypeStruct(x.shape, np.float32) for x in flax_inputs(inputs)]
+    jax.eval_shape(lambda v, *xs: run(record, v, *xs), variables, *shapes)
+    return calls
+
+
 def flatten_output(value: Any, to_numpy: Callable[[Any], np.ndarray | None],
                    suffix: str = "") -> list[tuple[str, np.ndarray]]:
     """(suffix, array) for every array leaf of an output pytree (tuple, list, dict)."""

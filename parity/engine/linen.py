@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from parity.engine.frontend import (Census, FunctionCall, call_suffix, flatten_output,
-                                    flax_inputs)
+                                    flax_inputs, traced_function_calls)
 from weights.trees import flatten_tree, flax_path_candidates, nest_tree
 
 # (function name, namespaces ports call it from)
@@ -221,21 +221,11 @@ class LinenFrontend:
 
     def function_calls(self, variables, inputs) -> list[FunctionCall]:
         """Every patchable function call of one apply, from an abstract trace."""
-        import jax
-
-        calls: list[FunctionCall] = []
-
-        def record(function, original, scope, index, args, kwargs):
-            calls.append(FunctionCall(function, scope, index, dict(kwargs), tuple(args[1:])))
-            return original(*args, **kwargs)
-
-        def run(variables, *xs):
+        def run(record, variables, *xs):
             with calls_patched(record):
                 return self.module.apply(variables, *xs, mutable=True, **self.apply_kwargs)
 
-        shapes = [jax.ShapeDtypeStruct(x.shape, np.float32) for x in flax_inputs(inputs)]
-        jax.eval_shape(run, variables, *shapes)
-        return calls
+        return traced_function_calls(run, variables, inputs)
 
     @staticmethod
     def calls_patched(on_call: Callable) -> Callable:

@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from parity.engine.frontend import (Census, FunctionCall, call_suffix, flatten_output,
-                                    flax_inputs)
+                                    flax_inputs, traced_function_calls)
 from parity.engine.linen import functions_patched
 from weights.trees import flatten_tree, nest_tree, nnx_path_candidates
 
@@ -321,22 +321,12 @@ class NNXFrontend:
 
     def function_calls(self, variables, inputs) -> list[FunctionCall]:
         """Every patchable function call of one apply, from an abstract trace."""
-        import jax
-
-        calls: list[FunctionCall] = []
-
-        def record(function, original, scope, index, args, kwargs):
-            calls.append(FunctionCall(function, scope, index, dict(kwargs), tuple(args[1:])))
-            return original(*args, **kwargs)
-
-        def run(variables, *xs):
+        def run(record, variables, *xs):
             model = self.model_with(variables)
             with captured(model), functions_patched(record, _current_scope):
                 return _arrays_only(model(*xs, **self.apply_kwargs))
 
-        shapes = [jax.ShapeDtypeStruct(x.shape, np.float32) for x in flax_inputs(inputs)]
-        jax.eval_shape(run, variables, *shapes)
-        return calls
+        return traced_function_calls(run, variables, inputs)
 
     @staticmethod
     def calls_patched(on_call: Callable) -> Callable:

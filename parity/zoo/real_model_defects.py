@@ -9,6 +9,8 @@ CycleGAN generators), in the forms of parity/zoo/catalogue.py:
     reflect-as-zero-pad   jnp.pad with zeros where torch reflects (CycleGAN's ReflectionPad2d)
     instancenorm-eps      InstanceNorm epsilon at Flax's default (1e-6; torch 1e-5)
     hard-activation-smooth  hard_swish/hard_sigmoid replaced by swish/sigmoid (MobileNetV3)
+    pixelshuffle-order    depth-to-space reading channels as (r, r, C) instead of
+                          torch's (C, r, r)
     token-transpose       tokens returned (N, C, L) instead of (N, L, C)
     batchnorm-momentum    BatchNorm momentum at Flax's 0.99 (torch's 0.1 is Flax's 0.9);
                           applies in training mode (`dln check --train`) only
@@ -151,6 +153,21 @@ def _outputs_changed(port, change):
     return factory
 
 
+def _pixel_shuffle_order(port, site) -> Mutation:
+    """The port's depth-to-space fed its channels as if ordered (r, r, C): the same as a
+    shuffle that splits channels in the wrong order (torch: channel c * r^2 + i * r + j
+    goes to output channel c at offset (i, j))."""
+    r = int(getattr(port.torch_model.get_submodule(site.torch_module), "upscale_factor"))
+
+    def reorder(x):
+        channels = x.shape[-1]
+        c = channels // (r * r)
+        # what a (r, r, C) reading finds at torch's position c * r^2 + k is x[k * C + c]
+        order = np.arange(channels).reshape(r * r, c).T.reshape(-1)
+        return x[..., order]
+    return Mutation(None, port.frontend.inputs_changed(site.flax_path, reorder))
+
+
 def _momentum(port, site) -> Mutation:
     current = float(port.census.modules[site.flax_path].momentum)
     wrong = FLAX_BATCHNORM_MOMENTUM if current != FLAX_BATCHNORM_MOMENTUM else 0.9
@@ -178,6 +195,9 @@ DEFECTS: dict[str, Defect] = {d.name: d for d in [
     Defect("hard-activation-smooth", "hard_swish/hard_sigmoid replaced by swish/sigmoid",
            ("call:hard_swish", "call:hard_sigmoid"),
            _paired_call_sites(("hard_swish", "hard_sigmoid")), _smooth),
+    Defect("pixelshuffle-order", "depth-to-space splitting channels as (r, r, C) instead "
+           "of torch's (C, r, r)", ("PixelShuffle",), _module_sites(("PixelShuffle",)),
+           _pixel_shuffle_order),
     Defect("token-transpose", "tokens returned (N, C, L) instead of (N, L, C)",
            ("tokens",), _token_sites, lambda port, site: Mutation(
                None, _outputs_changed(port, lambda out: out.swapaxes(-1, -2)

@@ -62,3 +62,48 @@ def test_a_mutant_neither_the_numbers_nor_the_diff_see_counts_as_missed():
     zoo = run_zoo(port, catalogue={"blind": blind})
     assert [r.status for r in zoo.results] == [BELOW]
     assert zoo.score == 0.0 and zoo.missed and "100%" not in zoo.summary()
+
+
+def _sub_pixel_models(scale: int = 2):
+    """An ESPCN-style head: a conv to 3 * r^2 channels, then torch's PixelShuffle, and its
+    Linen port with a depth-to-space module in torch's (C, r, r) channel order."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+    import torch
+
+    class TorchNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 3 * scale * scale, 3, padding=1)
+            self.shuffle = torch.nn.PixelShuffle(scale)
+
+        def forward(self, x):
+            return self.shuffle(self.conv(x))
+
+    class DepthToSpace(nn.Module):
+        r: int
+
+        def __call__(self, x):
+            n, h, w, channels = x.shape
+            c = channels // (self.r * self.r)
+            x = x.reshape(n, h, w, c, self.r, self.r)          # torch: (C, r, r)
+            x = jnp.transpose(x, (0, 1, 4, 2, 5, 3))
+            return x.reshape(n, h * self.r, w * self.r, c)
+
+    class FlaxNet(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(3 * scale * scale, (3, 3), padding=1, name="conv")(x)
+            return DepthToSpace(scale, name="shuffle")(x)
+
+    return TorchNet().eval(), FlaxNet()
+
+
+def test_pixel_shuffle_channel_order_is_caught_at_the_shuffle():
+    torch_model, flax_model = _sub_pixel_models()
+    port = prepare_port(torch_model, flax_model, X16)
+    assert port.compare().passed
+    zoo = run_zoo(port, names=["pixelshuffle-order"])
+    assert statuses(zoo) == {("pixelshuffle-order", "shuffle"): (CAUGHT, "shuffle")}, \
+        zoo.summary()

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from core.errors import UserError
+from weights.trees import flatten_tree, nest_tree
 
 
 class UnsupportedPort(UserError, TypeError):
@@ -41,6 +42,22 @@ class FunctionCall:
 class Census:
     modules: dict[str, Any]                  # path -> module ('' the root)
     shapes: dict[str, tuple[int, ...]]       # 'params/a/kernel' -> shape
+
+
+class VariableTree:
+    """What both frontends share of their variables: a dict of collections ('params',
+    'batch_stats', ...) of nested dicts, flattened to 'collection/path/leaf' keys."""
+
+    flat = staticmethod(flatten_tree)
+    nested = staticmethod(nest_tree)
+
+    @staticmethod
+    def split(variables) -> tuple[dict, dict]:
+        return variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+    @staticmethod
+    def merge(params, rest: dict) -> dict:
+        return {"params": params, **rest}
 
 
 def traced_function_calls(run: Callable, variables, inputs) -> list[FunctionCall]:

@@ -27,8 +27,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from parity.engine.frontend import (Census, FunctionCall, call_suffix, flatten_output,
-                                    flax_inputs, traced_function_calls)
-from weights.trees import flatten_tree, flax_path_candidates, nest_tree
+                                    flax_inputs, traced_function_calls, VariableTree)
+from weights.trees import flatten_tree, flax_path_candidates
 
 # (function name, namespaces ports call it from)
 PATCHABLE = {
@@ -64,7 +64,7 @@ def _intermediates(tree: dict, prefix: str = "") -> dict[tuple[str, str], np.nda
     return flat
 
 
-class LinenFrontend:
+class LinenFrontend(VariableTree):
     kind = "linen"
 
     def __init__(self, module, apply_kwargs: dict | None = None):
@@ -77,16 +77,6 @@ class LinenFrontend:
 
     # ---- names and variables -----------------------------------------------------------
     path_candidates = staticmethod(flax_path_candidates)
-    flat = staticmethod(flatten_tree)
-    nested = staticmethod(nest_tree)
-
-    @staticmethod
-    def split(variables) -> tuple[dict, dict]:
-        return variables["params"], {k: v for k, v in variables.items() if k != "params"}
-
-    @staticmethod
-    def merge(params, rest: dict) -> dict:
-        return {"params": params, **rest}
 
     def apply(self, variables, *inputs):
         return self.module.apply(variables, *inputs, **self.apply_kwargs)

@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from parity.engine.frontend import (Census, FunctionCall, call_suffix, flatten_output,
-                                    flax_inputs, traced_function_calls)
+                                    flax_inputs, traced_function_calls, VariableTree)
 from parity.engine.linen import functions_patched
 from weights.trees import flatten_tree, nest_tree, nnx_path_candidates
 
@@ -142,7 +142,7 @@ def _current_scope() -> str:
     return _RUNS[-1].stack[-1] if _RUNS else ""
 
 
-class NNXFrontend:
+class NNXFrontend(VariableTree):
     kind = "nnx"
 
     def __init__(self, module, apply_kwargs: dict | None = None):
@@ -167,16 +167,6 @@ class NNXFrontend:
 
     # ---- names and variables -----------------------------------------------------------
     path_candidates = staticmethod(nnx_path_candidates)
-    flat = staticmethod(flatten_tree)
-    nested = staticmethod(nest_tree)
-
-    @staticmethod
-    def split(variables) -> tuple[dict, dict]:
-        return variables["params"], {k: v for k, v in variables.items() if k != "params"}
-
-    @staticmethod
-    def merge(params, rest: dict) -> dict:
-        return {"params": params, **rest}
 
     def own_variables(self) -> dict:
         """The model's own weights in this frontend's variables layout (numpy copies)."""

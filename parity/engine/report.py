@@ -40,7 +40,7 @@ class CheckResult:
     def passed(self) -> bool:
         return (self.report is None or self.report.passed) and \
             (self.gradients is None or self.gradients.passed) and \
-            (self.mutants is None or (not self.mutants.missed and not self.mutants.not_scored))
+            (self.mutants is None or self.mutants.passed)
 
     @property
     def first_divergence(self) -> str | None:
@@ -64,6 +64,7 @@ def report_dict(result: CheckResult) -> dict:
     if result.mutants is not None:
         out["mutation_score"] = result.mutants.score
         out["mutants_not_run"] = result.mutants.not_scored
+        out["mutants_unproven"] = result.mutants.unproven
         out["mutants_missed"] = [f"{m.defect} at {m.site}" for m in result.mutants.missed]
     return out
 
@@ -271,10 +272,14 @@ def junit_xml(result: CheckResult) -> str:
     mutants = result.mutants
     if mutants is not None and mutants.not_scored:
         case("mutants", "mutation zoo", f"not run: {mutants.not_scored}")
+    if mutants is not None and mutants.unproven:
+        case("mutants", "mutation zoo", mutants.unproven)
     for m in mutants.results if mutants is not None else []:
+        # a blind spot (below tolerance) counts as missed: a failure, as in the verdict
+        judged_missed = m in mutants.missed
         case("mutants", f"{m.defect} at {m.site or '-'}",
-             (m.note or "missed") if m.status == "missed" else None,
-             f"{m.status}: {m.note}" if m.status not in ("caught", "missed") else None)
+             (f"{m.status}: {m.note}" if m.note else m.status) if judged_missed else None,
+             f"{m.status}: {m.note}" if m.status != "caught" and not judged_missed else None)
     return ('<?xml version="1.0" encoding="utf-8"?>\n'
             f'<testsuite name="parity" tests="{len(cases)}" failures="{failures}" '
             f'skipped="{skipped}" errors="0">\n' + "\n".join(cases) + "\n</testsuite>\n")

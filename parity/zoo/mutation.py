@@ -12,6 +12,9 @@ Statuses:
     not-applicable   the port has no site for the defect (one entry, with the reason)
 The mutation score is caught / (caught + missed + below-tolerance); every missed mutant is
 named. A port that already diverges is not scored: its mutants could prove nothing.
+A run in which no mutant could be judged (every requested defect not applicable or
+equivalent here) proves nothing either: it is `unproven`, and a verdict that asked for
+mutants does not pass on it.
 """
 
 from __future__ import annotations
@@ -63,6 +66,19 @@ class MutationReport:
         return [r for r in self.results if r.status in (MISSED, BELOW)]
 
     @property
+    def unproven(self) -> str | None:
+        """Why this run proves nothing although it ran (no mutant could be judged)."""
+        if self.not_scored or self.score is not None:
+            return None
+        return ("no requested defect could be injected and judged on this port (each is "
+                "not applicable or equivalent here): the verdict is not proven by mutation")
+
+    @property
+    def passed(self) -> bool:
+        """Every judged mutant caught, at least one judged, and the port scored."""
+        return not self.not_scored and not self.missed and self.score is not None
+
+    @property
     def score(self) -> float | None:
         judged = [r for r in self.results if r.status in (CAUGHT, MISSED, BELOW)]
         return None if not judged else sum(r.caught for r in judged) / len(judged)
@@ -84,6 +100,8 @@ class MutationReport:
                 f"{c[NOT_APPLICABLE]} defects not applicable")
         if self.missed:
             line += "; missed: " + ", ".join(f"{r.defect} at {r.site}" for r in self.missed)
+        if self.unproven:
+            line += f"; FAIL: {self.unproven}"
         return line
 
 

@@ -40,6 +40,23 @@ def test_check_passes_the_example_and_writes_every_report(tmp_path, capsys):
     assert int(suite.get("failures")) == 0
 
 
+
+def test_mutants_that_cannot_apply_to_the_model_fail_the_check_instead_of_passing(
+        tmp_path, capsys):
+    # tiny_unet has no LayerNorm: the requested defect has no site, nothing is judged,
+    # so the mutation run proves nothing and must not read as a pass
+    code = main(["check", "--torch", TORCH, "--flax", FLAX, "--input-shape", "2,3,16,16",
+                 "--mutants", "layernorm-eps", "--report", str(tmp_path / "r"),
+                 "--junit", str(tmp_path / "j.xml")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "not proven by mutation" in out
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["passed"] is False and report["mutation_score"] is None
+    assert "not proven" in report["mutants_unproven"]
+    suite = ElementTree.parse(tmp_path / "j.xml").getroot()
+    assert int(suite.get("failures")) == 1
+
 def _planted(tmp_path) -> str:
     source = (EXAMPLE / "flax_model.py").read_text()
     planted = source.replace("nn.GroupNorm(num_groups=GROUPS, epsilon=TORCH_NORM_EPS)",

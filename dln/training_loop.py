@@ -180,6 +180,8 @@ def resume_point(out: Path, settings: TrainSettings
 def _train_locked(settings: TrainSettings, out: Path, echo: Callable[[str], None],
                   data) -> TrainResult:
     from core.data import BatchStream, auto_processes, open_training_data
+    from core.memory import available_memory
+    from frameworks.memory_plan import check_training_memory
     from dln.heldout import evaluate_heldout
     from core.progress import progress
     from weights.training_checkpoint import save_state
@@ -192,6 +194,8 @@ def _train_locked(settings: TrainSettings, out: Path, echo: Callable[[str], None
                          "or choose another --out")
     else:
         config, state = initial_state(settings)
+    check_training_memory(settings.batch, settings.patch, config, settings.framework,
+                          available_memory())
     data = data or open_training_data(settings.data, settings.patch, settings.heldout)
     for line in data.problems:
         echo(f"skipped: {escape_text(line)}")

@@ -19,7 +19,7 @@ import dataclasses
 
 from core.config import DLNConfig
 from core.errors import InputError
-from core.memory import working_budget
+from core.memory import MEMORY_FRACTION, working_budget
 from core.tiling import (DEFAULT_TILE, bucket_shape, check_tile, landscape, largest_halo,
                          map_bytes, map_channels)
 from core.units import format_bytes
@@ -141,3 +141,44 @@ def batch_that_fits(plan: ImagePlan, batch: int, budget: int | None = None) -> i
     if plan.mode != "whole" or plan.estimate_bytes <= 0:
         return max(1, batch)
     return max(1, min(int(batch), budget // plan.estimate_bytes))
+
+
+# Peak resident memory of `dln train`'s step (loss, gradients, Adam), measured with
+# `dln bench --workload train` (ru_maxrss of each trainer's fresh worker) on the 2-core
+# AMD EPYC at dim 64: JAX (Linen, training rewrites) 894 / 3,362 / 5,978 MiB at
+# batch x patch^2 = 2 x 64^2 / 4 x 128^2 / 8 x 128^2, i.e. ~41.8 KB per crop pixel
+# (654 bytes per pixel per dim) above ~750 MiB; PyTorch eager 544 / 2,015 / 3,175 MiB,
+# ~18.6 KB per pixel (290 per dim) above ~860 MiB. The figures below round those up
+# (the NNX trainer runs the same step's XLA program as the Linen one without the
+# rewrites: JAX's figure, which the plain step stays under). The fixed part is the
+# framework, the weights, Adam's two moments and the data pipeline.
+TRAIN_BYTES_PER_PIXEL_PER_DIM = {"torch": 320, "jax": 700, "nnx": 700}
+TRAIN_FIXED_BYTES = 1 * 2**30
+
+
+def training_step_bytes(batch: int, patch: int, config: DLNConfig,
+                        framework: str = "jax") -> int:
+    """Peak memory of one training process at this batch of patch x patch crops."""
+    per_dim = TRAIN_BYTES_PER_PIXEL_PER_DIM.get(framework, max(TRAIN_BYTES_PER_PIXEL_PER_DIM.values()))
+    return TRAIN_FIXED_BYTES + int(batch) * int(patch) ** 2 * per_dim * config.dim
+
+
+def check_training_memory(batch: int, patch: int, config: DLNConfig, framework: str,
+                          available: int | None) -> None:
+    """Refuse (InputError, one line, before any data is read or any step traced) a
+    training step whose estimate exceeds MEMORY_FRACTION of the memory available
+    (cgroup limits included; `available` None: unknown, nothing refused)."""
+    if available is None:
+        return
+    need = training_step_bytes(batch, patch, config, framework)
+    room = int(available * MEMORY_FRACTION)
+    if need > room:
+        fitting = max(0, (room - TRAIN_FIXED_BYTES)
+                      // (patch ** 2 * TRAIN_BYTES_PER_PIXEL_PER_DIM.get(framework, 700)
+                          * config.dim))
+        hint = (f"--batch {fitting} fits at this patch" if fitting >= 1
+                else "a smaller --patch is needed")
+        raise InputError(f"--batch {batch} --patch {patch}: a {framework} training step at "
+                         f"dim {config.dim} needs about {format_bytes(need)}, more than the "
+                         f"{format_bytes(room)} this run may use ({int(MEMORY_FRACTION * 100)}% "
+                         f"of the memory available); {hint}")

@@ -193,7 +193,7 @@ def _decode(fh, path: Path, max_pixels: int | None) -> np.ndarray:
         fh.seek(0)
         head = fh.read(33)
         if im.format == "PNG" and png16.is_16bit_colour(head):
-            return _decode_png16(fh)
+            return _decode_png16(fh, path, max_pixels)
         im.load()
         orientation = _orientation(im.getexif())
         array = _pil_to_float(im)
@@ -213,13 +213,21 @@ def _quiet_pillow() -> None:
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
-def _decode_png16(fh) -> np.ndarray:
+def _decode_png16(fh, path: Path, max_pixels: int | None) -> np.ndarray:
+    """The file is read again here, so its size is checked again on these bytes: a
+    file rewritten after Pillow read its header cannot slip a larger one past the
+    limit (None: Pillow's decompression-bomb limit, as for every other image)."""
     from PIL import Image
 
     from core import png16
 
     fh.seek(0)
-    samples, exif_bytes = png16.read(fh)
+    limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    try:
+        samples, exif_bytes = png16.read(fh, limit or 1 << 62)
+    except png16.PNGTooLargeError as err:
+        raise ImageTooLargeError(path, err.width * err.height, err.limit,
+                                 (err.width, err.height)) from None
     orientation = 1
     if exif_bytes:
         exif = Image.Exif()

@@ -31,6 +31,15 @@ class PNGError(ValueError):
     """The bytes break the PNG format; the message is one line."""
 
 
+class PNGTooLargeError(PNGError):
+    """The header read here declares more pixels than the caller allows; nothing was
+    decompressed."""
+
+    def __init__(self, width: int, height: int, limit: int):
+        self.width, self.height, self.limit = width, height, limit
+        super().__init__(f"{width}x{height} pixels is more than the limit of {limit}")
+
+
 def header(head: bytes) -> tuple[int, int, int, int, int] | None:
     """(width, height, bit depth, colour type, interlace) from a file's first 33 bytes,
     or None if they are not a PNG signature followed by an IHDR chunk."""
@@ -65,11 +74,13 @@ def _read_exact(fh: BinaryIO, n: int, what: str) -> bytes:
     return data
 
 
-def read(fh: BinaryIO) -> tuple[np.ndarray, bytes | None]:
+def read(fh: BinaryIO, max_pixels: int) -> tuple[np.ndarray, bytes | None]:
     """(pixels, raw eXIf payload or None) of a 16-bit colour PNG open in `fh`.
 
     pixels: uint16 array (height, width, channels), channels 3 (RGB), 2 (grey,
-    alpha) or 4 (RGBA). The caller has checked the size against its limit.
+    alpha) or 4 (RGBA). max_pixels is checked against the header read here, not one
+    the caller read earlier: the file may have changed since (PNGTooLargeError
+    before anything is decompressed).
     """
     head = _read_exact(fh, 33, "header")
     info = header(head)
@@ -82,6 +93,8 @@ def read(fh: BinaryIO) -> tuple[np.ndarray, bytes | None]:
         raise PNGError(f"bit depth {depth}, colour type {colour} is not 16-bit colour")
     if width == 0 or height == 0 or interlace not in (0, 1):
         raise PNGError(f"invalid header: {width}x{height}, interlace {interlace}")
+    if width * height > max_pixels:
+        raise PNGTooLargeError(width, height, max_pixels)
     bpp = 2 * CHANNELS[colour]
     passes = ([(0, 0, 1, 1)] if interlace == 0 else list(ADAM7))
     sizes = [(-(-(width - x0) // dx), -(-(height - y0) // dy)) for x0, y0, dx, dy in passes]

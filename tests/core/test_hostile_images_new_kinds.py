@@ -1,0 +1,113 @@
+"""Hostile and odd image files of kinds the other image tests do not make: a file
+rewritten between the two reads of the 16-bit route, compressed-metadata bombs,
+animations, sockets and device links with image names, one-pixel-wide images."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.images import ImageError, ImageTooLargeError, load_image
+from tests.core.test_images_robust import write_png16
+
+RNG = np.random.default_rng(44)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png(width: int, height: int, depth: int, colour: int, raw: bytes, before_idat: bytes = b""
+         ) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + before_idat
+            + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b""))
+
+
+def test_16bit_png_enlarged_after_pillow_read_its_header_is_refused_before_inflating(
+        tmp_path, monkeypatch):
+    """The 16-bit route reads the file a second time. A file rewritten in between (here:
+    right after Pillow read its header) to declare 60000 x 60000 must meet the size limit again, on
+    the header that is decoded, before zlib is asked for 28.8 GB. (A text chunk larger
+    than the reader's buffer makes the second read come from the disk.)"""
+    path = tmp_path / "deep.png"
+    write_png16(path, (RNG.random((4, 4, 4)) * 65535).astype(np.uint16))
+    whole = path.read_bytes()
+    path.write_bytes(whole[:33] + _chunk(b"tEXt", b"pad\0" + b"x" * 20000) + whole[33:])
+    real_open = Image.open
+
+    def open_then_rewrite(*args, **kwargs):
+        image = real_open(*args, **kwargs)  # Pillow has read the 4 x 4 header
+        ihdr = struct.pack(">IIBBBBB", 60000, 60000, 16, 6, 0, 0, 0)
+        with open(path, "r+b") as fh:  # in place: the reader's open descriptor sees it
+            fh.seek(8)
+            fh.write(_chunk(b"IHDR", ihdr))
+        return image
+
+    monkeypatch.setattr(Image, "open", open_then_rewrite)
+    with pytest.raises(ImageTooLargeError) as info:
+        load_image(path, max_pixels=1000)
+    assert info.value.size == (60000, 60000) and info.value.limit == 1000
+    with pytest.raises(ImageTooLargeError):  # no limit of ours: Pillow's bomb limit holds
+        load_image(path, max_pixels=None)
+
+
+@pytest.mark.parametrize("kind", [b"iCCP", b"zTXt", b"iTXt"])
+@pytest.mark.parametrize("depth", [8, 16])
+def test_zlib_bomb_in_a_png_metadata_chunk_is_one_line(tmp_path, kind, depth):
+    bomb = zlib.compress(b"\0" * (16 << 20), 9)  # 16 MiB of zeros in 16 KB
+    payload = {b"iCCP": b"icc\0\0", b"zTXt": b"key\0\0", b"iTXt": b"key\0\1\0\0\0"}[kind] + bomb
+    raw = b"".join(b"\0" + bytes(4 * 3 * depth // 8) for _ in range(4))
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png(4, 4, depth, 2, raw, _chunk(kind, payload)))
+    try:
+        image = load_image(path)
+    except ImageError as err:
+        assert "\n" not in str(err) and "bomb.png" in str(err)
+    else:  # a reader that skips the chunk may read the pixels
+        assert image.shape == (4, 4, 3)
+
+
+def test_animated_png_and_multi_picture_jpeg_give_their_first_frame(tmp_path):
+    frames = [Image.fromarray((RNG.random((5, 7, 3)) * 255).astype(np.uint8)) for _ in range(3)]
+    frames[0].save(tmp_path / "anim.png", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "multi.jpg", format="MPO", save_all=True,
+                   append_images=frames[1:], quality=95)
+    np.testing.assert_array_equal(load_image(tmp_path / "anim.png"),
+                                  np.asarray(frames[0], np.float32) / 255)
+    first = np.asarray(Image.open(io.BytesIO((tmp_path / "multi.jpg").read_bytes())), np.float32)
+    np.testing.assert_array_equal(load_image(tmp_path / "multi.jpg"), first / 255)
+
+
+def test_socket_and_link_to_a_device_named_as_images_are_refused_without_reading(tmp_path):
+    os.symlink("/dev/zero", tmp_path / "zero.png")  # reading it would never end
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(str(tmp_path / "sock.jpg"))
+        for name in ("zero.png", "sock.jpg"):
+            with pytest.raises(ImageError, match=name) as info:
+                load_image(tmp_path / name)
+            assert "\n" not in str(info.value)
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("size", [(1, 37), (37, 1), (1, 1)])
+def test_one_pixel_wide_or_high_images_of_every_decoder(tmp_path, size):
+    array = (RNG.random((*size, 3)) * 255).astype(np.uint8)
+    for name in ("a.png", "a.bmp"):
+        Image.fromarray(array).save(tmp_path / name)
+        np.testing.assert_array_equal(load_image(tmp_path / name), array / np.float32(255))
+    Image.fromarray(array).save(tmp_path / "a.jpg", progressive=True)
+    assert load_image(tmp_path / "a.jpg").shape == (*size, 3)
+    deep = (RNG.random((*size, 3)) * 65535).astype(np.uint16)
+    write_png16(tmp_path / "deep.png", deep, interlace=True)  # Adam7 passes left empty
+    np.testing.assert_array_equal(load_image(tmp_path / "deep.png"),
+                                  deep.astype(np.float32) / np.float32(65535))

@@ -55,7 +55,7 @@ def safetensors_header(data: bytes) -> tuple[dict, dict[str, str]]:
         raise CheckpointError(f"not a safetensors file: header size {size:,} does not fit "
                               f"in {len(data):,} bytes")
     try:
-        header = json.loads(data[8:8 + size].decode("utf-8"))
+        header = json.loads(data[8:8 + size].decode("utf-8"), object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise CheckpointError(f"not a safetensors file: corrupt header ({one_line(err)})") \
             from None
@@ -66,6 +66,18 @@ def safetensors_header(data: bytes) -> tuple[dict, dict[str, str]]:
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise CheckpointError("safetensors metadata is not a map of text to text")
     return header, metadata
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are all different. Python's json keeps the last of two
+    equal keys, other readers refuse the file or keep the first: a tensor named twice
+    could load as different weights elsewhere, so it is refused here."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"the key {twice!r} appears twice in one object")
+    return result
 
 
 def is_safetensors_bytes(data: bytes) -> bool:

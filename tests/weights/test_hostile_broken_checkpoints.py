@@ -206,7 +206,11 @@ def broken_safetensors_variants(good: bytes) -> dict[str, tuple[bytes, str]]:
     bad_config["__metadata__"]["config"] = '{"gamma": "bright"}'
     bad_offsets = json.loads(json.dumps(header))
     bad_offsets["feat1.conv.bias"]["data_offsets"][1] += 4
+    bias = json.dumps(header["feat1.conv.bias"])  # named twice; Python's json keeps the last
+    twice = json.dumps(header).replace("{", '{"feat1.conv.bias": ' + bias + ", ", 1).encode()
+    twice += b" " * (-len(twice) % 8)
     return {
+        "tensor named twice": (len(twice).to_bytes(8, "little") + twice + body, "appears twice"),
         "header size past the end": (len(good).to_bytes(8, "little") + good[8:],
                                      "header size"),
         "header not JSON": (good[:8] + b"{" * size + body, "corrupt header"),

@@ -111,3 +111,18 @@ def test_one_pixel_wide_or_high_images_of_every_decoder(tmp_path, size):
     write_png16(tmp_path / "deep.png", deep, interlace=True)  # Adam7 passes left empty
     np.testing.assert_array_equal(load_image(tmp_path / "deep.png"),
                                   deep.astype(np.float32) / np.float32(65535))
+
+
+@pytest.mark.parametrize("orientation", range(0, 10))
+def test_every_exif_orientation_of_an_8bit_image_matches_pillow_exif_transpose(tmp_path,
+                                                                             orientation):
+    """Out-of-range values (0, 9) leave the pixels as stored, as Pillow does."""
+    from PIL import ImageOps
+
+    im = Image.fromarray((RNG.random((5, 7, 3)) * 255).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    im.save(tmp_path / "o.png", exif=exif.tobytes())
+    with Image.open(tmp_path / "o.png") as stored:
+        expected = np.asarray(ImageOps.exif_transpose(stored).convert("RGB"), np.float32) / 255
+    np.testing.assert_array_equal(load_image(tmp_path / "o.png"), expected)

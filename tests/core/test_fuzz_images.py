@@ -1,7 +1,7 @@
 """Fuzzing load_image with mutated real images of every decoder route.
 
 Allowed outcomes: an RGB float32 array in [0, 1], or ImageError with one line.
-The 16-bit PNG route is this project's own decoder (core/png16.py), so it gets
+The 16-bit PNG route has this project's own chunk reader (core/png16.py), so it gets
 mutations both of the raw file and behind valid CRCs.
 """
 

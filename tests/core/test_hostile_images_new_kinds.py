@@ -126,3 +126,29 @@ def test_every_exif_orientation_of_an_8bit_image_matches_pillow_exif_transpose(t
     with Image.open(tmp_path / "o.png") as stored:
         expected = np.asarray(ImageOps.exif_transpose(stored).convert("RGB"), np.float32) / 255
     np.testing.assert_array_equal(load_image(tmp_path / "o.png"), expected)
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_16bit_png_with_image_data_cut_short_behind_valid_crcs_is_refused(tmp_path, channels):
+    """Every chunk is intact, but the zlib stream holds half the rows: refused, never
+    filled with zeros."""
+    pixels = (RNG.random((16, 16, channels)) * 65535).astype(np.uint16)
+    write_png16(tmp_path / "whole.png", pixels, first_filter=4)
+    whole = (tmp_path / "whole.png").read_bytes()
+    colour = {2: 4, 3: 2, 4: 6}[channels]
+    raw = zlib.decompress(b"".join(_idat_payloads(whole)))
+    cut = _png(16, 16, 16, colour, raw[: len(raw) // 2])
+    (tmp_path / "cut.png").write_bytes(cut)
+    with pytest.raises(ImageError, match="cut.png") as info:
+        load_image(tmp_path / "cut.png")
+    assert "\n" not in str(info.value)
+
+
+def _idat_payloads(png: bytes) -> list[bytes]:
+    payloads, at = [], 8
+    while at < len(png):
+        length, kind = struct.unpack(">I4s", png[at:at + 8])
+        if kind == b"IDAT":
+            payloads.append(png[at + 8:at + 8 + length])
+        at += 12 + length
+    return payloads

@@ -194,6 +194,9 @@ def _decode(fh, path: Path, max_pixels: int | None) -> np.ndarray:
         head = fh.read(33)
         if im.format == "PNG" and png16.is_16bit_colour(head):
             return _decode_png16(fh, path, max_pixels)
+        if im.format == "PNG":  # every row present: Pillow would leave missing ones black
+            _check_png_data(fh, path, max_pixels)
+            fh.seek(0)
         im.load()
         return _pil_to_float(im, _orientation(im.getexif()))
 
@@ -211,6 +214,27 @@ def _quiet_pillow() -> None:
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
+def _png_limit(max_pixels: int | None) -> int:
+    """The pixel limit core.png16 checks on the header it reads itself (the file may
+    have changed since Pillow read it); None: Pillow's decompression-bomb limit."""
+    from PIL import Image
+
+    limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return limit or 1 << 62
+
+
+def _check_png_data(fh, path: Path, max_pixels: int | None) -> None:
+    from core import png16
+
+    try:
+        png16.check_image_data(fh, _png_limit(max_pixels))
+    except png16.PNGTooLargeError as err:
+        raise ImageTooLargeError(path, err.width * err.height, err.limit,
+                                 (err.width, err.height)) from None
+    except png16.PNGError as err:
+        raise ImageError(f"{path}: cannot read image ({_one_line(err)})") from None
+
+
 def _decode_png16(fh, path: Path, max_pixels: int | None) -> np.ndarray:
     """The file is read again here, so its size is checked again on these bytes: a
     file rewritten after Pillow read its header cannot slip a larger one past the
@@ -220,9 +244,8 @@ def _decode_png16(fh, path: Path, max_pixels: int | None) -> np.ndarray:
     from core import png16
 
     fh.seek(0)
-    limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
     try:
-        samples, exif_bytes = png16.read(fh, limit or 1 << 62)
+        samples, exif_bytes = png16.read(fh, _png_limit(max_pixels))
     except png16.PNGTooLargeError as err:
         raise ImageTooLargeError(path, err.width * err.height, err.limit,
                                  (err.width, err.height)) from None

@@ -23,7 +23,8 @@ from typing import BinaryIO
 import numpy as np
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel (no palette at 16 bits)
+CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 HANDLED_COLOUR_TYPES = (2, 4, 6)     # RGB, grey+alpha, RGBA
 ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
          (0, 1, 1, 2))  # (x0, y0, dx, dy) of the seven passes
@@ -85,6 +86,24 @@ def read(fh: BinaryIO, max_pixels: int) -> tuple[np.ndarray, bytes | None]:
     the caller read earlier: the file may have changed since (PNGTooLargeError
     before anything is decompressed).
     """
+    info, idat, exif = _walk(fh, max_pixels, keep_data=True)
+    if info[2] != 16 or info[3] not in HANDLED_COLOUR_TYPES:
+        raise PNGError(f"bit depth {info[2]}, colour type {info[3]} is not 16-bit colour")
+    return _unfiltered_by_pillow(info[5], b"".join(idat), info[3]), exif
+
+
+def check_image_data(fh: BinaryIO, max_pixels: int) -> None:
+    """Any PNG's chunks are whole and its zlib stream holds every row its header
+    declares (PNGError otherwise). Pillow takes a stream that ends early for a finished
+    image and leaves the rows after it black; this is checked for the PNGs it decodes."""
+    _walk(fh, max_pixels, keep_data=False)
+
+
+def _walk(fh: BinaryIO, max_pixels: int, keep_data: bool):
+    """((width, height, depth, colour, interlace, IHDR chunk), IDAT payloads or [],
+    eXIf payload or None), after checking every chunk up to IEND and counting the
+    inflated rows (in slices, never more than the header's image holds)."""
+    fh.seek(0)
     head = _read_exact(fh, 33, "header")
     info = header(head)
     if info is None:
@@ -92,19 +111,19 @@ def read(fh: BinaryIO, max_pixels: int) -> tuple[np.ndarray, bytes | None]:
     if zlib.crc32(head[12:29]) != int.from_bytes(head[29:33], "big"):
         raise PNGError("IHDR chunk has a wrong CRC (corrupt file)")
     width, height, depth, colour, interlace = info
-    if depth != 16 or colour not in HANDLED_COLOUR_TYPES:
-        raise PNGError(f"bit depth {depth}, colour type {colour} is not 16-bit colour")
+    if colour not in CHANNELS or depth not in DEPTHS[colour]:
+        raise PNGError(f"bit depth {depth} with colour type {colour} is not a valid PNG")
     if width == 0 or height == 0 or interlace not in (0, 1):
         raise PNGError(f"invalid header: {width}x{height}, interlace {interlace}")
     if width * height > max_pixels:
         raise PNGTooLargeError(width, height, max_pixels)
-    bpp = 2 * CHANNELS[colour]
+    bits = depth * CHANNELS[colour]
     passes = ([(0, 0, 1, 1)] if interlace == 0 else list(ADAM7))
     sizes = [(-(-(width - x0) // dx), -(-(height - y0) // dy)) for x0, y0, dx, dy in passes]
-    expected = sum(h * (1 + w * bpp) for w, h in sizes if w and h)
+    expected = sum(h * (1 + (w * bits + 7) // 8) for w, h in sizes if w and h)
     compressed_limit = expected + expected // 100 + (1 << 20)  # zlib's worst case is ~0.03 %
 
-    idat, exif, seen_idat, total = [], None, False, 0
+    rows, idat, exif, total = _RowCounter(expected), [], None, 0
     for length, kind in _chunks(fh):
         if kind == b"IHDR":
             fh.seek(length + 4, 1)  # parsed and CRC-checked above
@@ -123,39 +142,40 @@ def read(fh: BinaryIO, max_pixels: int) -> tuple[np.ndarray, bytes | None]:
             if zlib.crc32(kind + data) != int.from_bytes(crc, "big"):
                 raise PNGError(f"{kind.decode()} chunk has a wrong CRC (corrupt file)")
             if kind == b"IDAT":
-                idat.append(data)
-                seen_idat = True
+                rows.feed(data)
+                if keep_data:
+                    idat.append(data)
             else:
                 exif = data
         else:
             if kind[0] & 0x20 == 0 and kind not in (b"PLTE",):  # an unknown critical chunk
                 raise PNGError(f"unknown critical chunk {kind!r}")
             fh.seek(length + 4, 1)
-    if not seen_idat:
+    if total == 0:
         raise PNGError("no image data (IDAT)")
+    if rows.produced < expected:
+        raise PNGError(f"image data ends after {rows.produced:,} of {expected:,} bytes "
+                       "(truncated)")
+    return (width, height, depth, colour, interlace, head[8:33]), idat, exif
 
-    data = b"".join(idat)
-    _check_inflates_to(data, expected)
-    return _unfiltered_by_pillow(head[8:33], data, colour), exif
 
+class _RowCounter:
+    """Inflates a zlib stream fed in pieces, counting the bytes and dropping them: at
+    most 16 MiB at a time, and never more than `expected` in all."""
 
-def _check_inflates_to(data: bytes, expected: int) -> None:
-    """The zlib stream must hold at least the `expected` bytes of filtered rows: Pillow
-    takes a stream that ends early for a finished image and leaves the rest zero.
-    Inflated in slices of at most 16 MiB that are counted and dropped, never more than
-    `expected` in all."""
-    inflater, produced, pending = zlib.decompressobj(), 0, data
-    try:
-        while produced < expected:
-            out = inflater.decompress(pending, min(expected - produced, 1 << 24))
-            if not out:
-                break
-            produced += len(out)
-            pending = inflater.unconsumed_tail
-    except zlib.error as err:
-        raise PNGError(f"corrupt compressed data ({err})") from None
-    if produced < expected:
-        raise PNGError(f"image data ends after {produced:,} of {expected:,} bytes (truncated)")
+    def __init__(self, expected: int):
+        self.inflater, self.produced, self.expected = zlib.decompressobj(), 0, expected
+
+    def feed(self, data: bytes) -> None:
+        pending = data
+        try:
+            while pending and self.produced < self.expected:
+                out = self.inflater.decompress(pending, min(self.expected - self.produced,
+                                                            1 << 24))
+                self.produced += len(out)
+                pending = self.inflater.unconsumed_tail
+        except zlib.error as err:
+            raise PNGError(f"corrupt compressed data ({err})") from None
 
 
 # Pillow decodes the rows (zlib, the five filters, Adam7) in C at full precision; only

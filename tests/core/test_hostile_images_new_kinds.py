@@ -152,3 +152,40 @@ def _idat_payloads(png: bytes) -> list[bytes]:
             payloads.append(png[at + 8:at + 8 + length])
         at += 12 + length
     return payloads
+
+
+@pytest.mark.parametrize("depth, colour, interlace", [(8, 2, 0), (8, 6, 1), (16, 0, 0), (1, 0, 0),
+                                                      (4, 3, 0)])
+def test_png_whose_zlib_stream_ends_before_the_last_row_is_refused_not_blacked(
+        tmp_path, depth, colour, interlace):
+    """Pillow takes a complete zlib stream that holds only the first rows for a finished
+    image and leaves the rest black; every PNG route refuses it instead."""
+    pixels = (RNG.random((12, 10, 3)) * 255).astype(np.uint8)
+    mode = {(8, 2): "RGB", (8, 6): "RGBA", (16, 0): "I;16", (1, 0): "1", (4, 3): "P"}[depth,
+                                                                                     colour]
+    im = Image.fromarray(pixels).convert(mode if mode != "P" else "RGB")
+    if mode == "P":
+        im = im.quantize(colors=16)
+    im.save(tmp_path / "whole.png", interlace=interlace, bits=depth if mode == "P" else None)
+    whole = (tmp_path / "whole.png").read_bytes()
+    assert whole[24:26] == bytes([depth, colour])
+    raw = zlib.decompress(b"".join(_idat_payloads(whole)))
+    ihdr = whole[16:29]
+    cut = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _other_chunks(whole)
+           + _chunk(b"IDAT", zlib.compress(raw[: len(raw) * 2 // 3])) + _chunk(b"IEND", b""))
+    (tmp_path / "cut.png").write_bytes(cut)
+    assert load_image(tmp_path / "whole.png").shape == (12, 10, 3)
+    with pytest.raises(ImageError, match=r"cut\.png: .*truncated"):
+        load_image(tmp_path / "cut.png")
+
+
+def _other_chunks(png: bytes) -> bytes:
+    """The chunks of png between IHDR and the first IDAT (a palette)."""
+    kept, at = b"", 33
+    while at < len(png):
+        length, kind = struct.unpack(">I4s", png[at:at + 8])
+        if kind == b"IDAT":
+            break
+        kept += png[at:at + 12 + length]
+        at += 12 + length
+    return kept

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.image_pairs import load_uint8
 from core.images import ImageError, ImageTooLargeError, load_image
 from tests.core.test_images_robust import write_png16
 
@@ -175,8 +176,9 @@ def test_png_whose_zlib_stream_ends_before_the_last_row_is_refused_not_blacked(
            + _chunk(b"IDAT", zlib.compress(raw[: len(raw) * 2 // 3])) + _chunk(b"IEND", b""))
     (tmp_path / "cut.png").write_bytes(cut)
     assert load_image(tmp_path / "whole.png").shape == (12, 10, 3)
-    with pytest.raises(ImageError, match=r"cut\.png: .*truncated"):
-        load_image(tmp_path / "cut.png")
+    for reader in (load_image, load_uint8):  # load_uint8: metrics' and table2's 8-bit path
+        with pytest.raises(ImageError, match=r"cut\.png: .*truncated"):
+            reader(tmp_path / "cut.png")
 
 
 def _other_chunks(png: bytes) -> bytes:

@@ -95,8 +95,8 @@ def _load_8bit(path: Path) -> np.ndarray | None:
     from PIL import Image
 
     from core import png16
-    from core.images import (DECODERS, DEFAULT_MAX_PIXELS, _check_png_data, _open_regular,
-                             _orientation, _quiet_pillow, orient)
+    from core.images import (DECODERS, DEFAULT_MAX_PIXELS, _open_regular, _orientation,
+                             _quiet_pillow, check_before_decoding, orient)
 
     _quiet_pillow()
     try:
@@ -108,8 +108,7 @@ def _load_8bit(path: Path) -> np.ndarray | None:
                 if (im.mode not in EIGHT_BIT_MODES or width * height > DEFAULT_MAX_PIXELS
                         or (im.format == "PNG" and png16.is_16bit_colour(head))):
                     return None
-                if im.format == "PNG":  # every row present, as load_image checks
-                    _check_png_data(fh, path, DEFAULT_MAX_PIXELS)
+                check_before_decoding(im, fh, path, DEFAULT_MAX_PIXELS)  # as load_image
                 im.load()
                 orientation = _orientation(im.getexif())
                 rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"), np.uint8)

@@ -194,9 +194,7 @@ def _decode(fh, path: Path, max_pixels: int | None) -> np.ndarray:
         head = fh.read(33)
         if im.format == "PNG" and png16.is_16bit_colour(head):
             return _decode_png16(fh, path, max_pixels)
-        if im.format == "PNG":  # every row present: Pillow would leave missing ones black
-            _check_png_data(fh, path, max_pixels)
-            fh.seek(0)
+        check_before_decoding(im, fh, path, max_pixels)
         im.load()
         return _pil_to_float(im, _orientation(im.getexif()))
 
@@ -221,6 +219,24 @@ def _png_limit(max_pixels: int | None) -> int:
 
     limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
     return limit or 1 << 62
+
+
+def check_before_decoding(im, fh, path: Path, max_pixels: int | None) -> None:
+    """What Pillow's decoders do not check, checked on the open file before im.load():
+    a PNG must hold every row (Pillow leaves missing ones black), a JPEG at most
+    core.jpeg_scans.MAX_JPEG_SCANS scans (each costs a pass over the whole image).
+    The file's position is restored."""
+    from core import jpeg_scans
+
+    position = fh.tell()
+    if im.format == "PNG":
+        _check_png_data(fh, path, max_pixels)
+    elif im.format in ("JPEG", "MPO"):
+        try:
+            jpeg_scans.scan_count(fh)
+        except jpeg_scans.TooManyScansError as err:
+            raise ImageError(f"{path}: refused before decoding: {err}") from None
+    fh.seek(position)
 
 
 def _check_png_data(fh, path: Path, max_pixels: int | None) -> None:

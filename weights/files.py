@@ -103,6 +103,12 @@ def load_pth(path: str | os.PathLike, notes: list[str] | None = None,
     try:
         return _parse_pth(data, path, notes, check, expect_dln)
     except UnsafePickleError as err:
+        if err.what == "torch.storage.UntypedStorage":  # torch.save's, for no other reason
+            raise CheckpointError(
+                f"{path}: refused: it stores tensors as torch.storage.UntypedStorage, which "
+                "torch.save writes for dtypes without a typed storage (float8, uint16-64), "
+                "none of them weights this reader takes; nothing in it was run (save the "
+                "weights as float32, float16, bfloat16 or float64)") from None
         raise CheckpointError(
             f"{path}: refused: its pickle asks for {err.what}, which is neither a tensor nor "
             "a plain container; nothing in it was run (the file may be malicious; a "

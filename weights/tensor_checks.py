@@ -6,7 +6,6 @@ Every function raises CheckpointError with a one-line message.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,25 +23,30 @@ def one_line(err: BaseException, limit: int = 200) -> str:
 
 
 def read_checkpoint_bytes(path: Path) -> bytes:
-    """The whole file, if it is a readable, non-empty regular file within the size limit."""
+    """The whole file, if it is a readable, non-empty regular file within the size limit.
+
+    Read by core.state_files.read_small_file: opened non-blocking and checked on the
+    descriptor, so a FIFO swapped in after the checks on the name, or a regular file
+    whose reads block (/proc/kmsg), is one line instead of a hang."""
+    from core.state_files import StateFileError, read_small_file
+
     if not path.exists():
         raise CheckpointError(f"{path}: no such file" + (" (a dangling link)"
                                                         if path.is_symlink() else ""))
     if not path.is_file():
         raise CheckpointError(f"{path}: not a regular file")
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path}: {size:,} bytes is more than the "
+                              f"{MAX_CHECKPOINT_BYTES:,} a checkpoint may have")
     try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size > MAX_CHECKPOINT_BYTES:
-                raise CheckpointError(f"{path}: {size:,} bytes is more than the "
-                                      f"{MAX_CHECKPOINT_BYTES:,} a checkpoint may have")
-            data = fh.read(MAX_CHECKPOINT_BYTES + 1)
+        data = read_small_file(path, MAX_CHECKPOINT_BYTES)
+    except StateFileError as err:  # changed since the checks above: its own words
+        raise CheckpointError(f"{path}: cannot be read ({err})") from None
     except OSError as err:
         raise CheckpointError(f"{path}: cannot be read ({err.strerror or err})") from None
     if not data:
         raise CheckpointError(f"{path}: empty file")
-    if len(data) > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{path}: grew past {MAX_CHECKPOINT_BYTES:,} bytes while read")
     return data
 
 

@@ -4,8 +4,10 @@ float16 / bfloat16 / float64 tensors are converted and the conversion is stated.
 from __future__ import annotations
 
 import io
+import os
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -342,3 +344,36 @@ def test_directory_dangling_link_and_missing_file_are_one_line_errors(tmp_path):
                          "missing.pth": "no such file"}.items():
         with pytest.raises(CheckpointError, match=phrase):
             load_checkpoint(tmp_path / name)
+
+
+def test_a_fifo_swapped_in_after_the_name_was_checked_is_one_line_not_a_hang(tmp_path,
+                                                                            monkeypatch):
+    """The checks on the name (exists, is_file) pass for a regular file; here the name
+    is a FIFO by the time it is opened. The open must not wait for a writer."""
+    import threading
+
+    from weights.tensor_checks import read_checkpoint_bytes
+
+    fifo = tmp_path / "swapped.safetensors"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(Path, "is_file", lambda self: True)
+    monkeypatch.setattr(Path, "stat", lambda self, **kw: os.stat(tmp_path))  # any small size
+    outcome: list[BaseException | bytes] = []
+    reader = threading.Thread(target=lambda: outcome.append(_outcome_of(read_checkpoint_bytes,
+                                                                        fifo)), daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # release the blocked open, then fail
+        os.close(os.open(fifo, os.O_WRONLY))
+        reader.join(10)
+        raise AssertionError("reading a FIFO named as a checkpoint blocked")
+    (error,) = outcome
+    assert isinstance(error, CheckpointError) and "not a regular file" in str(error)
+    assert "\n" not in str(error)
+
+
+def _outcome_of(function, *args):
+    try:
+        return function(*args)
+    except BaseException as err:  # noqa: BLE001 - handed to the test thread
+        return err

@@ -26,15 +26,16 @@ MAX_ENTRIES = 8
 
 
 def _key(path: Path, overrides: dict) -> str | None:
-    digest = hashlib.sha256()
+    """None when the file cannot be hashed (load_checkpoint then says why): a FIFO or a
+    file whose reads block is refused by weights.files.sha256_of, not waited on."""
+    from weights.files import sha256_of
+
     try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        digest = sha256_of(path)
     except OSError:
         return None
     variant = json.dumps(overrides, sort_keys=True, default=str)
-    return f"{digest.hexdigest()}-{hashlib.sha256(variant.encode()).hexdigest()[:16]}"
+    return f"{digest}-{hashlib.sha256(variant.encode()).hexdigest()[:16]}"
 
 
 def load_checkpoint_once(path, overrides: dict | None, cache_folder: Path | None):

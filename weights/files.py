@@ -31,9 +31,11 @@ depend only on the content (no time stamps, no temporary names, sorted headers).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
+import stat
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -55,11 +57,19 @@ MAX_TENSOR_ELEMENTS = 1 << 28
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
+    """The sha256 of a regular file's bytes, read in 1 MiB blocks. Opened non-blocking
+    and checked on the descriptor, as every checkpoint read is: a FIFO or a file whose
+    reads block (/proc/kmsg) is an OSError at once, never a hang."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        digest = hashlib.sha256()
+        for block in iter(lambda: os.read(fd, 1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
 
 
 def _check_plain_tensor(name: str, value, torch) -> None:

@@ -160,10 +160,14 @@ def load_mapping(path: str | None) -> dict[str, str] | None:
 
     if path is None:
         return None
-    try:
-        mapping = json.loads(Path(path).read_text(encoding="utf-8"))
+    from core.state_files import StateFileError, read_small_file
+
+    try:  # a regular file of at most 8 MiB, opened non-blocking: a FIFO or /dev/zero is
+        mapping = json.loads(read_small_file(path, 8 << 20).decode("utf-8"))  # one line
     except OSError as err:
         raise CheckInputError(f"--mapping {path}: cannot read ({err.strerror})") from None
+    except StateFileError as err:
+        raise CheckInputError(f"--mapping {path}: cannot read ({err})") from None
     except ValueError as err:
         raise CheckInputError(f"--mapping {path}: not JSON ({err})") from None
     if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str)

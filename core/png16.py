@@ -59,12 +59,16 @@ def is_16bit_colour(head: bytes) -> bool:
 
 
 def _chunks(fh: BinaryIO):
-    """(type, data) of each chunk after the signature, CRC-checked, up to IEND."""
+    """(length, type) of each chunk after the signature, up to the file's end. A file
+    that ends between chunks without IEND is the caller's to judge (Pillow reads one
+    whose rows are all there); one that ends inside a chunk header is truncated."""
     fh.seek(len(SIGNATURE))
     while True:
         head = fh.read(8)
+        if not head:
+            return
         if len(head) < 8:
-            raise PNGError("file ends before the IEND chunk (truncated)")
+            raise PNGError("file ends inside a chunk header (truncated)")
         length, kind = struct.unpack(">I4s", head)
         if length > 0x7FFFFFFF:
             raise PNGError(f"chunk {kind!r} declares an impossible length {length}")

@@ -191,3 +191,19 @@ def _other_chunks(png: bytes) -> bytes:
         kept += png[at:at + 12 + length]
         at += 12 + length
     return kept
+
+
+def test_png_missing_only_its_iend_chunk_still_reads_with_every_row(tmp_path):
+    """The row check refuses missing pixels, not a missing end marker after whole rows
+    (Pillow reads such 8-bit files, and so does the 16-bit route)."""
+    array = (RNG.random((6, 5, 3)) * 255).astype(np.uint8)
+    Image.fromarray(array).save(tmp_path / "a.png")
+    deep = (RNG.random((6, 5, 3)) * 65535).astype(np.uint16)
+    write_png16(tmp_path / "deep.png", deep)
+    for name in ("a.png", "deep.png"):
+        whole = (tmp_path / name).read_bytes()
+        assert whole[-12:] == _chunk(b"IEND", b"")
+        (tmp_path / name).write_bytes(whole[:-12])
+    np.testing.assert_array_equal(load_image(tmp_path / "a.png"), array / np.float32(255))
+    np.testing.assert_array_equal(load_image(tmp_path / "deep.png"),
+                                  deep.astype(np.float32) / np.float32(65535))

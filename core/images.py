@@ -233,8 +233,8 @@ def check_before_decoding(im, fh, path: Path, max_pixels: int | None) -> None:
         _check_png_data(fh, path, max_pixels)
     elif im.format in ("JPEG", "MPO"):
         try:
-            jpeg_scans.scan_count(fh)
-        except jpeg_scans.TooManyScansError as err:
+            jpeg_scans.check(fh)
+        except jpeg_scans.JPEGRefused as err:
             raise ImageError(f"{path}: refused before decoding: {err}") from None
     fh.seek(position)
 

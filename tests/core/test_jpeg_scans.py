@@ -12,7 +12,7 @@ from PIL import Image
 
 from core.image_pairs import load_uint8
 from core.images import ImageError, load_image
-from core.jpeg_scans import MAX_JPEG_SCANS, scan_count
+from core.jpeg_scans import MAX_JPEG_SCANS, scan_count, walk
 
 RNG = np.random.default_rng(12)
 
@@ -59,3 +59,39 @@ def test_a_progressive_jpeg_repeating_a_scan_past_the_limit_is_refused_in_one_li
                                              rf"than {MAX_JPEG_SCANS} scans") as info:
             reader(tmp_path / "bomb.jpg")
         assert "\n" not in str(info.value)
+
+
+def test_blocks_and_coded_bytes_of_a_frame_follow_its_sampling():
+    """40 x 24 at 4:2:0: luma 5 x 3 blocks, each chroma plane 20 x 12 pixels = 3 x 2."""
+    layout = walk(io.BytesIO(_jpeg(subsampling=2)))
+    assert layout.huffman_blocks == 15 + 6 + 6 and layout.scans == 1
+    assert 0 < layout.entropy_bytes < len(_jpeg(subsampling=2))
+
+
+def test_a_tiny_jpeg_whose_header_declares_a_huge_frame_is_refused_before_allocating(
+        tmp_path):
+    """16 x 16 pixels of coded data behind a header saying 7999 x 7999: libjpeg would
+    allocate all 64 MP and fill them grey."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 120, 30)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", 7999, 7999)
+    (tmp_path / "huge.jpg").write_bytes(bytes(data))
+    for reader in (load_image, load_uint8):
+        with pytest.raises(ImageError, match=r"huge\.jpg: refused before decoding: .* bytes "
+                                             r"of image data cannot code the"):
+            reader(tmp_path / "huge.jpg")
+
+
+@pytest.mark.parametrize("mode, options", [("L", {"progressive": True}),
+                                           ("RGB", {"progressive": True, "subsampling": 2}),
+                                           ("CMYK", {}), ("RGB", {"subsampling": 0})])
+def test_flat_jpegs_at_the_lowest_quality_pass_the_coded_data_bound(tmp_path, mode, options):
+    """The most compressible real files (one grey level, quality 1) code about 2 bits a
+    block, twice the bound of one."""
+    Image.new(mode, (512, 384), (128,) * len(mode)).save(tmp_path / "flat.jpg", quality=1,
+                                                         **options)
+    layout = walk(io.BytesIO((tmp_path / "flat.jpg").read_bytes()))
+    assert layout.entropy_bytes * 8 >= layout.huffman_blocks
+    assert load_image(tmp_path / "flat.jpg").shape == (384, 512, 3)

@@ -62,8 +62,8 @@ def load_checkpoint_once(path, overrides: dict | None, cache_folder: Path | None
         except Exception:  # noqa: BLE001 - a damaged entry: read the .pth again
             pass
     ckpt = load_checkpoint(source, overrides)
-    if not ckpt.notes:
-        _keep(ckpt, folder, kept)
+    if not ckpt.notes and _key(source, overrides) == key:  # kept only under the key of
+        _keep(ckpt, folder, kept)  # the bytes read: a file changed meanwhile is not kept
     return ckpt
 
 

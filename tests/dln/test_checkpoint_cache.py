@@ -80,3 +80,28 @@ def test_the_cache_key_of_a_fifo_is_none_at_once_not_a_wait_for_a_writer(tmp_pat
         worker.join(10)
         raise AssertionError("hashing a FIFO for the cache key blocked")
     assert keys == [None]
+
+
+def test_a_pth_rewritten_while_it_is_read_is_not_kept_under_its_old_key(tmp_path,
+                                                                        authors_pth_16,
+                                                                        monkeypatch):
+    """The key is the hash of the bytes before reading; if the file holds other bytes
+    afterwards, what was read may be either, so nothing is kept for the old key."""
+    import importlib
+
+    convert = importlib.import_module("weights.convert")  # the package's `convert` is a function
+    real_load = convert.load_checkpoint
+    original = authors_pth_16.read_bytes()
+
+    def load_then_rewrite(path, overrides=None):
+        ckpt = real_load(path, overrides)
+        authors_pth_16.write_bytes(original + b"\0")  # another file from now on
+        return ckpt
+
+    monkeypatch.setattr(convert, "load_checkpoint", load_then_rewrite)
+    load_checkpoint_once(authors_pth_16, {}, tmp_path)
+    assert not list((tmp_path / CACHE_SUBFOLDER).glob("*.safetensors"))
+    authors_pth_16.write_bytes(original)
+    monkeypatch.setattr(convert, "load_checkpoint", real_load)
+    load_checkpoint_once(authors_pth_16, {}, tmp_path)  # unchanged: kept
+    assert len(list((tmp_path / CACHE_SUBFOLDER).glob("*.safetensors"))) == 1

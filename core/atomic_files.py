@@ -84,10 +84,22 @@ def refuse_existing(dst: str | os.PathLike) -> None:
         raise FileExistsError(errno.EEXIST, "exists", str(dst))
 
 
+# Linux and macOS allow 255 bytes a name; mkstemp adds 8 characters and a suffix
+MAX_TEMPORARY_PREFIX_BYTES = 200
+
+
+def temporary_prefix(name: str) -> str:
+    """'.NAME.' for a temporary name beside NAME, NAME cut to fit: a destination name of
+    250 bytes (allowed) would otherwise give a temporary name the system refuses, and
+    the file could not be written at all."""
+    raw = os.fsencode(name)[:MAX_TEMPORARY_PREFIX_BYTES - 2]
+    return f".{os.fsdecode(raw)}."
+
+
 def _temporary_beside(dst: Path, suffix: str = ".tmp") -> Path:
     """A new empty file in dst's folder, with the usual mode of a new file."""
     folder = dst.parent if str(dst.parent) else Path(".")
-    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=suffix, dir=folder)
+    fd, name = tempfile.mkstemp(prefix=temporary_prefix(dst.name), suffix=suffix, dir=folder)
     try:
         os.fchmod(fd, usual_file_mode())
     finally:
@@ -182,7 +194,8 @@ def atomic_directory(dst: str | os.PathLike) -> Iterator[Path]:
     dst = Path(dst)
     refuse_existing(dst)
     folder = dst.parent if str(dst.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=folder))
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(dst.name), suffix=".tmp",
+                                   dir=folder))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
@@ -220,7 +233,8 @@ def atomic_new_directory(dst: str | os.PathLike, replaceable: Callable[[Path], b
     if (dst.exists() or dst.is_symlink()) and not (replaceable and replaceable(dst)):
         raise FileExistsError(errno.EEXIST, "exists", str(dst))
     folder = dst.parent if str(dst.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=folder))
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(dst.name), suffix=".tmp",
+                                   dir=folder))
     try:
         written = tmp / "new"
         yield written

@@ -92,3 +92,19 @@ def test_a_folder_lock_refuses_a_second_holder_and_ends_with_the_first(tmp_path)
         assert "\n" not in str(info.value)
     with folder_lock(tmp_path):  # released: the next run may take it
         pass
+
+
+def test_files_and_folders_with_names_of_nearly_255_bytes_are_written_and_replaced(tmp_path):
+    """The temporary name beside a destination adds a dot, 8 characters and a suffix; for
+    a long allowed name it must be cut to fit, or the file could never be written."""
+    from core.atomic_files import atomic_directory, write_bytes_atomic
+
+    name = "é" * 100 + "x" * 50 + ".png"   # 254 bytes in UTF-8
+    assert len(os.fsencode(name)) == 254
+    write_bytes_atomic(tmp_path / name, b"first", overwrite=False)
+    write_bytes_atomic(tmp_path / name, b"second", overwrite=True)  # a backup name too
+    assert (tmp_path / name).read_bytes() == b"second"
+    with atomic_directory(tmp_path / ("d" * 254)) as folder:
+        (folder / "f").write_bytes(b"x")
+    assert (tmp_path / ("d" * 254) / "f").read_bytes() == b"x"
+    assert sorted(os.listdir(tmp_path)) == sorted([name, "d" * 254])  # nothing left over

@@ -273,9 +273,12 @@ def _decode_png16(fh, path: Path, max_pixels: int | None) -> np.ndarray:
             orientation = _orientation(exif)
         except Exception:  # noqa: BLE001 - corrupt EXIF: pixels as stored
             orientation = 1
-    scaled = samples.astype(np.float32) / np.float32(65535)
-    rgb = np.repeat(scaled[:, :, :1], 3, axis=2) if samples.shape[2] == 2 else scaled[:, :, :3]
-    return orient(rgb, orientation)
+    samples = orient(samples[:, :, :1] if samples.shape[2] == 2 else samples[:, :, :3],
+                     orientation)  # turned while 2 bytes a sample, not 4
+    scaled = samples.astype(np.float32)
+    del samples
+    scaled /= np.float32(65535)  # in place: the same float32 quotient
+    return np.repeat(scaled, 3, axis=2) if scaled.shape[2] == 1 else scaled
 
 
 # EXIF orientation -> Pillow's Image.Transpose value, as in ImageOps.exif_transpose

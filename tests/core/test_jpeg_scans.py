@@ -95,3 +95,17 @@ def test_flat_jpegs_at_the_lowest_quality_pass_the_coded_data_bound(tmp_path, mo
     layout = walk(io.BytesIO((tmp_path / "flat.jpg").read_bytes()))
     assert layout.entropy_bytes * 8 >= layout.huffman_blocks
     assert load_image(tmp_path / "flat.jpg").shape == (384, 512, 3)
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64])
+def test_the_walk_is_the_same_whatever_the_reading_block(monkeypatch, block):
+    """Markers, segment lengths and stuffed bytes split across reads are found alike."""
+    import core.jpeg_scans
+
+    jpeg = _jpeg(progressive=True)
+    start, end = _last_scan(jpeg)
+    data = jpeg[:end] + b"\xff\xff" + jpeg[start:end] + jpeg[end:]  # fill bytes, a repeat
+    whole = walk(io.BytesIO(data))
+    monkeypatch.setattr(core.jpeg_scans, "BLOCK", block)
+    assert walk(io.BytesIO(data)) == whole
+    assert whole.scans == 11 and whole.huffman_blocks == 15 + 6 + 6

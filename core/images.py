@@ -11,8 +11,9 @@ Hostile input is contained (see SECURITY.md): only regular files are opened (a
 FIFO, device or folder named x.png is refused without blocking); only the PNG,
 JPEG and BMP decoders may run, whatever the file is named (so no Ghostscript for
 an EPS in disguise); the pixel count is read from the header and checked against
-`max_pixels` before anything is decoded; and every failure, whatever a decoder
-raises, becomes one ImageError line.
+`max_pixels` before anything is decoded; a PNG's rows and a JPEG's scans and coded
+data are checked before Pillow decodes them (check_before_decoding); and every
+failure, whatever a decoder raises, becomes one ImageError line.
 
 Writing quantises like the authors (x 255, clip, truncate) and renames a finished,
 fsynced temporary file into place, so no PNG is ever half-written; with
@@ -223,9 +224,10 @@ def _png_limit(max_pixels: int | None) -> int:
 
 def check_before_decoding(im, fh, path: Path, max_pixels: int | None) -> None:
     """What Pillow's decoders do not check, checked on the open file before im.load():
-    a PNG must hold every row (Pillow leaves missing ones black), a JPEG at most
-    core.jpeg_scans.MAX_JPEG_SCANS scans (each costs a pass over the whole image).
-    The file's position is restored."""
+    a PNG must hold every row (Pillow leaves missing ones black); a JPEG at most
+    core.jpeg_scans.MAX_JPEG_SCANS scans (each costs a pass over the whole image) and,
+    Huffman-coded, a bit of coded data per 8x8 block (libjpeg fills what is missing
+    grey). The file's position is restored."""
     from core import jpeg_scans
 
     position = fh.tell()

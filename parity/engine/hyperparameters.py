@@ -23,6 +23,9 @@ module's numerical row, whatever the numbers say.
     MaxPool*/AvgPool*                max_pool/avg_pool calls, same  window, strides, pads
                                                                     (ceil_mode as a right pad),
                                                                     count_include_pad
+    ReLU, ReLU6                      relu/relu6 calls, same         which (the clip at 6:
+                                                                    random inputs rarely
+                                                                    reach it)
 A Flax conv or pool with no padding at all where torch pads is left to the numbers (the
 port may pad the input itself first). Kinds or calls a port does not have are not read.
 """
@@ -226,6 +229,10 @@ def call_rows(name: str, module, call, input_shape) -> list[Row]:
                   "CircularPad": "wrap"}.get(kind[:-2], "constant")
         if mode != wanted:
             rows.append(_mismatch(name, "padding mode", kind, mode, where))
+    elif call.function in ("relu", "relu6"):
+        wanted = "relu6" if base_kind(module, ("ReLU6",)) else "relu"
+        if call.function != wanted:
+            rows.append(_mismatch(name, "activation", kind, call.function, where))
     elif call.function in ("max_pool", "avg_pool") and input_shape is not None:
         sizes = tuple(input_shape[2:])
         n = len(sizes)
@@ -258,7 +265,10 @@ def call_rows(name: str, module, call, input_shape) -> list[Row]:
 CALL_KINDS = {"GELU": "gelu", "Upsample": "resize", **{k: f"{v}_pool" for k, v in POOLS.items()},
               **{f"{k}Pad{d}d": "pad" for d in (1, 2, 3)
                  for k in ("Reflection", "Replication", "Zero", "Constant", "Circular")},
-              "Hardswish": "hard_swish", "Hardsigmoid": "hard_sigmoid"}
+              "Hardswish": "hard_swish", "Hardsigmoid": "hard_sigmoid",
+              "ReLU6": "relu", "ReLU": "relu"}
+# calls of one family are paired with the torch modules of that kind in call order
+CALL_FAMILY = {"relu6": "relu"}
 
 
 def call_kind(module) -> str | None:
@@ -292,7 +302,8 @@ def paired_calls(port, calls=None) -> list[tuple[str, object]]:
         groups.setdefault((scope, function), []).append(name)
     out = []
     for (scope, function), names in groups.items():
-        found = [c for c in calls if c.function == function and c.scope == scope]
+        found = [c for c in calls if CALL_FAMILY.get(c.function, c.function) == function
+                 and c.scope == scope]
         if len(found) == len(names):
             out += list(zip(names, found))
     return out

@@ -1,7 +1,9 @@
 """Pairing torch modules with the port's Flax modules: by name, then by shape and order.
 
 1. A user mapping, then the rename rule (torch `a.b.0` <-> Flax `a/b_0`, the frontend's
-   `path_candidates`) pair what they can: these pairs are certain.
+   `path_candidates`) pair what they can: these pairs are certain. A name whose Flax
+   module holds other shapes than the converted ones is not taken (a port's list that
+   leaves out torch's activations numbers its layers 0, 1, 2 where torch has 0, 2, 4).
 2. Every other torch module with tensors (a port with Flax's automatic names, `Conv_0`) is
    paired with an unclaimed Flax module whose variables have exactly the converted shapes:
    - one candidate, and no other unpaired torch module of that signature: paired;
@@ -67,9 +69,16 @@ def pair_modules(plan, census, mapping: dict[str, str] | None = None, paths_of=N
     claimed = set(mapping.values())
     pairs = dict(mapping)
     pending = []
+    def fits(module, path) -> bool:
+        # a name that holds other shapes is another module's (a port's list that skips
+        # torch's activations: torch features.2 is the port's features_1); a name the
+        # user's mapping gives another module is that module's
+        return path not in claimed and (path not in owners or
+                                        _signature(owners[path]) == wanted[module])
+
     for module in order:
-        found = pairs.get(module) or next((c for c in paths_of(module) if c in owners or
-                                           c in census.modules), None)
+        found = pairs.get(module) or next((c for c in paths_of(module) if (
+            c in owners or c in census.modules) and fits(module, c)), None)
         if found is not None:
             pairs[module] = found
             claimed.add(found)

@@ -173,9 +173,13 @@ def align_rows(torch_outputs: "OrderedDict[tuple[str, str], np.ndarray]",
     resolved: dict[str, str | None] = {"": ""}
     used: set[tuple[str, str]] = set()
     rows = []
+    # a Flax path the mapping gives one torch module is not another's by the rename rule
+    # (torch's features.1 is a ReLU where a port's list numbers its second conv features_1)
+    owner = {path: name for name, path in mapping.items()}
     for (module, suffix), reference in torch_outputs.items():
         if module not in resolved:
-            candidates = [mapping[module]] if module in mapping else paths_of(module)
+            candidates = [mapping[module]] if module in mapping else \
+                [c for c in paths_of(module) if owner.get(c, module) == module]
             resolved[module] = next((c for c in candidates if c in flax_modules), None)
         path = resolved[module]
         if module in not_judged and not chosen:   # torch_side.TorchCapture.composite

@@ -76,6 +76,12 @@ def pair_modules(plan, census, mapping: dict[str, str] | None = None, paths_of=N
         return path not in claimed and (path not in owners or
                                         _signature(owners[path]) == wanted[module])
 
+    result = Pairing(pairs)
+    for module, path in _list_positions(order, wanted, owners, paths_of, pairs):
+        pairs[module] = path
+        claimed.add(path)
+        result.guessed.append((module, path, "position in the port's list"))
+
     for module in order:
         found = pairs.get(module) or next((c for c in paths_of(module) if (
             c in owners or c in census.modules) and fits(module, c)), None)
@@ -84,7 +90,6 @@ def pair_modules(plan, census, mapping: dict[str, str] | None = None, paths_of=N
             claimed.add(found)
         else:
             pending.append(module)
-    result = Pairing(pairs)
 
     def candidates(module) -> list[str]:
         return [p for p in flax_order if p not in claimed and _signature(owners[p]) ==
@@ -142,6 +147,38 @@ def pair_modules(plan, census, mapping: dict[str, str] | None = None, paths_of=N
         _pair_containers(torch_tree, census, owners, pairs, claimed, paths_of)
     result.mapping = pairs
     return result
+
+
+def _list_positions(order, wanted, owners, paths_of, pairs) -> list[tuple[str, str]]:
+    """A port's list that leaves out torch's activations: torch's Sequential `features`
+    holds convs at 0, 2, 4 (ReLUs between), the port's list `features` holds them at 0,
+    1, 2. When the torch Sequential's numbered children with tensors are not numbered so
+    on the Flax side but a list of exactly as many (0 .. n-1) is, with the same converted
+    shapes position by position, they pair by position (the rename rule would pair
+    torch's features.2 with the port's third conv when their shapes agree)."""
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for module in order:
+        parent, _, last = module.rpartition(".")
+        if last.isdigit() and module not in pairs:
+            groups.setdefault(parent, []).append((int(last), module))
+    out = []
+    for parent, children in groups.items():
+        children.sort()
+        indices = [i for i, _ in children]
+        if indices == list(range(len(indices))):
+            continue          # numbered alike on both sides: the rename rule holds
+
+        def flax_path(i):
+            return next((c for c in paths_of(f"{parent}.{i}" if parent else str(i))
+                         if c in owners), None)
+
+        ranked = [flax_path(i) for i in range(len(indices))]
+        beyond = [flax_path(i) for i in range(len(indices), indices[-1] + 1)]
+        if any(p is None for p in ranked) or any(p is not None for p in beyond) or \
+                any(_signature(owners[p]) != wanted[m] for p, (_, m) in zip(ranked, children)):
+            continue
+        out += [(m, p) for p, (_, m) in zip(ranked, children)]
+    return out
 
 
 def _pair_containers(torch_model, census, owners, pairs, claimed, paths_of) -> None:

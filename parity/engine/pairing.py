@@ -52,11 +52,19 @@ def pair_modules(plan, census, mapping: dict[str, str] | None = None, paths_of=N
     from weights.trees import flax_path_candidates
 
     paths_of = paths_of or flax_path_candidates
-    mapping = {k: v.replace(".", "/") for k, v in (mapping or {}).items()}
     owners: dict[str, dict[str, tuple]] = {}
     for key, shape in census.shapes.items():
         collection, *path, leaf = key.split("/")
         owners.setdefault("/".join(path), {})[f"{collection}/{leaf}"] = tuple(shape)
+
+    def port_path(path: str) -> str:
+        # a Linen path is `a/b_0` (`a.b_0` accepted), an NNX path `a.b.0` as given
+        for form in (path, path.replace(".", "/")):
+            if form in owners or form in census.modules:
+                return form
+        return path.replace(".", "/")
+
+    mapping = {k: port_path(v) for k, v in (mapping or {}).items()}
     flax_order = [p for p in census.modules if p in owners] + \
         [p for p in owners if p not in census.modules]
     flax_pos = {p: i for i, p in enumerate(flax_order)}

@@ -293,10 +293,11 @@ def paired_calls(port, calls=None) -> list[tuple[str, object]]:
         if function is None:
             continue
         parts = name.split(".")[:-1]
-        scope = ""     # the nearest ancestor the port has (the root at least)
+        scope = ""     # the nearest ancestor the port has and runs (the root at least)
+        ran = getattr(port.census, "ran", None)
         for i in range(len(parts), 0, -1):
             found = port.flax_path_of(".".join(parts[:i]))
-            if found is not None:
+            if found is not None and (ran is None or found in ran):
                 scope = found
                 break
         groups.setdefault((scope, function), []).append(name)

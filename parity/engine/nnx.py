@@ -230,7 +230,7 @@ class NNXFrontend(VariableTree):
         modules = {p: paths[p] for p in order + [p for p in paths if p not in order]}
         shapes = {self.keys[path]: tuple(var.shape) for path, var in self.state_items
                   if path in self.keys}
-        return Census(modules, shapes)
+        return Census(modules, shapes, frozenset(order) | {""})
 
     # ---- capture -------------------------------------------------------------------------
     def make_apply(self, wanted: frozenset[str] | None = None, context: Callable | None = None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 
 import flax.linen as fnn
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -200,3 +201,32 @@ def test_a_mapping_to_an_nnx_dotted_path_is_taken_as_spelled():
     report = port.compare()
     assert report.passed and port.mapping["layer1.0"] == "stem.0"
     assert {r.name: r.flax_name for r in report.rows}["layer1.0"] == "stem.0"
+
+
+# ---- padding_mode="reflect" ported as jnp.pad(mode="reflect") + a VALID conv ----------
+class ReflectConv(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class ReflectConvLinen(fnn.Module):
+    mode: str = "reflect"
+    padding: object = "VALID"
+
+    @fnn.compact
+    def __call__(self, x):
+        if self.padding == "VALID":
+            x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=self.mode)
+        return fnn.Conv(4, (3, 3), padding=self.padding, name="conv")(x)
+
+
+def test_a_reflect_conv_padded_by_the_port_itself_passes_and_a_zero_pad_fails_at_it():
+    model = _torch(ReflectConv())
+    assert prepare_port(model, ReflectConvLinen(), X).compare().passed
+    for wrong in (ReflectConvLinen(mode="constant"), ReflectConvLinen(padding=1)):
+        report = prepare_port(model, wrong, X).compare()
+        assert report.first_divergence_module == "conv"

@@ -14,8 +14,9 @@ import pytest
 import torch
 from flax import nnx
 
-from parity import prepare_port
+from parity import prepare_port, run_zoo
 from parity.engine.rows import HYPERPARAMETER
+from parity.zoo.mutation import CAUGHT, EQUIVALENT
 
 X = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
 TOKENS = np.random.default_rng(1).random((1, 3, 8), dtype=np.float32)
@@ -230,3 +231,34 @@ def test_a_reflect_conv_padded_by_the_port_itself_passes_and_a_zero_pad_fails_at
     for wrong in (ReflectConvLinen(mode="constant"), ReflectConvLinen(padding=1)):
         report = prepare_port(model, wrong, X).compare()
         assert report.first_divergence_module == "conv"
+
+
+# ---- the zoo's pool-padding mutant where 'SAME' pads nothing --------------------------
+class ConvPool(torch.nn.Module):
+    def __init__(self, kernel: int, padding: int):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = torch.nn.MaxPool2d(kernel, 2, padding)
+
+    def forward(self, x):
+        return self.pool(self.conv(x))
+
+
+class ConvPoolLinen(fnn.Module):
+    kernel: int
+    padding: int
+
+    @fnn.compact
+    def __call__(self, x):
+        pads = ((self.padding, self.padding),) * 2
+        return fnn.max_pool(fnn.Conv(4, (3, 3), padding=1, name="conv")(x),
+                            (self.kernel,) * 2, (2, 2), padding=pads)
+
+
+@pytest.mark.parametrize("kernel,padding,status", [(2, 0, EQUIVALENT), (3, 1, CAUGHT)])
+def test_pool_padding_mutant_is_equivalent_only_where_same_pads_nothing_read(kernel, padding,
+                                                                           status):
+    model = _torch(ConvPool(kernel, padding))
+    zoo = run_zoo(prepare_port(model, ConvPoolLinen(kernel, padding), X),
+                  names=["pool-padding"])
+    assert [r.status for r in zoo.results] == [status]

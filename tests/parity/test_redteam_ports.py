@@ -262,3 +262,29 @@ def test_pool_padding_mutant_is_equivalent_only_where_same_pads_nothing_read(ker
     zoo = run_zoo(prepare_port(model, ConvPoolLinen(kernel, padding), X),
                   names=["pool-padding"])
     assert [r.status for r in zoo.results] == [status]
+
+
+# ---- a mutant at a torch-only activation inside a torch container the port lacks ------
+class Head(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.classifier = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Hardswish(),
+                                              torch.nn.Linear(6, 2))
+
+    def forward(self, x):
+        return self.classifier(self.conv(x).mean(dim=(2, 3)))
+
+
+class HeadLinen(fnn.Module):
+    @fnn.compact
+    def __call__(self, x):
+        x = fnn.Conv(4, (3, 3), padding=1)(x).mean(axis=(1, 2))
+        return fnn.Dense(2)(fnn.hard_swish(fnn.Dense(6)(x)))
+
+
+def test_a_mutant_at_an_activation_without_a_row_is_caught_as_the_named_suspect():
+    port = prepare_port(_torch(Head()), HeadLinen(), X)
+    zoo = run_zoo(port, names=["hard-activation-smooth"])
+    assert [(r.status, r.first_divergence) for r in zoo.results] == \
+        [(CAUGHT, "classifier.2")]

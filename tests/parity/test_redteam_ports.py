@@ -288,3 +288,26 @@ def test_a_mutant_at_an_activation_without_a_row_is_caught_as_the_named_suspect(
     zoo = run_zoo(port, names=["hard-activation-smooth"])
     assert [(r.status, r.first_divergence) for r in zoo.results] == \
         [(CAUGHT, "classifier.2")]
+
+
+# ---- a row whose values are all tiny: the absolute rule alone passed anything ----------
+def test_a_wrong_row_far_below_the_absolute_floor_fails_and_a_right_one_passes():
+    from parity.engine.rows import judge
+
+    reference = np.random.default_rng(2).random((2, 8), dtype=np.float32) * 5e-7
+    assert judge("fc", reference, reference[:, ::-1].copy(), 1e-5).status == "fail"
+    assert judge("fc", reference, reference * np.float32(1 + 1e-6), 1e-5).status == "pass"
+    # rounding residue below one float32 ulp of 1.0 is not judged relative to itself
+    noise = reference * 1e-2
+    assert judge("fc", noise, noise[:, ::-1].copy(), 1e-5).status == "pass"
+
+
+def test_an_nhwc_flatten_into_a_layer_of_tiny_outputs_fails_at_that_layer():
+    model = _torch(Features())
+    with torch.no_grad():      # a head initialised near zero: its outputs are ~1e-6
+        model.classifier[0].weight.mul_(3e-6)
+        model.classifier[0].bias.zero_()
+    assert prepare_port(model, FeaturesLinen(), X).compare().passed
+    report = prepare_port(model, FeaturesLinen(torch_flatten=False), X).compare()
+    assert report.first_divergence == "classifier.0"
+    assert report.failures[0].rel_to_scale <= report.tol   # the absolute rule alone passed

@@ -27,7 +27,9 @@ module's numerical row, whatever the numbers say.
                                                                     random inputs rarely
                                                                     reach it)
 A Flax conv or pool with no padding at all where torch pads is left to the numbers (the
-port may pad the input itself first, with jnp.pad in torch's padding mode). Kinds or calls a port does not have are not read.
+port may pad the input itself first, with jnp.pad in torch's padding mode), and so is a
+torch conv that pads nothing (its input may come from nn.ZeroPad2d, which the port folds
+into 'SAME') or pads in a forward of its own (timm's Conv2dSame). Kinds or calls a port does not have are not read.
 """
 
 from __future__ import annotations
@@ -161,6 +163,8 @@ def module_rows(name: str, module, flax_path: str, flax, input_shape, training: 
         theirs = flax_pads(flax.padding, sizes, k, strides, dilation)
         ours = torch_conv_pads(module, sizes)
         pads_itself = theirs is not None and all(p == (0, 0) for p in theirs)
+        if _pads_in_forward(module):
+            return rows    # timm's Conv2dSame pads in forward: its `padding` is not what runs
         mode = {"zeros": "zeros", "reflect": "reflect", "circular": "circular"}.get(
             module.padding_mode, module.padding_mode)
         # the mode matters only where torch pads; a port that pads by itself
@@ -170,11 +174,24 @@ def module_rows(name: str, module, flax_path: str, flax, input_shape, training: 
         if torch_pads and mode != _flax_mode(flax.padding) and not pads_itself:
             rows.append(_mismatch(name, "padding mode", module.padding_mode, flax.padding,
                                   flax_path))
-        if theirs is not None and not pads_itself and \
+        # torch padding nothing: its input may come padded (nn.ZeroPad2d((0, 1, 0, 1)), a
+        # VALID conv) where the port pads in its conv ('SAME') on the unpadded size, which
+        # torch's input size does not show; a port padding where torch does not changes
+        # the output's size, which the numbers fail
+        if theirs is not None and not pads_itself and torch_pads and \
                 effective_pads(theirs, sizes, k, strides, dilation) != \
                 effective_pads(ours, sizes, k, strides, dilation):
             rows.append(_mismatch(name, "padding", ours, theirs, flax_path))
     return rows
+
+
+def _pads_in_forward(module) -> bool:
+    """A subclass of a torch conv with a forward of its own (timm's Conv2dSame computes
+    TF 'SAME' pads from each input): the numbers judge its padding."""
+    base = next((c for c in type(module).__mro__ if c.__module__.startswith("torch.nn.")),
+                None)
+    return base is not None and getattr(type(module), "forward", None) is not \
+        getattr(base, "forward", None)
 
 
 # ---- parameter-free modules against the function calls in their parent's scope ------

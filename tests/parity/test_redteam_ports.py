@@ -311,3 +311,43 @@ def test_an_nhwc_flatten_into_a_layer_of_tiny_outputs_fails_at_that_layer():
     report = prepare_port(model, FeaturesLinen(torch_flatten=False), X).compare()
     assert report.first_divergence == "classifier.0"
     assert report.failures[0].rel_to_scale <= report.tol   # the absolute rule alone passed
+
+
+# ---- TF-style 'SAME': timm's Conv2dSame (pads in forward), nn.ZeroPad2d + VALID conv ----
+class Conv2dSame(torch.nn.Conv2d):
+    """As timm's: TF 'SAME' pads computed from each input in forward, padding=0."""
+
+    def forward(self, x):
+        size, k, s = x.shape[-1], self.kernel_size[0], self.stride[0]
+        total = max((-(-size // s) - 1) * s + k - size, 0)
+        x = torch.nn.functional.pad(x, [total // 2, total - total // 2] * 2)
+        return torch.nn.functional.conv2d(x, self.weight, self.bias, self.stride)
+
+
+class TFSame(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv_stem = Conv2dSame(3, 4, 3, stride=2, bias=False)
+        self.pad = torch.nn.ZeroPad2d((0, 1, 0, 1))
+        self.conv2 = torch.nn.Conv2d(4, 4, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv2(self.pad(self.conv_stem(x)))
+
+
+class TFSameLinen(fnn.Module):
+    stem_padding: object = "SAME"
+
+    @fnn.compact
+    def __call__(self, x):
+        x = fnn.Conv(4, (3, 3), 2, padding=self.stem_padding, use_bias=False,
+                     name="conv_stem")(x)
+        return fnn.Conv(4, (3, 3), 2, padding="SAME", name="conv2")(x)
+
+
+def test_tf_same_padding_ported_as_flax_same_passes_and_torchs_1_1_pads_fail_at_the_stem():
+    model = _torch(TFSame())
+    report = prepare_port(model, TFSameLinen(), X).compare()
+    assert report.passed, report.failures[:2]
+    report = prepare_port(model, TFSameLinen(stem_padding=1), X).compare()
+    assert report.first_divergence == "conv_stem"

@@ -206,6 +206,9 @@ class JaxTrainer:
         rewrites = list(REWRITES) if self.fast_gradients else ["1x1 convolutions: matrix products"]
         if self.keeps_host_memory:
             rewrites.append("host memory: glibc keeps freed memory (port.host_memory)")
+        if self.device_count > 1 and self.mesh.devices.flat[0].platform == "cpu":
+            rewrites.append(f"CPU split into {self.device_count} host devices, the batch "
+                            "across them (port.host_devices)")
         return rewrites
 
     def device_batch(self, low: np.ndarray, high: np.ndarray):

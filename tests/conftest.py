@@ -19,6 +19,10 @@ if "DLN_TEST_JAX_CACHE" not in os.environ:
 os.environ["DLN_CACHE_DIR"] = os.environ["DLN_TEST_JAX_CACHE"]
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["DLN_TEST_JAX_CACHE"]
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+# tests call `dln train` in their own process, where splitting the CPU into host
+# devices (port.host_devices) would change XLA for every later test of that worker;
+# the split is tested directly and through the train benchmark's worker
+os.environ["DLN_CPU_SPLIT"] = "off"
 
 from core.config import DLNConfig  # noqa: E402
 from weights.synthetic import random_torch_state  # noqa: E402

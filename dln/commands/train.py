@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 ORDER = 40
 
 
@@ -71,6 +73,14 @@ def register(sub) -> None:
                         "(the framework's default: TF32 on recent GPUs, ~30%% faster)")
     p.add_argument("--devices", type=int_range(0, MAX_DEVICES), default=0,
                    help="JAX: data parallel over the first N local devices (default all)")
+    p.add_argument("--cpu-split", choices=("auto", "off"),
+                   default="off" if os.environ.get("DLN_CPU_SPLIT") == "off" else "auto",
+                   help="JAX on a CPU: auto (default; DLN_CPU_SPLIT=off changes the default) "
+                        "makes one XLA device per core, each computing its share of the batch "
+                        "on its own core, when the batch splits evenly over the cores and "
+                        "--devices is 0 (~1.3x faster steps on a quiet 2-core machine, slower "
+                        "when other programs keep a core busy); off runs the step on all cores "
+                        "as one device")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out (same settings, the variant compared "
                         "as the network it gives; --steps or --epochs may grow) from its newest "
@@ -80,6 +90,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if args.framework in ("jax", "nnx") and args.devices == 0 and args.cpu_split == "auto":
+        from port.host_devices import split_cpu_for_training
+
+        split_cpu_for_training(args.batch)   # before JAX starts (XLA reads its flags once)
     from core.text import escape_text
     from dln.training_loop import train
     from dln.training_settings import TrainSettings

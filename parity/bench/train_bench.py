@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 
@@ -114,12 +115,30 @@ def speedups(rows: list[dict]) -> dict[str, float]:
 
 
 # ---- the run ---------------------------------------------------------------------------------
+def train_worker_env(name: str, opts: "TrainBenchOptions") -> dict:
+    """A backend's worker environment; the jax row's process splits its CPU as `dln
+    train` does (port.host_devices: one XLA device per core when the batch splits evenly;
+    XLA_FLAGS given with --env or in this environment are kept, and a host device count
+    named there wins; DLN_CPU_SPLIT=off, there or with --env, turns it off as for `dln
+    train`). jax-plain stays one device: the step before any rewrite."""
+    from port.host_devices import training_xla_flags
+
+    env = {**worker_env(name), **opts.env}
+    split = env.get("DLN_CPU_SPLIT", os.environ.get("DLN_CPU_SPLIT", "auto")) != "off"
+    if name == "jax" and split:
+        flags = training_xla_flags(opts.batch, env.get("XLA_FLAGS",
+                                                       os.environ.get("XLA_FLAGS", "")))
+        if flags is not None:
+            env["XLA_FLAGS"] = flags
+    return env
+
+
 def _setup(opts: TrainBenchOptions, workers: dict, rows: dict) -> None:
     from core.progress import progress
 
     for name in progress(opts.backends, desc="set up backends", unit="backend",
                          disable=not opts.show_progress):
-        workers[name] = WorkerProcess(name, env={**worker_env(name), **opts.env})
+        workers[name] = WorkerProcess(name, env=train_worker_env(name, opts))
         answer = workers[name].request({"op": "setup", "workload": "train", "backend": name,
                                         "weights": str(opts.weights), "batch": opts.batch,
                                         "patch": opts.patch}, timeout=SETUP_TIMEOUT_S)

@@ -49,6 +49,7 @@ import numpy as np
 
 from core.config import DLNConfig
 from core.recipe import AUTHORS_RECIPE
+from port.host_devices import DEVICE_COUNT_FLAG, THREADS_FLAG
 from parity.engine.tolerance import TRAIN_UPDATE_FLIP_FRACTION, relative_l2
 from parity.grads.training_result import (  # noqa: F401 (re-exported)
     DATA_PARALLEL_STEPS, LOSS_STEPS, TrainingParityResult, worst_of)
@@ -170,7 +171,9 @@ def _run_both(config: DLNConfig, steps: int, batch: int, patch: int, lr: float, 
     env = {}
     if data_parallel_devices:
         flags = os.environ.get("XLA_FLAGS", "")
-        env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={data_parallel_devices}"
+        # the split `dln train` makes of a CPU (port.host_devices), at this device count
+        env["XLA_FLAGS"] = (f"{flags} {DEVICE_COUNT_FLAG}={data_parallel_devices} "
+                            f"{THREADS_FLAG}=false")
     with tempfile.TemporaryDirectory(prefix="dln_train_parity_") as tmp:
         workdir = Path(tmp)
         np.savez(workdir / "init.npz", **initial)

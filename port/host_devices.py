@@ -1,0 +1,85 @@
+"""The JAX training step on a CPU: one XLA device per core, the batch split across them.
+
+On a CPU, XLA runs one program with its operations spread over a pool of threads (one
+per core). DLN's training step at batch 4 x 96^2 keeps the two cores of a 2-core AMD
+EPYC busy only part of the time that way: its trace holds 1.8 s of operation time in
+a 1.4 s step, where two fully busy cores would give 2.8 s. Split into one XLA host
+device per core (`--xla_force_host_platform_device_count`), each device computing its
+share of the batch on its own core (`--xla_cpu_multi_thread_eigen=false`), the same
+step is data parallel across the cores, exactly as port.trainer runs it across GPUs:
+the loss is still the mean over the whole batch (XLA adds the cross-device sums), so
+the numbers are those of one device up to the order of float32 sums (training parity
+reruns its first steps split over two host devices this way and holds their losses to
+one device's: parity.grads.training_parity).
+
+The split has to be chosen before JAX starts its CPU backend (XLA reads XLA_FLAGS
+once), so `dln train` applies it as the process starts, and `dln bench --workload
+train` starts its JAX worker with the same flags. It is not applied when the batch
+does not split evenly over at least two cores, when the user's XLA_FLAGS already name
+a host device count, or when JAX has already started. Its cost: each device runs on
+one core, so a core another program keeps busy slows the whole step (the devices
+meet at every step's gradient sum); inference in the same process (a held-out check
+during training) runs on one device, one core.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+THREADS_FLAG = "--xla_cpu_multi_thread_eigen"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; cgroup quotas not counted)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def training_device_count(batch: int, cores: int | None = None) -> int:
+    """How many host devices the training step splits a CPU into: the largest count up to
+    the usable cores that divides the batch (1: no split)."""
+    cores = usable_cores() if cores is None else max(1, int(cores))
+    return max(d for d in range(1, min(cores, max(1, int(batch))) + 1) if batch % d == 0)
+
+
+def training_xla_flags(batch: int, existing: str = "", cores: int | None = None) -> str | None:
+    """XLA_FLAGS for a training process: `existing` plus the split, or None when there is
+    nothing to add (one device, or `existing` already names a host device count)."""
+    words = shlex.split(existing or "")
+    if any(w.split("=", 1)[0] == DEVICE_COUNT_FLAG for w in words):
+        return None
+    count = training_device_count(batch, cores)
+    if count < 2:
+        return None
+    added = [f"{DEVICE_COUNT_FLAG}={count}"]
+    if not any(w.split("=", 1)[0] == THREADS_FLAG for w in words):
+        added.append(f"{THREADS_FLAG}=false")
+    return " ".join(words + added)
+
+
+def split_cpu_for_training(batch: int, environ: dict | None = None) -> int:
+    """Set XLA_FLAGS in `environ` (default: this process's) for a training step at this
+    batch, before JAX starts. Returns the host device count it set, or 0 when it set
+    nothing (see training_xla_flags; or JAX's backend already running here)."""
+    environ = os.environ if environ is None else environ
+    if environ is os.environ and _jax_started():
+        return 0
+    flags = training_xla_flags(batch, environ.get("XLA_FLAGS", ""))
+    if flags is None:
+        return 0
+    environ["XLA_FLAGS"] = flags
+    return training_device_count(batch)
+
+
+def _jax_started() -> bool:
+    import sys
+
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge
+
+    return xla_bridge.backends_are_initialized()

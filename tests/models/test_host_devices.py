@@ -1,0 +1,36 @@
+"""port.host_devices: how `dln train` splits a CPU into one XLA device per core."""
+
+from port.host_devices import (DEVICE_COUNT_FLAG, THREADS_FLAG, split_cpu_for_training,
+                               training_device_count, training_xla_flags)
+
+
+def test_the_device_count_is_the_largest_divisor_of_the_batch_within_the_cores():
+    assert training_device_count(4, cores=2) == 2
+    assert training_device_count(32, cores=2) == 2
+    assert training_device_count(3, cores=2) == 1      # an odd batch is not split
+    assert training_device_count(6, cores=4) == 3
+    assert training_device_count(1, cores=16) == 1
+    assert training_device_count(8, cores=1) == 1
+    assert training_device_count(12, cores=8) == 6
+
+
+def test_flags_add_the_split_keep_the_users_and_never_override_a_device_count():
+    flags = training_xla_flags(4, "--xla_dump_to=/tmp/x", cores=2)
+    assert flags.split() == ["--xla_dump_to=/tmp/x", f"{DEVICE_COUNT_FLAG}=2",
+                             f"{THREADS_FLAG}=false"]
+    # the user's own thread setting is kept, not contradicted
+    flags = training_xla_flags(4, f"{THREADS_FLAG}=true", cores=2)
+    assert flags.split() == [f"{THREADS_FLAG}=true", f"{DEVICE_COUNT_FLAG}=2"]
+    assert training_xla_flags(4, f"{DEVICE_COUNT_FLAG}=8", cores=2) is None
+    assert training_xla_flags(3, "", cores=2) is None    # nothing to split
+    assert training_xla_flags(4, "", cores=1) is None
+
+
+def test_split_sets_only_the_given_environment():
+    environ = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+    count = split_cpu_for_training(2, environ)
+    if count:   # a machine with at least two usable cores
+        assert environ["XLA_FLAGS"].startswith("--xla_cpu_enable_fast_math=false ")
+        assert f"{DEVICE_COUNT_FLAG}={count}" in environ["XLA_FLAGS"]
+    else:
+        assert environ == {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}

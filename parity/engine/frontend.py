@@ -42,6 +42,8 @@ class FunctionCall:
 class Census:
     modules: dict[str, Any]                  # path -> module ('' the root)
     shapes: dict[str, tuple[int, ...]]       # 'params/a/kernel' -> shape
+    ran: frozenset[str] | None = None        # paths whose __call__ ran (None: every module;
+                                             # an nnx.List holds modules but never runs)
 
 
 class VariableTree:

@@ -23,8 +23,13 @@ module's numerical row, whatever the numbers say.
     MaxPool*/AvgPool*                max_pool/avg_pool calls, same  window, strides, pads
                                                                     (ceil_mode as a right pad),
                                                                     count_include_pad
+    ReLU, ReLU6                      relu/relu6 calls, same         which (the clip at 6:
+                                                                    random inputs rarely
+                                                                    reach it)
 A Flax conv or pool with no padding at all where torch pads is left to the numbers (the
-port may pad the input itself first). Kinds or calls a port does not have are not read.
+port may pad the input itself first, with jnp.pad in torch's padding mode), and so is a
+torch conv that pads nothing (its input may come from nn.ZeroPad2d, which the port folds
+into 'SAME') or pads in a forward of its own (timm's Conv2dSame). Kinds or calls a port does not have are not read.
 """
 
 from __future__ import annotations
@@ -154,20 +159,39 @@ def module_rows(name: str, module, flax_path: str, flax, input_shape, training: 
                 ("groups", module.groups, flax.feature_group_count)):
             if tuple(_tuple(torch_value, 1)) != tuple(_tuple(flax_value, 1)):
                 rows.append(_mismatch(name, what, torch_value, flax_value, flax_path))
-        mode = {"zeros": "zeros", "reflect": "reflect", "circular": "circular"}.get(
-            module.padding_mode, module.padding_mode)
-        if mode != _flax_mode(flax.padding):
-            rows.append(_mismatch(name, "padding mode", module.padding_mode, flax.padding,
-                                  flax_path))
         strides, dilation = _tuple(flax.strides, n), _tuple(flax.kernel_dilation, n)
         theirs = flax_pads(flax.padding, sizes, k, strides, dilation)
         ours = torch_conv_pads(module, sizes)
         pads_itself = theirs is not None and all(p == (0, 0) for p in theirs)
-        if theirs is not None and not pads_itself and \
+        if _pads_in_forward(module):
+            return rows    # timm's Conv2dSame pads in forward: its `padding` is not what runs
+        mode = {"zeros": "zeros", "reflect": "reflect", "circular": "circular"}.get(
+            module.padding_mode, module.padding_mode)
+        # the mode matters only where torch pads; a port that pads by itself
+        # (jnp.pad(..., mode="reflect"), then a VALID conv) is left to the numbers, which
+        # differ at the border when its mode is wrong
+        torch_pads = any(p != (0, 0) for p in ours)
+        if torch_pads and mode != _flax_mode(flax.padding) and not pads_itself:
+            rows.append(_mismatch(name, "padding mode", module.padding_mode, flax.padding,
+                                  flax_path))
+        # torch padding nothing: its input may come padded (nn.ZeroPad2d((0, 1, 0, 1)), a
+        # VALID conv) where the port pads in its conv ('SAME') on the unpadded size, which
+        # torch's input size does not show; a port padding where torch does not changes
+        # the output's size, which the numbers fail
+        if theirs is not None and not pads_itself and torch_pads and \
                 effective_pads(theirs, sizes, k, strides, dilation) != \
                 effective_pads(ours, sizes, k, strides, dilation):
             rows.append(_mismatch(name, "padding", ours, theirs, flax_path))
     return rows
+
+
+def _pads_in_forward(module) -> bool:
+    """A subclass of a torch conv with a forward of its own (timm's Conv2dSame computes
+    TF 'SAME' pads from each input): the numbers judge its padding."""
+    base = next((c for c in type(module).__mro__ if c.__module__.startswith("torch.nn.")),
+                None)
+    return base is not None and getattr(type(module), "forward", None) is not \
+        getattr(base, "forward", None)
 
 
 # ---- parameter-free modules against the function calls in their parent's scope ------
@@ -226,6 +250,10 @@ def call_rows(name: str, module, call, input_shape) -> list[Row]:
                   "CircularPad": "wrap"}.get(kind[:-2], "constant")
         if mode != wanted:
             rows.append(_mismatch(name, "padding mode", kind, mode, where))
+    elif call.function in ("relu", "relu6"):
+        wanted = "relu6" if base_kind(module, ("ReLU6",)) else "relu"
+        if call.function != wanted:
+            rows.append(_mismatch(name, "activation", kind, call.function, where))
     elif call.function in ("max_pool", "avg_pool") and input_shape is not None:
         sizes = tuple(input_shape[2:])
         n = len(sizes)
@@ -258,7 +286,10 @@ def call_rows(name: str, module, call, input_shape) -> list[Row]:
 CALL_KINDS = {"GELU": "gelu", "Upsample": "resize", **{k: f"{v}_pool" for k, v in POOLS.items()},
               **{f"{k}Pad{d}d": "pad" for d in (1, 2, 3)
                  for k in ("Reflection", "Replication", "Zero", "Constant", "Circular")},
-              "Hardswish": "hard_swish", "Hardsigmoid": "hard_sigmoid"}
+              "Hardswish": "hard_swish", "Hardsigmoid": "hard_sigmoid",
+              "ReLU6": "relu", "ReLU": "relu"}
+# calls of one family are paired with the torch modules of that kind in call order
+CALL_FAMILY = {"relu6": "relu"}
 
 
 def call_kind(module) -> str | None:
@@ -283,16 +314,18 @@ def paired_calls(port, calls=None) -> list[tuple[str, object]]:
         if function is None:
             continue
         parts = name.split(".")[:-1]
-        scope = ""     # the nearest ancestor the port has (the root at least)
+        scope = ""     # the nearest ancestor the port has and runs (the root at least)
+        ran = getattr(port.census, "ran", None)
         for i in range(len(parts), 0, -1):
             found = port.flax_path_of(".".join(parts[:i]))
-            if found is not None:
+            if found is not None and (ran is None or found in ran):
                 scope = found
                 break
         groups.setdefault((scope, function), []).append(name)
     out = []
     for (scope, function), names in groups.items():
-        found = [c for c in calls if c.function == function and c.scope == scope]
+        found = [c for c in calls if CALL_FAMILY.get(c.function, c.function) == function
+                 and c.scope == scope]
         if len(found) == len(names):
             out += list(zip(names, found))
     return out

@@ -20,6 +20,7 @@ running it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 from contextlib import ExitStack
 from typing import Callable, Iterator
@@ -40,6 +41,10 @@ PATCHABLE = {
     "pad": ("jax.numpy",),
     "hard_swish": ("jax.nn", "flax.linen", "flax.linen.activation", "flax.nnx"),
     "hard_sigmoid": ("jax.nn", "flax.linen", "flax.linen.activation", "flax.nnx"),
+    # torch ReLU vs ReLU6: with random weights and inputs in [0, 1) an activation rarely
+    # reaches 6, so a port calling relu for ReLU6 agrees numerically; the diff reads them
+    "relu": ("jax.nn", "flax.linen", "flax.linen.activation", "flax.nnx"),
+    "relu6": ("jax.nn", "flax.linen", "flax.linen.activation", "flax.nnx"),
 }
 APPLY_CACHE_SIZE = 16  # compiled applies kept per process (model, chosen paths, arguments)
 _APPLY_CACHE: dict = {}
@@ -257,17 +262,47 @@ def training_mode() -> Iterator[None]:
 
 
 class _ScopeTracker:
-    """A method interceptor keeping the stack of Flax modules now running."""
+    """A method interceptor keeping the stack of Flax modules now running; with `swap`
+    (functions_patched's stand_in_for), a module's attributes holding a patchable function
+    (`act: Callable = nn.relu6`, an nn.Sequential's layers) hold its stand-in while it runs."""
 
-    def __init__(self):
+    def __init__(self, swap: Callable | None = None):
         self.stack: list[str] = [""]
+        self.swap = swap
 
     def __call__(self, next_fun, args, kwargs, context):
         self.stack.append("/".join(context.module.path))
+        saved = []
+        if self.swap is not None:
+            setup = getattr(context.module, "_try_setup", None)
+            if setup is not None:
+                setup()
+            saved = swap_attributes([context.module], self.swap)
         try:
             return next_fun(*args, **kwargs)
         finally:
+            restore_attributes(saved)
             self.stack.pop()
+
+
+def swap_attributes(modules, stand_in_for: Callable) -> list:
+    """Each attribute of `modules` that stand_in_for replaces is set to its stand-in
+    (object.__setattr__: Linen modules are frozen); what was there is returned."""
+    saved = []
+    for module in modules:
+        for name, value in list(vars(module).items()):
+            if name.startswith("_") or name in ("parent", "scope"):
+                continue
+            replacement = stand_in_for(value)
+            if replacement is not None:
+                saved.append((module, name, value))
+                object.__setattr__(module, name, replacement)
+    return saved
+
+
+def restore_attributes(saved: list) -> None:
+    for module, name, value in reversed(saved):
+        object.__setattr__(module, name, value)
 
 
 @contextlib.contextmanager
@@ -275,9 +310,13 @@ def functions_patched(on_call: Callable, current_scope: Callable[[], str]) -> It
     """Stand-ins for PATCHABLE functions: on_call(function, original, scope, index, args,
     kwargs) computes each call, scope being current_scope() (the innermost module running,
     as the frontend knows it) and index counting calls of the function in that scope.
-    Restored on exit."""
+    Restored on exit. Yields stand_in_for(value): the stand-in of a patchable function
+    held as a value (the function, a functools.partial of it, a list or tuple holding
+    them), else None: a port that bound the function when it was built (`self.act =
+    nnx.relu6`) calls what its attribute holds, which the frontend swaps (swap_attributes)."""
     counts: dict[tuple[str, str], int] = {}
     saved = []
+    stand_ins: dict[int, Callable] = {}
     for function, namespaces in PATCHABLE.items():
         modules = [importlib.import_module(n) for n in namespaces]
         original = getattr(modules[0], function)
@@ -287,12 +326,25 @@ def functions_patched(on_call: Callable, current_scope: Callable[[], str]) -> It
             counts[(_function, scope)] = index = counts.get((_function, scope), 0) + 1
             return on_call(_function, _original, scope, index, args, kwargs)
 
+        stand_ins[id(original)] = stand_in
         for module in modules:
             if getattr(module, function, None) is original:
                 saved.append((module, function, original))
                 setattr(module, function, stand_in)
+
+    def stand_in_for(value):
+        if callable(value) and id(value) in stand_ins:
+            return stand_ins[id(value)]
+        if isinstance(value, functools.partial) and id(value.func) in stand_ins:
+            return functools.partial(stand_ins[id(value.func)], *value.args, **value.keywords)
+        if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+            items = [stand_in_for(v) for v in value]
+            if any(i is not None for i in items):
+                return type(value)(v if i is None else i for v, i in zip(value, items))
+        return None
+
     try:
-        yield
+        yield stand_in_for
     finally:
         for module, function, original in saved:
             setattr(module, function, original)
@@ -304,5 +356,7 @@ def calls_patched(on_call: Callable) -> Iterator[None]:
     import flax.linen as nn
 
     tracker = _ScopeTracker()
-    with functions_patched(on_call, lambda: tracker.stack[-1]), nn.intercept_methods(tracker):
-        yield
+    with functions_patched(on_call, lambda: tracker.stack[-1]) as stand_in_for:
+        tracker.swap = stand_in_for
+        with nn.intercept_methods(tracker):
+            yield

@@ -36,7 +36,7 @@ import numpy as np
 
 from parity.engine.frontend import (Census, FunctionCall, call_suffix, flatten_output,
                                     flax_inputs, traced_function_calls, VariableTree)
-from parity.engine.linen import functions_patched
+from parity.engine.linen import functions_patched, restore_attributes, swap_attributes
 from weights.trees import flatten_tree, nest_tree, nnx_path_candidates
 
 COLLECTIONS = (("params", "Param"), ("batch_stats", "BatchStat"))
@@ -230,7 +230,7 @@ class NNXFrontend(VariableTree):
         modules = {p: paths[p] for p in order + [p for p in paths if p not in order]}
         shapes = {self.keys[path]: tuple(var.shape) for path, var in self.state_items
                   if path in self.keys}
-        return Census(modules, shapes)
+        return Census(modules, shapes, frozenset(order) | {""})
 
     # ---- capture -------------------------------------------------------------------------
     def make_apply(self, wanted: frozenset[str] | None = None, context: Callable | None = None,
@@ -313,11 +313,25 @@ class NNXFrontend(VariableTree):
         """Every patchable function call of one apply, from an abstract trace."""
         def run(record, variables, *xs):
             model = self.model_with(variables)
-            with captured(model), functions_patched(record, _current_scope):
+            with captured(model), _calls_patched(record):
                 return _arrays_only(model(*xs, **self.apply_kwargs))
 
         return traced_function_calls(run, variables, inputs)
 
     @staticmethod
     def calls_patched(on_call: Callable) -> Callable:
-        return lambda: functions_patched(on_call, _current_scope)
+        return lambda: _calls_patched(on_call)
+
+
+@contextlib.contextmanager
+def _calls_patched(on_call: Callable) -> Iterator[None]:
+    """functions_patched, each call attributed to the innermost NNX module running; the
+    functions the merged copy's modules hold as attributes (`self.act = nnx.relu6`, an
+    nnx.Sequential's layers) are swapped for their stand-ins too."""
+    with functions_patched(on_call, _current_scope) as stand_in_for:
+        modules = _RUNS[-1].modules.values() if _RUNS else ()
+        saved = swap_attributes(modules, stand_in_for)
+        try:
+            yield
+        finally:
+            restore_attributes(saved)

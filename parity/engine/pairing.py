@@ -1,7 +1,9 @@
 """Pairing torch modules with the port's Flax modules: by name, then by shape and order.
 
 1. A user mapping, then the rename rule (torch `a.b.0` <-> Flax `a/b_0`, the frontend's
-   `path_candidates`) pair what they can: these pairs are certain.
+   `path_candidates`) pair what they can: these pairs are certain. A name whose Flax
+   module holds other shapes than the converted ones is not taken (a port's list that
+   leaves out torch's activations numbers its layers 0, 1, 2 where torch has 0, 2, 4).
 2. Every other torch module with tensors (a port with Flax's automatic names, `Conv_0`) is
    paired with an unclaimed Flax module whose variables have exactly the converted shapes:
    - one candidate, and no other unpaired torch module of that signature: paired;
@@ -50,11 +52,19 @@ def pair_modules(plan, census, mapping: dict[str, str] | None = None, paths_of=N
     from weights.trees import flax_path_candidates
 
     paths_of = paths_of or flax_path_candidates
-    mapping = {k: v.replace(".", "/") for k, v in (mapping or {}).items()}
     owners: dict[str, dict[str, tuple]] = {}
     for key, shape in census.shapes.items():
         collection, *path, leaf = key.split("/")
         owners.setdefault("/".join(path), {})[f"{collection}/{leaf}"] = tuple(shape)
+
+    def port_path(path: str) -> str:
+        # a Linen path is `a/b_0` (`a.b_0` accepted), an NNX path `a.b.0` as given
+        for form in (path, path.replace(".", "/")):
+            if form in owners or form in census.modules:
+                return form
+        return path.replace(".", "/")
+
+    mapping = {k: port_path(v) for k, v in (mapping or {}).items()}
     flax_order = [p for p in census.modules if p in owners] + \
         [p for p in owners if p not in census.modules]
     flax_pos = {p: i for i, p in enumerate(flax_order)}
@@ -67,15 +77,27 @@ def pair_modules(plan, census, mapping: dict[str, str] | None = None, paths_of=N
     claimed = set(mapping.values())
     pairs = dict(mapping)
     pending = []
+    def fits(module, path) -> bool:
+        # a name that holds other shapes is another module's (a port's list that skips
+        # torch's activations: torch features.2 is the port's features_1); a name the
+        # user's mapping gives another module is that module's
+        return path not in claimed and (path not in owners or
+                                        _signature(owners[path]) == wanted[module])
+
+    result = Pairing(pairs)
+    for module, path in _list_positions(order, wanted, owners, paths_of, pairs):
+        pairs[module] = path
+        claimed.add(path)
+        result.guessed.append((module, path, "position in the port's list"))
+
     for module in order:
-        found = pairs.get(module) or next((c for c in paths_of(module) if c in owners or
-                                           c in census.modules), None)
+        found = pairs.get(module) or next((c for c in paths_of(module) if (
+            c in owners or c in census.modules) and fits(module, c)), None)
         if found is not None:
             pairs[module] = found
             claimed.add(found)
         else:
             pending.append(module)
-    result = Pairing(pairs)
 
     def candidates(module) -> list[str]:
         return [p for p in flax_order if p not in claimed and _signature(owners[p]) ==
@@ -133,6 +155,38 @@ def pair_modules(plan, census, mapping: dict[str, str] | None = None, paths_of=N
         _pair_containers(torch_tree, census, owners, pairs, claimed, paths_of)
     result.mapping = pairs
     return result
+
+
+def _list_positions(order, wanted, owners, paths_of, pairs) -> list[tuple[str, str]]:
+    """A port's list that leaves out torch's activations: torch's Sequential `features`
+    holds convs at 0, 2, 4 (ReLUs between), the port's list `features` holds them at 0,
+    1, 2. When the torch Sequential's numbered children with tensors are not numbered so
+    on the Flax side but a list of exactly as many (0 .. n-1) is, with the same converted
+    shapes position by position, they pair by position (the rename rule would pair
+    torch's features.2 with the port's third conv when their shapes agree)."""
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for module in order:
+        parent, _, last = module.rpartition(".")
+        if last.isdigit() and module not in pairs:
+            groups.setdefault(parent, []).append((int(last), module))
+    out = []
+    for parent, children in groups.items():
+        children.sort()
+        indices = [i for i, _ in children]
+        if indices == list(range(len(indices))):
+            continue          # numbered alike on both sides: the rename rule holds
+
+        def flax_path(i):
+            return next((c for c in paths_of(f"{parent}.{i}" if parent else str(i))
+                         if c in owners), None)
+
+        ranked = [flax_path(i) for i in range(len(indices))]
+        beyond = [flax_path(i) for i in range(len(indices), indices[-1] + 1)]
+        if any(p is None for p in ranked) or any(p is not None for p in beyond) or \
+                any(_signature(owners[p]) != wanted[m] for p, (_, m) in zip(ranked, children)):
+            continue
+        out += [(m, p) for p, (_, m) in zip(ranked, children)]
+    return out
 
 
 def _pair_containers(torch_model, census, owners, pairs, claimed, paths_of) -> None:

@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from core.text import escape_text
-from parity.engine.tolerance import FORWARD_ATOL, measure
+from parity.engine.tolerance import FORWARD_ATOL, fails_at_its_own_scale, measure
 from weights.trees import flax_path_candidates
 
 PREDICTION = "prediction"  # the row of the model's final output (the root module)
@@ -142,8 +142,9 @@ def judge(name: str, reference: np.ndarray, actual: np.ndarray | None, tol: floa
     if result.empty:
         return Row(name, shape, tuple(np.shape(actual)), None, None, None, EMPTY, flax_name,
                    module, layout)
+    passed = result.passed and not fails_at_its_own_scale(result)
     return Row(name, shape, tuple(np.shape(actual)), result.max_abs, result.scale,
-               result.rel_to_scale, PASS if result.passed else FAIL, flax_name, module, layout)
+               result.rel_to_scale, PASS if passed else FAIL, flax_name, module, layout)
 
 
 def row_name(module: str, suffix: str) -> str:
@@ -173,9 +174,13 @@ def align_rows(torch_outputs: "OrderedDict[tuple[str, str], np.ndarray]",
     resolved: dict[str, str | None] = {"": ""}
     used: set[tuple[str, str]] = set()
     rows = []
+    # a Flax path the mapping gives one torch module is not another's by the rename rule
+    # (torch's features.1 is a ReLU where a port's list numbers its second conv features_1)
+    owner = {path: name for name, path in mapping.items()}
     for (module, suffix), reference in torch_outputs.items():
         if module not in resolved:
-            candidates = [mapping[module]] if module in mapping else paths_of(module)
+            candidates = [mapping[module]] if module in mapping else \
+                [c for c in paths_of(module) if owner.get(c, module) == module]
             resolved[module] = next((c for c in candidates if c in flax_modules), None)
         path = resolved[module]
         if module in not_judged and not chosen:   # torch_side.TorchCapture.composite
@@ -258,6 +263,10 @@ def verdict_line(report: Report) -> str:
     first = report.failures[0]
     detail = first.status if first.status != FAIL else \
         f"{first.rel_to_scale:.2e} relative to scale, max|diff| {first.max_abs:.2e}"
+    if first.status == FAIL and first.rel_to_scale is not None and \
+            first.rel_to_scale <= report.tol and first.scale:
+        detail = (f"max|diff| {first.max_abs:.2e} is {first.max_abs / first.scale:.0%} of "
+                  f"its values, all below {first.scale:.2e}")
     if first.status == SHAPE:
         detail += f": torch {format_shape(first.torch_shape)} vs JAX {format_shape(first.jax_shape)}"
     if first.status == HYPERPARAMETER:

@@ -3,7 +3,9 @@
 Statuses:
     caught           the engine diverges, first at the site's module, inside it (a
                      module of the site that runs after the defect), or at its
-                     innermost compared ancestor when the site itself has no Flax row
+                     innermost compared ancestor when the site itself has no Flax row,
+                     or (a site with no Flax row) named by the verdict among the
+                     torch-only suspects just before the first divergence
     missed           the engine diverges elsewhere first (the defect is mislocated)
     equivalent       the mutant provably computes the same function at these shapes
     below-tolerance  every block's measured effect stays within the tolerance (shown) and
@@ -123,6 +125,16 @@ def located_at(first: str | None, site: Site, compared: set[str]) -> bool:
     return target not in compared and module == innermost
 
 
+def named_as_suspect(report, site: Site, compared: set[str]) -> bool:
+    """A site with no row of its own (a function in the port, in a torch container the
+    port does not have: a classifier's Hardswish) that the verdict names among the
+    torch-only modules just before the first divergence."""
+    from parity.engine.rows import suspects
+
+    return bool(site.torch_module) and site.torch_module not in compared and \
+        site.torch_module in suspects(report)
+
+
 def expected_location(site: Site, compared: set[str]) -> str:
     if site.torch_module in compared:
         return site.torch_module or PREDICTION
@@ -163,7 +175,7 @@ def run_mutant(port, defect, site: Site, compared: set[str]) -> MutantResult:
     if report.passed:
         return MutantResult(defect.name, site.label, BELOW, None, effect, expected,
                             f"largest block effect {effect:.2e} <= tolerance {port.tol:.0e}")
-    if located_at(first, site, compared):
+    if located_at(first, site, compared) or named_as_suspect(report, site, compared):
         return MutantResult(defect.name, site.label, CAUGHT, first, effect, expected)
     return MutantResult(defect.name, site.label, MISSED, first, effect, expected,
                         f"first divergence {first}, expected {expected}")

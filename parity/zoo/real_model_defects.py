@@ -109,7 +109,34 @@ def _pool_same(port, site) -> Mutation:
     def replace(original, args, kwargs):
         kwargs.pop("padding", None)
         return original(*args[:3], padding=other, **kwargs)
-    return _call_mutation(port, site, replace, seen_as={"padding": other})
+    return _call_mutation(port, site, replace, _same_pool_pads(port, site, padding, other),
+                          seen_as={"padding": other})
+
+
+def _same_pool_pads(port, site, padding, other) -> str | None:
+    """Why 'SAME' and the port's padding read the same windows here (a 2 x 2 pool of
+    stride 2 on an even size pads nothing either way), else None."""
+    from parity.engine.hyperparameters import _tuple, effective_pads, flax_pads
+
+    shape = port.reference.input_shapes.get(site.torch_module)
+    window = site.call.kwargs.get("window_shape", site.call.args[0] if site.call.args else None)
+    if shape is None or window is None:
+        return None
+    sizes = tuple(shape[2:])
+    n = len(sizes)
+    window = tuple(window)
+    strides = _tuple(site.call.kwargs.get("strides", site.call.args[1] if
+                                          len(site.call.args) > 1 else None), n)
+    if len(window) != n or len(strides) != n:
+        return None
+    ones = (1,) * n
+    pads = [flax_pads(p, sizes, window, strides, ones) for p in (padding, other)]
+    if any(p is None for p in pads) or \
+            effective_pads(pads[0], sizes, window, strides, ones) != \
+            effective_pads(pads[1], sizes, window, strides, ones):
+        return None
+    return f"'SAME' pads nothing a {'x'.join(map(str, window))} window of stride " \
+        f"{'x'.join(map(str, strides))} reads on {'x'.join(map(str, sizes))}"
 
 
 def _reflect_call(call) -> bool:

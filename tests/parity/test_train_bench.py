@@ -169,24 +169,17 @@ def test_profile_times_each_kind_and_counts_its_flop_from_the_compiled_step():
 
 
 def test_train_bench_end_to_end_json_rows_and_report(tmp_path, capsys, authors_pth_16):
-    """One tiny run (dim 16, 2 crops of 16^2, one timed step): the one test that starts
-    the workers and compiles a JAX train step (~10-20 s on 2 cores). The jax row runs
-    the step `dln train` runs: split over one host device per core where the batch
-    splits evenly (port.host_devices)."""
-    from port.host_devices import training_device_count
-
+    """One tiny run (dim 16, 1 crop of 16^2, one timed step): the one test that starts
+    the workers and compiles a JAX train step (~10-20 s on 2 cores)."""
     code = main(["bench", "--workload", "train", "--weights", str(authors_pth_16),
-                 "--batch", "2", "--patch", "16", "--repeats", "1", "--peak-size", "64",
-                 "--env", "DLN_CPU_SPLIT=auto",
+                 "--batch", "1", "--patch", "16", "--repeats", "1", "--peak-size", "64",
                  "--backends", "jax,torch", "--json", "--report", str(tmp_path / "rep")])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     cfg = DLNConfig(dim=16)
-    assert result["workload"] == "train" and (result["batch"], result["patch"]) == (2, 16)
-    assert result["flop_per_step"] == training_step_flops(cfg, 16, 16, 2)
+    assert result["workload"] == "train" and (result["batch"], result["patch"]) == (1, 16)
+    assert result["flop_per_step"] == training_step_flops(cfg, 16, 16, 1)
     assert [r["backend"] for r in result["rows"]] == ["jax", "torch"]
-    devices = training_device_count(2)
-    assert f"over {devices} device(s)" in result["rows"][0]["settings"]["trainer"]
     for row in result["rows"]:
         for key in ("median_s_per_step", "peak_fraction", "peak_rss_mib", "steps_per_s"):
             assert np.isfinite(row[key]) and row[key] > 0, (row["backend"], key)
@@ -194,3 +187,23 @@ def test_train_bench_end_to_end_json_rows_and_report(tmp_path, capsys, authors_p
     assert result["machine"]["cpus"] >= 1 and set(result["speedup_of_jax_over"]) == {"torch"}
     for name in ("workload_train.json", "workload_train.md", "workload_train.png"):
         assert (tmp_path / "rep" / name).stat().st_size > 0
+
+
+def test_the_jax_train_worker_splits_its_cpu_as_dln_train_does_and_jax_plain_does_not(
+        monkeypatch):
+    from parity.bench.train_bench import TrainBenchOptions, train_worker_env
+    from port.host_devices import DEVICE_COUNT_FLAG, training_xla_flags
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setenv("DLN_CPU_SPLIT", "auto")
+    opts = TrainBenchOptions(weights="w.pth", batch=4, patch=96, env={})
+    expected = training_xla_flags(4, "")
+    assert train_worker_env("jax", opts).get("XLA_FLAGS") == expected
+    assert "XLA_FLAGS" not in train_worker_env("jax-plain", opts)
+    # the user's flags are kept and a device count given there wins
+    opts = TrainBenchOptions(weights="w.pth", batch=4, patch=96,
+                             env={"XLA_FLAGS": f"{DEVICE_COUNT_FLAG}=1"})
+    assert train_worker_env("jax", opts)["XLA_FLAGS"] == f"{DEVICE_COUNT_FLAG}=1"
+    # DLN_CPU_SPLIT=off turns it off, as for dln train
+    opts = TrainBenchOptions(weights="w.pth", batch=4, patch=96, env={"DLN_CPU_SPLIT": "off"})
+    assert "XLA_FLAGS" not in train_worker_env("jax", opts)

@@ -53,6 +53,34 @@ def authors_pth_16(tmp_path):
     return write_authors_pth(tmp_path / "authors16.pth", random_torch_state(DLNConfig(dim=16), 3))
 
 
+@pytest.fixture
+def outcome_without_blocking():
+    """call(function, fifo, what): function(fifo)'s result or the exception it raised, run
+    in a thread; if it is still blocked on opening the FIFO after 10 s, the open is
+    released (a writer opens the other end) and the test fails naming `what`."""
+    import threading
+
+    def call(function, fifo, what: str):
+        outcome: list = []
+
+        def target():
+            try:
+                outcome.append(function(fifo))
+            except BaseException as err:  # noqa: BLE001 - handed to the test thread
+                outcome.append(err)
+
+        worker = threading.Thread(target=target, daemon=True)
+        worker.start()
+        worker.join(10)
+        if worker.is_alive():  # release the blocked open, then fail
+            os.close(os.open(fifo, os.O_WRONLY))
+            worker.join(10)
+            raise AssertionError(f"{what} blocked")
+        return outcome[0]
+
+    return call
+
+
 def pytest_sessionfinish(session, exitstatus):
     """The run's compilation cache goes when the run ends (in the process that made it)."""
     if not hasattr(session.config, "workerinput"):  # not an xdist worker

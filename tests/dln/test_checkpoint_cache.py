@@ -62,24 +62,16 @@ def test_a_second_jax_run_of_a_pth_does_not_import_pytorch(tmp_path, authors_pth
     assert (tmp_path / "o1" / "a.png").read_bytes() == (tmp_path / "o2" / "a.png").read_bytes()
 
 
-def test_the_cache_key_of_a_fifo_is_none_at_once_not_a_wait_for_a_writer(tmp_path):
+def test_the_cache_key_of_a_fifo_is_none_at_once_not_a_wait_for_a_writer(
+        tmp_path, outcome_without_blocking):
     """The key hashes the file by name; a FIFO there (swapped in after is_file, or any
     file whose reads block) must not hang the run: no key, and the loader says why."""
-    import threading
-
     from dln.checkpoint_cache import _key
 
     fifo = tmp_path / "w.pth"
     os.mkfifo(fifo)
-    keys: list = []
-    worker = threading.Thread(target=lambda: keys.append(_key(fifo, {})), daemon=True)
-    worker.start()
-    worker.join(10)
-    if worker.is_alive():  # release the blocked open, then fail
-        os.close(os.open(fifo, os.O_WRONLY))
-        worker.join(10)
-        raise AssertionError("hashing a FIFO for the cache key blocked")
-    assert keys == [None]
+    assert outcome_without_blocking(lambda path: _key(path, {}), fifo,
+                                    "hashing a FIFO for the cache key") is None
 
 
 def test_a_pth_rewritten_while_it_is_read_is_not_kept_under_its_old_key(tmp_path,

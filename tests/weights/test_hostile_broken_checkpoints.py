@@ -346,34 +346,17 @@ def test_directory_dangling_link_and_missing_file_are_one_line_errors(tmp_path):
             load_checkpoint(tmp_path / name)
 
 
-def test_a_fifo_swapped_in_after_the_name_was_checked_is_one_line_not_a_hang(tmp_path,
-                                                                            monkeypatch):
+def test_a_fifo_swapped_in_after_the_name_was_checked_is_one_line_not_a_hang(
+        tmp_path, monkeypatch, outcome_without_blocking):
     """The checks on the name (exists, is_file) pass for a regular file; here the name
     is a FIFO by the time it is opened. The open must not wait for a writer."""
-    import threading
-
     from weights.tensor_checks import read_checkpoint_bytes
 
     fifo = tmp_path / "swapped.safetensors"
     os.mkfifo(fifo)
     monkeypatch.setattr(Path, "is_file", lambda self: True)
     monkeypatch.setattr(Path, "stat", lambda self, **kw: os.stat(tmp_path))  # any small size
-    outcome: list[BaseException | bytes] = []
-    reader = threading.Thread(target=lambda: outcome.append(_outcome_of(read_checkpoint_bytes,
-                                                                        fifo)), daemon=True)
-    reader.start()
-    reader.join(10)
-    if reader.is_alive():  # release the blocked open, then fail
-        os.close(os.open(fifo, os.O_WRONLY))
-        reader.join(10)
-        raise AssertionError("reading a FIFO named as a checkpoint blocked")
-    (error,) = outcome
+    error = outcome_without_blocking(read_checkpoint_bytes, fifo,
+                                     "reading a FIFO named as a checkpoint")
     assert isinstance(error, CheckpointError) and "not a regular file" in str(error)
     assert "\n" not in str(error)
-
-
-def _outcome_of(function, *args):
-    try:
-        return function(*args)
-    except BaseException as err:  # noqa: BLE001 - handed to the test thread
-        return err

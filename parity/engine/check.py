@@ -45,8 +45,13 @@ def user_code(what: str) -> Iterator[None]:
         raise
     except (Exception, SystemExit, KeyboardInterrupt) as err:  # noqa: BLE001 - user code
         detail = str(err).splitlines()[0] if str(err).strip() else ""
+        hint = ""
+        if type(err).__name__ == "InvalidRngError":  # flax: a random draw without a key
+            hint = ("; a module that draws random numbers (dropout, stochastic depth) runs "
+                    "in training mode: pass the port's evaluation switch with --apply-kwargs, "
+                    "e.g. '{\"train\": false}' or '{\"deterministic\": true}'")
         raise CheckInputError(f"{what}: {type(err).__name__}"
-                              + (f": {detail[:200]}" if detail else "")) from None
+                              + (f": {detail[:200]}" if detail else "") + hint) from None
 
 
 def load_factory(spec: str, attribute: bool = False) -> Callable:

@@ -177,3 +177,34 @@ def test_parity_fixture_mode_checks_the_committed_fixture_from_the_cli(capsys):
     assert report["passed"] and report["rows_compared"] == 62
     assert main(["parity", "--fixture", "--inject", "kernel-flip"]) == 1
     assert "first divergence at feat1" in capsys.readouterr().out
+
+
+def test_a_port_whose_dropout_is_in_training_mode_gets_one_line_naming_apply_kwargs(
+        tmp_path, capsys):
+    (tmp_path / "tm.py").write_text(
+        "import torch\n"
+        "class M(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(3, 4)\n"
+        "        self.drop = torch.nn.Dropout(0.5)\n"
+        "    def forward(self, x):\n"
+        "        return self.drop(self.fc(x))\n"
+        "def build():\n"
+        "    return M()\n")
+    (tmp_path / "fm.py").write_text(
+        "import flax.linen as nn\n"
+        "class M(nn.Module):\n"
+        "    @nn.compact\n"
+        "    def __call__(self, x, train: bool = True):\n"
+        "        x = nn.Dense(4, name='fc')(x)\n"
+        "        return nn.Dropout(0.5, deterministic=not train)(x)\n"
+        "def build():\n"
+        "    return M()\n")
+    args = ["check", "--torch", f"{tmp_path / 'tm.py'}:build",
+            "--flax", f"{tmp_path / 'fm.py'}:build", "--input-shape", "2,3"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--apply-kwargs" in err and "Traceback" not in err
+    # with the switch the same pair is compared and passes
+    assert main(args + ["--apply-kwargs", '{"train": false}']) == 0

@@ -142,19 +142,22 @@ def _brightening_pth(path: Path) -> Path:
 
 
 def test_gamma_zero_returns_the_input_and_brightness_rises_with_gamma(tmp_path):
-    """`dln enhance --gamma` on the three full-size samples (torch backend, one thread:
-    on this 2-core machine that is ~3x faster than two; JAX's gamma is held to torch's
-    by the variant parity above)."""
+    """`dln enhance --gamma` on a full-size sample (torch backend, one thread: on this
+    2-core machine that is ~3x faster than two; JAX's gamma is held to torch's by the
+    variant parity above). One of the three samples: the rule is per pixel."""
     weights = _brightening_pth(tmp_path / "bright.pth")
-    low = sorted((SAMPLE_IMAGES / "low").glob("*.png"))
-    assert len(low) == 3
+    folder = tmp_path / "low"
+    folder.mkdir()
+    first = sorted((SAMPLE_IMAGES / "low").glob("*.png"))[0]
+    (folder / first.name).write_bytes(first.read_bytes())
+    low = [folder / first.name]
     inputs = [np.asarray(Image.open(p).convert("RGB")) for p in low]
     means = []
     for gamma in ("0", "0.5", "1", "1.5"):
         out = tmp_path / f"g{gamma}"
         with torch_threads(1):
             assert main(["enhance", "--weights", str(weights), "--gamma", gamma, "--backend",
-                         "torch", "--output", str(out), str(SAMPLE_IMAGES / "low")]) == 0
+                         "torch", "--output", str(out), str(folder)]) == 0
         outputs = [np.asarray(Image.open(out / p.name)) for p in low]
         if gamma == "0":
             for p, a, b in zip(low, inputs, outputs):

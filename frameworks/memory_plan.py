@@ -156,11 +156,18 @@ TRAIN_BYTES_PER_PIXEL_PER_DIM = {"torch": 320, "jax": 700, "nnx": 700}
 TRAIN_FIXED_BYTES = 1 * 2**30
 
 
+def training_bytes_per_pixel(config: DLNConfig, framework: str = "jax") -> int:
+    """A training step's memory per crop pixel (an unknown framework: the largest)."""
+    per_dim = TRAIN_BYTES_PER_PIXEL_PER_DIM.get(framework,
+                                                max(TRAIN_BYTES_PER_PIXEL_PER_DIM.values()))
+    return per_dim * config.dim
+
+
 def training_step_bytes(batch: int, patch: int, config: DLNConfig,
                         framework: str = "jax") -> int:
     """Peak memory of one training process at this batch of patch x patch crops."""
-    per_dim = TRAIN_BYTES_PER_PIXEL_PER_DIM.get(framework, max(TRAIN_BYTES_PER_PIXEL_PER_DIM.values()))
-    return TRAIN_FIXED_BYTES + int(batch) * int(patch) ** 2 * per_dim * config.dim
+    return TRAIN_FIXED_BYTES + int(batch) * int(patch) ** 2 * training_bytes_per_pixel(
+        config, framework)
 
 
 def check_training_memory(batch: int, patch: int, config: DLNConfig, framework: str,
@@ -174,8 +181,7 @@ def check_training_memory(batch: int, patch: int, config: DLNConfig, framework: 
     room = int(available * MEMORY_FRACTION)
     if need > room:
         fitting = max(0, (room - TRAIN_FIXED_BYTES)
-                      // (patch ** 2 * TRAIN_BYTES_PER_PIXEL_PER_DIM.get(framework, 700)
-                          * config.dim))
+                      // (patch ** 2 * training_bytes_per_pixel(config, framework)))
         hint = (f"--batch {fitting} fits at this patch" if fitting >= 1
                 else "a smaller --patch is needed")
         raise InputError(f"--batch {batch} --patch {patch}: a {framework} training step at "

@@ -29,6 +29,13 @@ import shlex
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 THREADS_FLAG = "--xla_cpu_multi_thread_eigen"
+SPLIT_VARIABLE = "DLN_CPU_SPLIT"   # "off": no split (`dln train --cpu-split`'s default)
+
+
+def split_wanted(environ=None) -> bool:
+    """Whether the environment (default: this process's) leaves the split on."""
+    environ = os.environ if environ is None else environ
+    return environ.get(SPLIT_VARIABLE, "auto") != "off"
 
 
 def usable_cores() -> int:

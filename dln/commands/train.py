@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 ORDER = 40
 
 
@@ -12,6 +10,7 @@ def register(sub) -> None:
     from core.recipe import LR_DECAYS, short_number
     from dln.arguments import (decay, int_range, nonnegative_int, positive_float, positive_int,
                                seed)
+    from port.host_devices import split_wanted
     from dln.training_settings import (FRAMEWORKS, MAX_BATCH, MAX_DEVICES, MAX_PATCH,
                                        MAX_WORKERS, PRECISIONS)
 
@@ -74,7 +73,7 @@ def register(sub) -> None:
     p.add_argument("--devices", type=int_range(0, MAX_DEVICES), default=0,
                    help="JAX: data parallel over the first N local devices (default all)")
     p.add_argument("--cpu-split", choices=("auto", "off"),
-                   default="off" if os.environ.get("DLN_CPU_SPLIT") == "off" else "auto",
+                   default="auto" if split_wanted() else "off",
                    help="JAX on a CPU: auto (default; DLN_CPU_SPLIT=off changes the default) "
                         "makes one XLA device per core, each computing its share of the batch "
                         "on its own core, when the batch splits evenly over the cores and "

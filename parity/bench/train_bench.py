@@ -121,11 +121,10 @@ def train_worker_env(name: str, opts: "TrainBenchOptions") -> dict:
     XLA_FLAGS given with --env or in this environment are kept, and a host device count
     named there wins; DLN_CPU_SPLIT=off, there or with --env, turns it off as for `dln
     train`). jax-plain stays one device: the step before any rewrite."""
-    from port.host_devices import training_xla_flags
+    from port.host_devices import split_wanted, training_xla_flags
 
     env = {**worker_env(name), **opts.env}
-    split = env.get("DLN_CPU_SPLIT", os.environ.get("DLN_CPU_SPLIT", "auto")) != "off"
-    if name == "jax" and split:
+    if name == "jax" and split_wanted({**os.environ, **env}):
         flags = training_xla_flags(opts.batch, env.get("XLA_FLAGS",
                                                        os.environ.get("XLA_FLAGS", "")))
         if flags is not None:

@@ -79,6 +79,7 @@ class Predictor:
         self.backend = backend
         self.config = ckpt.config
         self.tile = tile
+        self.devices = 1   # devices a batch spreads over (JAX on a split CPU: one per core)
         self.timeline = timeline or Timeline.off()
         self.warnings: list[str] = []
         self._buckets: list[tuple[int, int]] = []
@@ -111,7 +112,12 @@ class Predictor:
         with self.timeline.span("load_weights"):
             self.stages = stages_class(ckpt.flax_tree(), self.config, pointwise_as_dot=jax_fast)
         self._whole = JaxWholeImage(self.stages, self.timeline)
-        self.settings = {"jit": "whole forward", "devices": str(jax.devices()[0]),
+        mesh = self.stages.mesh
+        self.devices = 1 if mesh is None else int(mesh.devices.size)
+        self.settings = {"jit": "whole forward",
+                         "devices": (str(jax.devices()[0]) if mesh is None else
+                                     f"{self.devices} single-core CPU devices, inputs spread "
+                                     "over them (port.host_devices)"),
                          "model": ("Flax NNX (graph split once, merged inside jax.jit)"
                                    if self.backend == "nnx" else "Flax Linen"),
                          "jax": jax.__version__,
@@ -223,7 +229,8 @@ class Predictor:
             import jax
 
             program = self._whole.program(x.shape[0], x.shape[1:3], masked=False)
-            self._prepared = (program, jax.device_put(x))
+            self._prepared = (program, jax.device_put(
+                x, self.stages.input_sharding(x.shape[:3])))
         else:
             self._prepared = self.stages.tensor(x)
         try:

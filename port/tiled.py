@@ -19,6 +19,11 @@ when it already is a bucket shape; a portrait image (height > width) runs transp
 with every kernel's spatial axes swapped, which is the transposed output (exact up to
 the order of float32 sums), so it shares the landscape bucket's compiled program.
 Images of one bucket and orientation are batched.
+
+On a CPU split into one host device per core (port.host_devices: `dln enhance` does it
+for a run of several images or a tiled one), every program here is compiled over the
+mesh of those devices, its input spread along the batch (one image per core) or, for
+one image or tile, in horizontal bands; the parameters are replicated on every device.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import numpy as np
 from core.config import DLNConfig
 from core.timeline import Timeline
 from core.tiling import bucket_batch, bucket_shape, landscape
+from port.host_devices import cpu_mesh, replicated, spread_sharding
 from port.inference import PARITY_PRECISION, make_apply, params_to_device
 from port.model import DLN, ConvBlock
 from port.pointwise import pointwise_conv_as_dot
@@ -104,7 +110,10 @@ class JaxStages:
         self.stages = dln_stages(config)
         self.pointwise_as_dot = pointwise_as_dot
         self._build_model()
+        self.mesh = cpu_mesh()   # None: one device
         self._params = params_to_device(params_tree)
+        if self.mesh is not None:
+            self._params = jax.device_put(self._params, replicated(self.mesh))
         self._stage = jax.jit(self._stage_forward, static_argnums=(1, 2))
         self._bucket = jax.jit(self._bucket_forward)
 
@@ -145,11 +154,29 @@ class JaxStages:
             maps.append(self._apply(params, mask, fn, z, _masked_mean(z, mask)))
         return self._apply(params, mask, _final, jnp.concatenate(maps, axis=-1), x)
 
+    def placed(self, array, spread: bool = True):
+        """A host array (or None) as a program input: on the one device, or over the
+        mesh's devices (spread: along the batch or in bands; else replicated)."""
+        if array is None:
+            return None
+        if self.mesh is None:
+            return array
+        sharding = spread_sharding(array.shape, self.mesh) if spread else \
+            replicated(self.mesh)
+        return jax.device_put(array, sharding)
+
+    def input_sharding(self, shape: tuple[int, ...]):
+        """The sharding a whole-image program's input of this shape is compiled for
+        (None: one device)."""
+        return None if self.mesh is None else spread_sharding(shape, self.mesh)
+
     def start_stage(self, index, maps, image, mean, mask) -> "Fetch":
         stage = self.stages[index]
-        batch = (lambda a: None if a is None else a[None])
+        batch = (lambda a: None if a is None else self.placed(a[None]))
         return Fetch(self._stage(self._params, stage.name, stage.halo, batch(maps),
-                                 batch(image), batch(mean), mask[None]))
+                                 batch(image), self.placed(None if mean is None else
+                                                           mean[None], spread=False),
+                                 batch(mask)))
 
     @property
     def params(self):
@@ -158,7 +185,8 @@ class JaxStages:
     def bucket(self, x: np.ndarray, mask: np.ndarray, params=None) -> np.ndarray:
         """(N, Hb, Wb, 3) padded batch and (N, Hb, Wb, 1) masks -> (N, Hb, Wb, 3), with
         the checkpoint's parameters or the given ones (e.g. transposed)."""
-        out = self._bucket(self._params if params is None else params, x, mask)
+        out = self._bucket(self._params if params is None else params, self.placed(x),
+                           self.placed(mask))
         return np.asarray(jax.block_until_ready(out))
 
 
@@ -216,11 +244,14 @@ class JaxWholeImage:
         with self._lock:
             if key in self._programs:
                 return self._programs[key]
-            x = jax.ShapeDtypeStruct((key[0], key[1], key[2], 3), jnp.float32)
+            sharding = self._stages.input_sharding(key[:3])
+            x = jax.ShapeDtypeStruct((key[0], key[1], key[2], 3), jnp.float32,
+                                     sharding=sharding)
             label = f"{key[0]}x{key[1]}x{key[2]}" + (" masked" if masked else "")
             with self.timeline.span("trace", program=label):
                 if masked:
-                    mask = jax.ShapeDtypeStruct((key[0], key[1], key[2], 1), jnp.float32)
+                    mask = jax.ShapeDtypeStruct((key[0], key[1], key[2], 1), jnp.float32,
+                                                sharding=sharding)
                     lowered = self._stages._bucket.lower(self._params, x, mask)
                 else:
                     lowered = self.plain.lower(self._params, x)

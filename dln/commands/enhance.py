@@ -10,6 +10,7 @@ from core.images import DEFAULT_MAX_PIXELS
 from core.text import escape_text
 from core.tiling import DEFAULT_TILE
 from dln.arguments import finite_float, positive_int
+from port.host_devices import split_wanted
 
 ORDER = 20
 
@@ -49,9 +50,10 @@ def register(sub) -> None:
                         "(an image that does not fit the budget is refused before anything "
                         "runs); N: always N x N tiles. Tiles and buckets are exact: equal to "
                         "the whole-image forward to float32 rounding")
-    p.add_argument("--batch", type=positive_int, default=1,
-                   help="whole images of one size bucket per forward pass (default 1; "
-                        "lowered, with a note, to as many as fit the working budget). JAX "
+    p.add_argument("--batch", type=positive_int, default=None,
+                   help="whole images of one size bucket per forward pass (default: one per "
+                        "CPU device, see --cpu-split, else 1; lowered, with a note, to as many "
+                        "as fit the working budget). JAX "
                         "pads each image to its bucket, each side up to the next of 32, 40, "
                         "48, 56, 64, 80, ..., 256, 320, 384, 448, 512, 640, 768, 896, 1024, "
                         "1280, ... (at most 25%% more per side, none for sides on that "
@@ -60,6 +62,14 @@ def register(sub) -> None:
                         "padding costs less than the compilations saved (shapes already in "
                         "the cache count as free), so a folder compiles a handful of "
                         "programs")
+    p.add_argument("--cpu-split", choices=("auto", "off"),
+                   default="auto" if split_wanted() else "off",
+                   help="JAX on a CPU of 2 to 4 cores: auto (default; DLN_CPU_SPLIT=off changes "
+                        "the default) makes one XLA device per core: a batch runs one image per "
+                        "core, one image runs in horizontal bands, one per core (a folder ran "
+                        "~10%% faster on a quiet 2-core machine; slower when other programs "
+                        "keep a core busy); off runs each forward on all cores as one device. "
+                        "Outputs are equal either way to float32 rounding")
     p.add_argument("--profile", default=None, metavar="FILE",
                    help="write where the run's time went to FILE (JSON: named spans per "
                         "thread on one clock: decode, trace, compile, compute per bucket, "
@@ -85,6 +95,10 @@ def _write_profile(path: str, timeline) -> None:
 
 
 def run(args) -> int:
+    if args.backend in ("jax", "nnx") and args.cpu_split == "auto":
+        from port.host_devices import split_cpu_for_inference
+
+        split_cpu_for_inference()   # before JAX starts (XLA reads its flags once)
     from core.timeline import Timeline
     from dln.enhance import enhance_paths
     from frameworks.memory_plan import parse_tile

@@ -204,18 +204,17 @@ def _refuse_what_cannot_run(jobs: list[Job], predictor: Predictor) -> None:
 def enhance_paths(ckpt, inputs: list[str | os.PathLike], output_dir: str | os.PathLike,
                   backend: str = "jax", overwrite: bool = False,
                   max_pixels: int | None = None, show_progress: bool = True,
-                  tile: str | int = "auto", batch: int | None = None, use_cache: bool = True,
+                  tile: str | int = "auto", batch: int = 1, use_cache: bool = True,
                   cache_dir: str | os.PathLike | None = None,
                   timeline: Timeline | None = None) -> EnhanceResult:
     """Enhance every image named by `inputs` (files or folders) into output_dir/<stem>.png.
 
     tile: "auto", "off" or a tile side (frameworks.memory_plan); batch: whole images of
-    one size bucket per forward pass (None: one per device the predictor computes on,
-    i.e. per core where JAX's CPU is split: port.host_devices); use_cache: JAX's persistent compilation cache in
+    one size bucket per forward pass; use_cache: JAX's persistent compilation cache in
     cache_dir (default port.compile_cache.compilation_cache_dir()); timeline: where the
     time goes (core.timeline; off by default).
     No image at all among the inputs is an InputError (exit 2)."""
-    if batch is not None and batch < 1:
+    if batch < 1:
         raise InputError(f"--batch must be at least 1, got {batch}")
     timeline = timeline or Timeline.off()
     output_dir = Path(output_dir)
@@ -228,7 +227,6 @@ def enhance_paths(ckpt, inputs: list[str | os.PathLike], output_dir: str | os.Pa
     with timeline.span("predictor"):
         predictor = Predictor(ckpt, backend, tile=tile, use_cache=use_cache,
                               cache_dir=cache_dir, timeline=timeline)
-    batch = predictor.devices if batch is None else batch
     result = EnhanceResult([], [], failures, notes=list(predictor.warnings))
     limit = pixel_limit(ckpt.config, backend, max_pixels)
     with timeline.span("plan"):
@@ -237,7 +235,7 @@ def enhance_paths(ckpt, inputs: list[str | os.PathLike], output_dir: str | os.Pa
     # Here every (input, output) pair of the run is known (the jobs of `units`), and
     # nothing has been written yet.
     timeline.note(images=sum(len(u.jobs) for u in units), units=len(units), batch=batch,
-                  devices=predictor.devices,
+                  devices=predictor.devices, lanes=len(predictor.lanes),
                   buckets=sorted({u.key for u in units if u.key}, key=str))
     Pipeline(predictor, result, overwrite, limit, show_progress, timeline).run(units)
     return result

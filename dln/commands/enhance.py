@@ -50,10 +50,9 @@ def register(sub) -> None:
                         "(an image that does not fit the budget is refused before anything "
                         "runs); N: always N x N tiles. Tiles and buckets are exact: equal to "
                         "the whole-image forward to float32 rounding")
-    p.add_argument("--batch", type=positive_int, default=None,
-                   help="whole images of one size bucket per forward pass (default: one per "
-                        "CPU device, see --cpu-split, else 1; lowered, with a note, to as many "
-                        "as fit the working budget). JAX "
+    p.add_argument("--batch", type=positive_int, default=1,
+                   help="whole images of one size bucket per forward pass (default 1; "
+                        "lowered, with a note, to as many as fit the working budget). JAX "
                         "pads each image to its bucket, each side up to the next of 32, 40, "
                         "48, 56, 64, 80, ..., 256, 320, 384, 448, 512, 640, 768, 896, 1024, "
                         "1280, ... (at most 25%% more per side, none for sides on that "

@@ -161,13 +161,21 @@ for label, images in batches.items():
     worst = max(measure(o, whole(im)).rel_to_scale for o, im in zip(outputs, images))
     spec = runner.program(len(images), (40, 64), "plain" not in label).input_shardings[0][1]
     report[label] = {"worst": worst, "spec": [str(a) for a in spec.spec]}
+# lanes: one batch per device, each compiled for its device alone, computing side by side
+a, b = low(40, 60), low(60, 40)
+in_lanes = [runner.submit([im], (40, 64), device=d) for im, d in zip((a, b), runner.lanes)]
+ran_on = sorted(str(d.id) for p in in_lanes for d in p._out.devices())
+report["lanes"] = {"count": len(runner.lanes), "devices": ran_on,
+                   "worst": max(measure(p.result()[0], whole(im)).rel_to_scale
+                                for p, im in zip(in_lanes, (a, b)))}
 print(json.dumps(report, default=float))
 """
 
 
 def test_a_cpu_split_into_two_devices_runs_batches_bands_and_tiles_exactly(tmp_path):
-    """`dln enhance` on a split CPU (one XLA host device per core): a batch of two images
-    spread one per device, an odd batch and each tile in horizontal bands (XLA exchanging
+    """`dln enhance` on a split CPU (one XLA host device per core): batches in lanes, one
+    per device, computing side by side; a batch of two images spread one per device, an
+    odd batch and each tile in horizontal bands (XLA exchanging
     border rows and summing the FA means across devices), portrait images transposed, all
     equal the one-device whole-image forward to float32 rounding. (The NNX runner shares
     this runner and its placement: it is checked to see the two devices.)"""
@@ -191,5 +199,6 @@ def test_a_cpu_split_into_two_devices_runs_batches_bands_and_tiles_exactly(tmp_p
     assert report["devices"] == [2, 2]     # the Linen and the NNX runner
     assert report["2 plain"]["spec"][:2] == ["cores", "None"]     # one image per core
     assert report["3 masked"]["spec"][:2] == ["None", "cores"]    # bands
-    for label in ("tiles", "2 plain", "3 masked", "2 portrait"):
+    assert report["lanes"]["count"] == 2 and report["lanes"]["devices"] == ["0", "1"]
+    for label in ("tiles", "2 plain", "3 masked", "2 portrait", "lanes"):
         assert report[label]["worst"] <= TILED_FORWARD_ATOL, (label, report[label])

@@ -24,8 +24,8 @@ import numpy as np
 from core.errors import InputError
 from core.images import (ImageError, ImageTooLargeError, OutputExistsError, load_image,
                          quantize, write_png_atomic)
-from core.progress import progress
 from core.memory import working_budget
+from core.progress import progress
 from core.timeline import Timeline
 from dln.compute_lanes import ComputeLanes
 from frameworks.memory_plan import estimated_bytes

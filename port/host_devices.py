@@ -21,16 +21,17 @@ one core, so a core another program keeps busy slows the whole step (the devices
 meet at every step's gradient sum); inference in the same process (a held-out check
 during training) runs on one device, one core.
 
-Inference (`dln enhance` on JAX, split by `split_cpu_for_inference` when the run has
-more than one image or a tiled one) uses the same split: every whole-image and tile
-program is compiled over a mesh of the host devices (`cpu_mesh`), its input sharded
-along the first axis that divides evenly (`spread_sharding`): a batch of two images
-puts one image on each core, with no communication between them; one image (or one
-tile) is cut into horizontal bands, XLA exchanging the convolutions' border rows and
-summing the feature means across the devices. Measured on the 2-core AMD EPYC at dim
-64 (ms per image, one process each, quiet): 240x320 930 one device / 667 a batch of
-two over two devices / 745 one image in two bands; 480x640 3,056 / 2,685 / 2,805;
-768x1024 7,313 / 7,258 / 7,410: XLA's threads use two cores worst on small images.
+Inference (`dln enhance` on JAX, `split_cpu_for_inference`) uses the same split
+differently: each whole-image batch is compiled for one device and computes on its core
+while the other device computes another batch (dln.compute_lanes); a batch too large to
+share the memory budget, and every tile of a tiled image, runs over the mesh of all the
+devices (`cpu_mesh`), its input spread along the first axis that divides evenly
+(`spread_sharding`): along the batch, one image per core, or in horizontal bands, XLA
+exchanging the convolutions' border rows and summing the feature means across devices.
+Measured on the 2-core AMD EPYC at dim 64 (ms per image, one process each, quiet): two
+images side by side, one per device / one device on both cores / one image in two
+bands: 240x320 655 / 930 / 745; 480x640 2,607 / 3,056 / 2,805; 768x1024 6,893 / 7,313 /
+7,410: XLA's threads use two cores worst on small images.
 """
 
 from __future__ import annotations

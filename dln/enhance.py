@@ -234,7 +234,8 @@ def enhance_paths(ckpt, inputs: list[str | os.PathLike], output_dir: str | os.Pa
     result.notes += [w for w in predictor.warnings if w not in result.notes]
     # Here every (input, output) pair of the run is known (the jobs of `units`), and
     # nothing has been written yet.
-    timeline.note(images=sum(len(u.jobs) for u in units), units=len(units),
+    timeline.note(images=sum(len(u.jobs) for u in units), units=len(units), batch=batch,
+                  devices=predictor.devices, lanes=len(predictor.lanes),
                   buckets=sorted({u.key for u in units if u.key}, key=str))
     Pipeline(predictor, result, overwrite, limit, show_progress, timeline).run(units)
     return result

@@ -2,8 +2,9 @@
 
 Batch by batch in the planned order: a reader decodes the next batch while the current
 one computes; the main thread prepares, compiles and dispatches batches (JAX returns at
-once; the next batch is dispatched only when the previous one has computed, so one
-computes at a time, and its host work and compilation overlap that computation); a
+once; the next batch is dispatched only when the previous one of its lane has computed,
+so one computes per lane at a time, and its host work and compilation overlap that
+computation; there is one lane per core on a split CPU, else one: dln.compute_lanes); a
 writer waits for each batch's result, checks it is finite, quantises it and writes each
 PNG atomically. Decoded images held ahead of the network are bounded by
 READ_AHEAD_BYTES (one larger image runs alone). An interrupt (Ctrl-C, SIGTERM) stops the
@@ -24,7 +25,10 @@ from core.errors import InputError
 from core.images import (ImageError, ImageTooLargeError, OutputExistsError, load_image,
                          quantize, write_png_atomic)
 from core.progress import progress
+from core.memory import working_budget
 from core.timeline import Timeline
+from dln.compute_lanes import ComputeLanes
+from frameworks.memory_plan import estimated_bytes
 
 READ_AHEAD_BYTES = 256 * 2**20  # decoded images held ahead of the network, at most
 
@@ -54,7 +58,8 @@ class Pipeline:
         self._lock = threading.Lock()            # result lists, from three threads
         self._stop = threading.Event()           # set when the run is interrupted
         self._decoded: queue.Queue = queue.Queue(maxsize=1)
-        self._finished: queue.Queue = queue.Queue(maxsize=1)
+        # one dispatched batch per lane may wait for the writer
+        self._finished: queue.Queue = queue.Queue(maxsize=max(1, len(predictor.lanes)))
         self._room = threading.Condition()
         self._writing = threading.Lock()         # held by the writer while it writes a PNG
         self._held = 0                           # bytes decoded and not yet written
@@ -109,7 +114,7 @@ class Pipeline:
                 return
 
     def _compute(self, count: int) -> None:
-        previous = None
+        lanes = ComputeLanes(self.predictor.lanes, working_budget())
         for _ in range(count):
             with self.timeline.span("wait_decode"):
                 item = self._decoded.get()
@@ -117,11 +122,12 @@ class Pipeline:
                 raise item.error
             unit, images = item
             for part in self._parts(unit, images):
-                previous = self._run_part(part, previous) or previous
-        if previous is not None:   # the last batch computing: what the writer waits for
-            with self.timeline.span("wait_previous"):
+                self._run_part(part, lanes)
+        # the last batches computing: what the writer waits for
+        with self.timeline.span("wait_previous"):
+            for pending in lanes.all_pending():
                 try:
-                    previous.wait()
+                    pending.wait()
                 except Exception:  # noqa: BLE001 - the writer reports it, per image
                     pass
 
@@ -174,9 +180,9 @@ class Pipeline:
             parts.insert(0, (unit.key, same))
         return parts
 
-    def _run_part(self, part, previous):
-        """Run whole images of one key (dispatched, not awaited) or one tiled image,
-        and hand the result to the writer. Returns the dispatched batch, if any."""
+    def _run_part(self, part, lanes: ComputeLanes) -> None:
+        """Run whole images of one key (dispatched in a lane, or over every device, not
+        awaited) or one tiled image, and hand the result to the writer."""
         key, pairs = part
         predictor = self.predictor
         what = ", ".join(str(job.path) for job, _ in pairs)
@@ -188,15 +194,23 @@ class Pipeline:
             pending = self._network(lambda: [predictor.run_tiled(image, job.plan, tty,
                                                                  job.path.name)], what)
         else:
-            pending = self._network(lambda: predictor.submit([im for _, im in pairs], key,
-                                                             after=previous), what)
+            # the batch's working memory in its (possibly merged) bucket
+            estimate = max(sum(job.plan.estimate_bytes for job, _ in pairs),
+                           len(pairs) * estimated_bytes(key[0], key[1], predictor.config,
+                                                        "jax"))
+            lane = lanes.choose() if lanes.takes(estimate) else None
+            after = lanes.all_pending() if lane is None else lanes.after(lane)
+            device = None if lane is None else lanes.device(lane)
+            pending = self._network(lambda: predictor.submit(
+                [im for _, im in pairs], key, after=after, device=device), what)
+            if pending is not None and not isinstance(pending, list):
+                lanes.dispatched(lane, pending)
         if pending is None:
             self._release(pairs)
             self._bar.update(len(pairs))
-            return None
+            return
         with self.timeline.span("wait_writer"):
             self._send(self._finished, (pairs, pending, what))
-        return None if isinstance(pending, list) else pending
 
     def _network(self, forward, what):
         try:

@@ -59,8 +59,16 @@ class BackendUnavailable(RuntimeError):
 class Done:
     """An already computed batch (PyTorch runs synchronously)."""
 
+    started, pixels, finished = 0.0, 0, None   # as port.tiled.Pending (nothing to predict)
+
     def __init__(self, outputs: list[np.ndarray]):
         self._outputs = outputs
+
+    def computed(self) -> bool:
+        return True
+
+    def wait(self) -> None:
+        pass
 
     def result(self) -> list[np.ndarray]:
         return self._outputs
@@ -79,6 +87,8 @@ class Predictor:
         self.backend = backend
         self.config = ckpt.config
         self.tile = tile
+        self.devices = 1   # JAX on a split CPU: one device per core (port.host_devices)
+        self.lanes: list = []   # the devices a batch may compute on alone (dln.compute_lanes)
         self.timeline = timeline or Timeline.off()
         self.warnings: list[str] = []
         self._buckets: list[tuple[int, int]] = []
@@ -111,7 +121,13 @@ class Predictor:
         with self.timeline.span("load_weights"):
             self.stages = stages_class(ckpt.flax_tree(), self.config, pointwise_as_dot=jax_fast)
         self._whole = JaxWholeImage(self.stages, self.timeline)
-        self.settings = {"jit": "whole forward", "devices": str(jax.devices()[0]),
+        mesh = self.stages.mesh
+        self.devices = 1 if mesh is None else int(mesh.devices.size)
+        self.lanes = list(self._whole.lanes)
+        self.settings = {"jit": "whole forward",
+                         "devices": (str(jax.devices()[0]) if mesh is None else
+                                     f"{self.devices} single-core CPU devices, inputs spread "
+                                     "over them (port.host_devices)"),
                          "model": ("Flax NNX (graph split once, merged inside jax.jit)"
                                    if self.backend == "nnx" else "Flax Linen"),
                          "jax": jax.__version__,
@@ -179,12 +195,13 @@ class Predictor:
         return tuple(shape) + (height > width,)
 
     # ---- running -----------------------------------------------------------------------
-    def submit(self, images: list[np.ndarray], key: tuple, after=None):
+    def submit(self, images: list[np.ndarray], key: tuple, after=(), device=None):
         """Whole images of one group_key; result() gives each (H, W, 3) output. JAX
-        returns before computing; `after` (an earlier submit's result) is awaited just
-        before dispatching, so that one batch computes at a time."""
+        returns before computing; `after` (earlier submits' results) is awaited just
+        before dispatching, so that one batch computes at a time per lane; `device`: one
+        of `lanes` (None: every device)."""
         if self.backend in JAX_BACKENDS:
-            pending = self._whole.submit(images, key[:2], after)
+            pending = self._whole.submit(images, key[:2], after, device)
             if self._index:
                 self._index.add(len(images), key[:2])
             return pending
@@ -223,7 +240,8 @@ class Predictor:
             import jax
 
             program = self._whole.program(x.shape[0], x.shape[1:3], masked=False)
-            self._prepared = (program, jax.device_put(x))
+            self._prepared = (program, jax.device_put(
+                x, self.stages.input_sharding(x.shape[:3])))
         else:
             self._prepared = self.stages.tensor(x)
         try:

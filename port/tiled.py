@@ -19,6 +19,13 @@ when it already is a bucket shape; a portrait image (height > width) runs transp
 with every kernel's spatial axes swapped, which is the transposed output (exact up to
 the order of float32 sums), so it shares the landscape bucket's compiled program.
 Images of one bucket and orientation are batched.
+
+On a CPU split into one host device per core (port.host_devices: `dln enhance` does
+it), JaxWholeImage has one lane per device: a batch submitted to a lane is compiled for
+that device alone and computes on its core while the other lanes compute other batches
+(`lanes`, `submit(..., device=)`). A batch submitted to no lane, and every tile, runs
+over the mesh of all the devices, its input spread along the batch or in horizontal
+bands (port.host_devices.spread_sharding); the parameters are replicated.
 """
 
 from __future__ import annotations
@@ -30,10 +37,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import SingleDeviceSharding
 
 from core.config import DLNConfig
 from core.timeline import Timeline
 from core.tiling import bucket_batch, bucket_shape, landscape
+from port.host_devices import cpu_mesh, replicated, spread_sharding
 from port.inference import PARITY_PRECISION, make_apply, params_to_device
 from port.model import DLN, ConvBlock
 from port.pointwise import pointwise_conv_as_dot
@@ -104,7 +113,10 @@ class JaxStages:
         self.stages = dln_stages(config)
         self.pointwise_as_dot = pointwise_as_dot
         self._build_model()
+        self.mesh = cpu_mesh()   # None: one device
         self._params = params_to_device(params_tree)
+        if self.mesh is not None:
+            self._params = jax.device_put(self._params, replicated(self.mesh))
         self._stage = jax.jit(self._stage_forward, static_argnums=(1, 2))
         self._bucket = jax.jit(self._bucket_forward)
 
@@ -145,11 +157,29 @@ class JaxStages:
             maps.append(self._apply(params, mask, fn, z, _masked_mean(z, mask)))
         return self._apply(params, mask, _final, jnp.concatenate(maps, axis=-1), x)
 
+    def placed(self, array, spread: bool = True):
+        """A host array (or None) as a program input: on the one device, or over the
+        mesh's devices (spread: along the batch or in bands; else replicated)."""
+        if array is None:
+            return None
+        if self.mesh is None:
+            return array
+        sharding = spread_sharding(array.shape, self.mesh) if spread else \
+            replicated(self.mesh)
+        return jax.device_put(array, sharding)
+
+    def input_sharding(self, shape: tuple[int, ...]):
+        """The sharding a whole-image program's input of this shape is compiled for
+        (None: one device)."""
+        return None if self.mesh is None else spread_sharding(shape, self.mesh)
+
     def start_stage(self, index, maps, image, mean, mask) -> "Fetch":
         stage = self.stages[index]
-        batch = (lambda a: None if a is None else a[None])
+        batch = (lambda a: None if a is None else self.placed(a[None]))
         return Fetch(self._stage(self._params, stage.name, stage.halo, batch(maps),
-                                 batch(image), batch(mean), mask[None]))
+                                 batch(image), self.placed(None if mean is None else
+                                                           mean[None], spread=False),
+                                 batch(mask)))
 
     @property
     def params(self):
@@ -158,7 +188,8 @@ class JaxStages:
     def bucket(self, x: np.ndarray, mask: np.ndarray, params=None) -> np.ndarray:
         """(N, Hb, Wb, 3) padded batch and (N, Hb, Wb, 1) masks -> (N, Hb, Wb, 3), with
         the checkpoint's parameters or the given ones (e.g. transposed)."""
-        out = self._bucket(self._params if params is None else params, x, mask)
+        out = self._bucket(self._params if params is None else params, self.placed(x),
+                           self.placed(mask))
         return np.asarray(jax.block_until_ready(out))
 
 
@@ -185,55 +216,70 @@ def whole_group_key(height: int, width: int) -> tuple[int, int, bool]:
 class JaxWholeImage:
     """Whole images, bucketed (masked only where padded), portrait ones transposed.
 
-    Each program (batch size, landscape shape, masked or plain) is traced, lowered and
-    compiled ahead of its first use (`program`), so a caller can compile the next
-    shape while the current one computes; `submit` prepares a batch on the host and
-    dispatches it without waiting, `Pending.result` waits and crops."""
+    Each program (batch size, landscape shape, masked or plain, device) is traced,
+    lowered and compiled ahead of its first use (`program`), so a caller can compile the
+    next shape while the current one computes; `submit` prepares a batch on the host and
+    dispatches it without waiting, `Pending.result` waits and crops. `lanes`: the devices
+    a batch may be submitted to alone (one per core on a split CPU; else none)."""
 
     def __init__(self, stages: JaxStages, timeline: Timeline | None = None):
         self.config = stages.config
         self._stages = stages
         self.plain = stages.plain_apply()
-        self._params = self._stages.params
-        self._transposed = None
+        self.lanes = [] if stages.mesh is None else list(stages.mesh.devices.flat)
+        self._params = {(False, None): self._stages.params}
         self._programs: dict[tuple, object] = {}
         self._lock = threading.Lock()
         self.timeline = timeline or Timeline.off()
 
-    def params(self, transposed: bool):
-        if not transposed:
-            return self._params
+    def params(self, transposed: bool, device=None):
+        """The parameters (kernels' spatial axes swapped when transposed) where a
+        program runs: on `device`, or on the mesh / the one device (None)."""
         with self._lock:
-            if self._transposed is None:
-                self._transposed = jax.jit(transposed_params)(self._params)
-            return self._transposed
+            key = (bool(transposed), None if device is None else device.id)
+            if key not in self._params:
+                base = self._params[(False, None)]
+                if device is not None and (False, device.id) not in self._params:
+                    self._params[(False, device.id)] = jax.device_put(
+                        base, SingleDeviceSharding(device))
+                base = self._params[(False, key[1])]
+                self._params[key] = jax.jit(transposed_params)(base) if transposed else base
+            return self._params[key]
 
-    def program(self, batch: int, shape: tuple[int, int], masked: bool):
+    def program(self, batch: int, shape: tuple[int, int], masked: bool, device=None):
         """The compiled forward of (batch, *shape) images, masked (padded buckets) or
-        plain (images that fill their shape); compiled once per process (the persistent
-        cache, when enabled, makes a later process's compilation a cache read)."""
-        key = (int(batch), int(shape[0]), int(shape[1]), bool(masked))
+        plain (images that fill their shape), on `device` (one lane) or over the mesh /
+        on the one device (None); compiled once per process (the persistent cache, when
+        enabled, makes a later process's compilation a cache read)."""
+        key = (int(batch), int(shape[0]), int(shape[1]), bool(masked),
+               None if device is None else device.id)
+        params = self.params(False, device)
         with self._lock:
             if key in self._programs:
                 return self._programs[key]
-            x = jax.ShapeDtypeStruct((key[0], key[1], key[2], 3), jnp.float32)
+            sharding = (self._stages.input_sharding(key[:3]) if device is None else
+                        SingleDeviceSharding(device))
+            x = jax.ShapeDtypeStruct((key[0], key[1], key[2], 3), jnp.float32,
+                                     sharding=sharding)
             label = f"{key[0]}x{key[1]}x{key[2]}" + (" masked" if masked else "")
             with self.timeline.span("trace", program=label):
                 if masked:
-                    mask = jax.ShapeDtypeStruct((key[0], key[1], key[2], 1), jnp.float32)
-                    lowered = self._stages._bucket.lower(self._params, x, mask)
+                    mask = jax.ShapeDtypeStruct((key[0], key[1], key[2], 1), jnp.float32,
+                                                sharding=sharding)
+                    lowered = self._stages._bucket.lower(params, x, mask)
                 else:
-                    lowered = self.plain.lower(self._params, x)
+                    lowered = self.plain.lower(params, x)
             with self.timeline.span("compile", program=label):
                 self._programs[key] = lowered.compile()
             return self._programs[key]
 
     def submit(self, images: list[np.ndarray], bucket: tuple[int, int] | None = None,
-               after: "Pending | None" = None) -> "Pending":
+               after=(), device=None) -> "Pending":
         """Dispatch images of one orientation in `bucket` (landscape; default: the first
-        image's whole_group_key bucket) and return at once; with `after`, the dispatch
-        waits until that batch has computed (its host work and compilation do not), so
-        that one batch computes at a time."""
+        image's whole_group_key bucket) on `device` (one of `lanes`; None: the mesh or
+        the one device) and return at once. `after`: a Pending, or several, that must
+        have computed before this batch is dispatched (its host work and compilation do
+        not wait for them), so that one batch computes per lane at a time."""
         portrait = {im.shape[0] > im.shape[1] for im in images}
         if len(portrait) != 1:
             raise ValueError("images of one batch must share an orientation")
@@ -247,17 +293,20 @@ class JaxWholeImage:
                 args = (x, mask)
             else:
                 args = (np.stack(batch).astype(np.float32, copy=False),)
-        program = self.program(len(images), bucket, masked)
-        params = self.params(transposed)
-        if after is not None:
+        program = self.program(len(images), bucket, masked, device)
+        params = self.params(transposed, device)
+        after = [after] if isinstance(after, Pending) else [p for p in (after or ()) if p]
+        if after:
             with self.timeline.span("wait_previous"):
-                after.wait()
+                for earlier in after:
+                    earlier.wait()
         with self.timeline.span("dispatch"):
             start = time.time()
             out = program(params, *args)
+        label = f"{len(images)}x{bucket[0]}x{bucket[1]}" + (" masked" if masked else "")
         return Pending(out, [im.shape[:2] for im in batch], transposed, self.timeline,
-                       f"{len(images)}x{bucket[0]}x{bucket[1]}" + (" masked" if masked else ""),
-                       start)
+                       label + ("" if device is None else f" core {device.id}"), start,
+                       pixels=len(images) * bucket[0] * bucket[1])
 
     def run(self, images: list[np.ndarray], bucket: tuple[int, int] | None = None
             ) -> list[np.ndarray]:
@@ -270,9 +319,11 @@ class Pending:
     the dispatch to the moment it is seen ready), result() for each image's output."""
 
     def __init__(self, out, shapes, transposed: bool, timeline: Timeline, label: str,
-                 started: float):
+                 started: float, pixels: int = 0):
         self._out, self._shapes, self._transposed = out, shapes, transposed
-        self._timeline, self.label, self._started = timeline, label, started
+        self._timeline, self.label, self.started = timeline, label, started
+        self.pixels = pixels      # padded pixels computed (a lane's finish is predicted by it)
+        self.finished = None      # time.time() when first seen computed
         self._lock = threading.Lock()
         self._computed = False
 
@@ -284,9 +335,14 @@ class Pending:
         with self._lock:
             if not self._computed:
                 jax.block_until_ready(self._out)  # ready: raises what the program raised
-                self._timeline.add("compute", self._started, time.time(), program=self.label,
-                                   asynchronous=True)
+                self.finished = time.time()
+                self._timeline.add("compute", self.started, self.finished,
+                                   program=self.label, asynchronous=True)
                 self._computed = True
+
+    def computed(self) -> bool:
+        """Whether the batch has computed (without waiting)."""
+        return self._computed or self._ready()
 
     def _ready(self) -> bool:
         out = self._out

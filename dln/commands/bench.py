@@ -33,7 +33,7 @@ def register(sub) -> None:
                    help="comma-separated: jax (the Flax Linen port), nnx (the Flax NNX port), "
                         "torch, torch-compile (default jax,torch,torch-compile); with "
                         "--workload folder|large: jax, torch, torch-tuned-glibc, torch-compile "
-                        "(default all four); with --workload train: jax, jax-plain, torch, "
+                        "(default all four) and jax-one-device (JAX with --cpu-split off); with --workload train: jax, jax-plain, torch, "
                         "torch-compile (default jax,torch,torch-compile)")
     p.add_argument("--workload", choices=("folder", "large", "train"), default=None,
                    help="end-to-end `dln enhance` runs instead of per-image latency, one fresh "
@@ -161,14 +161,14 @@ def _run_workload(args) -> int:
     from core.paths import SAMPLE_CHECKPOINT
     from parity.bench.benchmark import machine_description
     from parity.bench.report import write_workload_report
-    from parity.bench.workloads import ROWS, run_workload, workload_text
+    from parity.bench.workloads import EXTRA_ROWS, ROWS, run_workload, workload_text
 
     rows = tuple(dict.fromkeys(n.strip() for n in (args.backends or ",".join(ROWS)).split(",")
                                if n.strip()))
-    unknown = [r for r in rows if r not in ROWS]
+    unknown = [r for r in rows if r not in ROWS + EXTRA_ROWS]
     if unknown or not rows:
         raise UserError(f"unknown backend(s) {', '.join(unknown) or '(none)'} for --workload; "
-                        f"choose from {', '.join(ROWS)}")
+                        f"choose from {', '.join(ROWS + EXTRA_ROWS)}")
     weights = args.weights or str(SAMPLE_CHECKPOINT)
     if not Path(weights).is_file():
         raise UserError(f"--weights {weights}: no such file")

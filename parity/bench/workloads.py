@@ -37,6 +37,9 @@ SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "imm
 TUNED_GLIBC = ("glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184:"
                "glibc.malloc.top_pad=268435456")
 ROWS = ("jax", "torch", "torch-tuned-glibc", "torch-compile")
+# Rows run only when asked for: JAX on one device with all cores (DLN_CPU_SPLIT=off),
+# against the default row's one device per core (port.host_devices).
+EXTRA_ROWS = ("jax-one-device",)
 # Floors, measured in one run on the same machine.
 FLOOR_FOLDER_COLD = 1.4    # JAX end to end, cold cache, at least 1.4x PyTorch eager
 FLOOR_FOLDER_WARM = 1.5    # warm cache
@@ -125,11 +128,13 @@ def run_workload(name: str, weights: str, rows: tuple[str, ...] = ROWS, seed: in
         extra_args = ["--tile", str(DEFAULT_TILE)] if name == "large" else []
         plan = []
         for row in rows:
-            if row == "jax":
-                cache = {"DLN_CACHE_DIR": str(tmp / "jax-cache")}
-                plan.append(("jax", "jax", cache, "cold"))
+            if row in ("jax", "jax-one-device"):
+                env = {"DLN_CACHE_DIR": str(tmp / f"{row}-cache")}
+                if row == "jax-one-device":
+                    env["DLN_CPU_SPLIT"] = "off"
+                plan.append((row, "jax", env, "cold"))
                 if name == "folder":
-                    plan.append(("jax", "jax", cache, "warm"))
+                    plan.append((row, "jax", env, "warm"))
             elif row == "torch-tuned-glibc":
                 plan.append((row, "torch", {"GLIBC_TUNABLES": TUNED_GLIBC}, None))
             else:

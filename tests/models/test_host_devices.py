@@ -34,3 +34,36 @@ def test_split_sets_only_the_given_environment():
         assert f"{DEVICE_COUNT_FLAG}={count}" in environ["XLA_FLAGS"]
     else:
         assert environ == {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+
+
+def test_inference_splits_two_to_four_cores_and_keeps_xlas_threads_beyond():
+    from port.host_devices import inference_device_count
+
+    assert [inference_device_count(c) for c in (1, 2, 3, 4, 5, 16)] == [1, 2, 3, 4, 1, 1]
+
+
+def test_the_inference_split_follows_the_switch_and_never_overrides_a_device_count():
+    from port.host_devices import split_cpu_for_inference
+
+    environ = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    assert split_cpu_for_inference(environ, cores=2) == 2
+    assert environ["XLA_FLAGS"].split() == ["--xla_dump_to=/tmp/x", f"{DEVICE_COUNT_FLAG}=2",
+                                            f"{THREADS_FLAG}=false"]
+    off = {"DLN_CPU_SPLIT": "off"}
+    assert split_cpu_for_inference(off, cores=2) == 0 and off == {"DLN_CPU_SPLIT": "off"}
+    users = {"XLA_FLAGS": f"{DEVICE_COUNT_FLAG}=3"}
+    assert split_cpu_for_inference(users, cores=2) == 0
+    assert users == {"XLA_FLAGS": f"{DEVICE_COUNT_FLAG}=3"}
+    one = {}
+    assert split_cpu_for_inference(one, cores=1) == 0 and one == {}
+
+
+def test_inputs_spread_along_the_batch_then_the_height_then_the_width():
+    from port.host_devices import spread_axis
+
+    assert spread_axis((2, 48, 72, 3), 2) == 0      # one image per core
+    assert spread_axis((3, 48, 72, 3), 2) == 1      # bands of each image
+    assert spread_axis((1, 45, 72, 3), 2) == 2      # odd height: columns
+    assert spread_axis((1, 45, 71, 3), 2) is None   # nothing divides: replicated
+    assert spread_axis((1, 2, 1, 3), 4) is None     # fewer rows than devices
+    assert spread_axis((4, 48, 72, 3), 4) == 0

@@ -131,3 +131,74 @@ def test_scratch_space_that_cannot_be_reserved_is_one_clear_error(tmp_path, monk
     assert not any(tmp_path.iterdir())
     with pytest.raises(InputError, match="cannot create its scratch file"):
         MapStore(4, 4, 4, in_memory=False, scratch_dir=str(tmp_path / "missing"))
+
+
+_SPLIT_SCRIPT = r"""
+import json, sys
+import numpy as np
+from core.tiling import TiledPlan, run_tiled
+from parity.engine.tolerance import measure
+from port.inference import make_enhancer
+from port.nnx_tiled import NnxStages
+from port.tiled import JaxStages, JaxWholeImage
+from weights.convert import load_checkpoint
+
+ckpt = load_checkpoint(sys.argv[1])
+rng = np.random.default_rng(5)
+low = lambda h, w: rng.random((h, w, 3), dtype=np.float32) * 0.35
+stages = JaxStages(ckpt.flax_tree(), ckpt.config)
+report = {"devices": [0 if s.mesh is None else int(s.mesh.devices.size)
+                      for s in (stages, NnxStages(ckpt.flax_tree(), ckpt.config))]}
+whole, runner = make_enhancer(ckpt.flax_tree(), ckpt.config), JaxWholeImage(stages)
+image = low(45, 70)    # tiles of 40 + halos 2 and 9 on each side: 44 and 58 rows, in bands
+tiled = run_tiled(stages, image, TiledPlan(tile=40, maps_in_memory=True))
+report["tiles"] = {"worst": measure(tiled, whole(image)).rel_to_scale}
+batches = {"2 plain": [low(40, 64), low(40, 64)],          # one image per core
+           "3 masked": [low(40, 60), low(40, 60), low(40, 60)],   # bands, padded
+           "2 portrait": [low(60, 40), low(60, 40)]}      # transposed, one per core
+for label, images in batches.items():
+    outputs = runner.run(images, (40, 64))
+    worst = max(measure(o, whole(im)).rel_to_scale for o, im in zip(outputs, images))
+    spec = runner.program(len(images), (40, 64), "plain" not in label).input_shardings[0][1]
+    report[label] = {"worst": worst, "spec": [str(a) for a in spec.spec]}
+# lanes: one batch per device, each compiled for its device alone, computing side by side
+a, b = low(40, 60), low(60, 40)
+in_lanes = [runner.submit([im], (40, 64), device=d) for im, d in zip((a, b), runner.lanes)]
+ran_on = sorted(str(d.id) for p in in_lanes for d in p._out.devices())
+report["lanes"] = {"count": len(runner.lanes), "devices": ran_on,
+                   "worst": max(measure(p.result()[0], whole(im)).rel_to_scale
+                                for p, im in zip(in_lanes, (a, b)))}
+print(json.dumps(report, default=float))
+"""
+
+
+def test_a_cpu_split_into_two_devices_runs_batches_bands_and_tiles_exactly(tmp_path):
+    """`dln enhance` on a split CPU (one XLA host device per core): batches in lanes, one
+    per device, computing side by side; a batch of two images spread one per device, an
+    odd batch and each tile in horizontal bands (XLA exchanging
+    border rows and summing the FA means across devices), portrait images transposed, all
+    equal the one-device whole-image forward to float32 rounding. (The NNX runner shares
+    this runner and its placement: it is checked to see the two devices.)"""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from parity.engine.tolerance import TILED_FORWARD_ATOL
+    from tests.conftest import write_authors_pth
+    from weights.synthetic import random_torch_state
+
+    path = tmp_path / "dim16.pth"
+    write_authors_pth(path, random_torch_state(DLNConfig(dim=16), seed=12))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2 "
+               "--xla_cpu_multi_thread_eigen=false", JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", _SPLIT_SCRIPT, str(path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["devices"] == [2, 2]     # the Linen and the NNX runner
+    assert report["2 plain"]["spec"][:2] == ["cores", "None"]     # one image per core
+    assert report["3 masked"]["spec"][:2] == ["None", "cores"]    # bands
+    assert report["lanes"]["count"] == 2 and report["lanes"]["devices"] == ["0", "1"]
+    for label in ("tiles", "2 plain", "3 masked", "2 portrait", "lanes"):
+        assert report[label]["worst"] <= TILED_FORWARD_ATOL, (label, report[label])

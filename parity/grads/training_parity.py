@@ -97,16 +97,20 @@ def _train_side(request: dict) -> dict[str, np.ndarray]:
     recipe = dataclasses.replace(AUTHORS_RECIPE, lr=request["rates"][0], seed=request["seed"])
 
     def run(framework: str, devices: int | None, steps: int, defect: TrainingDefect | None):
-        hooks = None if defect is None else defect.step_hooks()
+        own_step = defect is not None and not defect.rates_only
+        hooks = defect.step_hooks() if own_step else None
         rates = request["rates"] if defect is None else defect.jax_rates(request["rates"])
-        # a defect runs on the plain autodiff step (fast_gradients=False): its hooks act
-        # on the gradients and the update, the same in both steps, and it compiles in
-        # ~7 s instead of ~17 s (dim 16, 2 x 32^2, loaded 2-core EPYC); the correct run
-        # is the step `dln train` runs (the rewrites, on a CPU)
+        # a defect with a step of its own runs on the plain autodiff step
+        # (fast_gradients=False): its hooks act on the gradients and the update, the same
+        # in both steps, and it compiles in ~7 s instead of ~17 s (dim 16, 2 x 32^2,
+        # loaded 2-core EPYC); the correct run is the step `dln train` runs (the
+        # rewrites, on a CPU), and a defect of the rates alone (lr-plus-1pct,
+        # schedule-one-step-early) runs that very step (port.trainer.make_train_step
+        # caches it: no compilation; ~7 s less per such defect)
         trainer = make_trainer(framework, config, TrainingCheckpoint(params),
-                               recipe if defect is None else defect.jax_recipe(recipe),
+                               defect.jax_recipe(recipe) if own_step else recipe,
                                devices=devices, hooks=hooks,
-                               **({} if defect is None else {"fast_gradients": False}))
+                               **({"fast_gradients": False} if own_step else {}))
         losses = []
         for step in range(steps):
             low, high = stream.batch_at(step)

@@ -97,6 +97,12 @@ class TrainingDefect:
         n = len(rates)
         return [rates[min(i + self.schedule_shift, n - 1)] * self.lr_scale for i in range(n)]
 
+    @property
+    def rates_only(self) -> bool:
+        """True when the defect changes nothing but the JAX side's rates, which the step
+        takes as an argument: its run can use the correct run's compiled step."""
+        return not (self.recipe or self.optimizer or self.gradients)
+
     def step_hooks(self):
         from port.trainer import StepHooks
 

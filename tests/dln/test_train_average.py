@@ -20,6 +20,25 @@ from weights.training_checkpoint import load_state
 from test_train import TINY, _dln_runs_in_subprocess
 
 TORCH = ["train", *TINY, "--framework", "torch", "--lr-decay", "none"]
+AVERAGED_3 = [*TINY, "--lr-decay", "none", "--ema", "0.9", "--steps", "3"]
+
+
+@pytest.fixture(scope="module")
+def torch_runs(tmp_path_factory):
+    """Every PyTorch run of this module, in order, in one fresh process (one start of
+    Python and PyTorch instead of three): the folder holding them by name."""
+    root = tmp_path_factory.mktemp("torch_runs")
+    args = [*TORCH, "--ema", "0.6"]
+    done = _dln_runs_in_subprocess(
+        [*TORCH, "--steps", "1", "--out", str(root / "one")],
+        [*TORCH, "--steps", "2", "--out", str(root / "two")],
+        [*TORCH, "--steps", "2", "--ema", "0.9", "--out", str(root / "averaged")],
+        [*args, "--steps", "4", "--out", str(root / "straight")],
+        [*args, "--steps", "2", "--out", str(root / "resumed")],
+        [*args, "--steps", "4", "--resume", "--out", str(root / "resumed")],
+        ["train", *AVERAGED_3, "--framework", "torch", "--out", str(root / "averaged_3")])
+    assert done.returncode == 0, done.stderr[-2000:]
+    return root
 
 
 def test_average_decay_is_a_running_mean_until_the_horizon_then_constant():
@@ -40,13 +59,8 @@ def test_update_average_starts_at_the_weights_and_moves_by_one_minus_decay():
     np.testing.assert_array_equal(update_average(average, w2, 0.75)["k"], [1.5, 3.0])
 
 
-def test_the_saved_average_of_two_steps_is_the_mean_of_each_steps_weights(tmp_path):
-    one, two, averaged = tmp_path / "one", tmp_path / "two", tmp_path / "averaged"
-    done = _dln_runs_in_subprocess([*TORCH, "--steps", "1", "--out", str(one)],
-                                   [*TORCH, "--steps", "2", "--out", str(two)],
-                                   [*TORCH, "--steps", "2", "--ema", "0.9",
-                                    "--out", str(averaged)])
-    assert done.returncode == 0, done.stderr[-2000:]
+def test_the_saved_average_of_two_steps_is_the_mean_of_each_steps_weights(torch_runs):
+    one, two, averaged = torch_runs / "one", torch_runs / "two", torch_runs / "averaged"
     _, first, _ = load_state(one)
     _, second, _ = load_state(two)
     _, state, _ = load_state(averaged)
@@ -65,13 +79,9 @@ def test_the_saved_average_of_two_steps_is_the_mean_of_each_steps_weights(tmp_pa
     assert moved > 0, "two steps that do not move the weights prove nothing"
 
 
-def test_an_averaging_run_resumes_to_the_uninterrupted_average(tmp_path):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    args = [*TORCH, "--ema", "0.6"]
-    done = _dln_runs_in_subprocess([*args, "--steps", "4", "--out", str(straight)],
-                                   [*args, "--steps", "2", "--out", str(resumed)],
-                                   [*args, "--steps", "4", "--resume", "--out", str(resumed)])
-    assert done.returncode == 0, done.stderr[-2000:]
+def test_an_averaging_run_resumes_to_the_uninterrupted_average(torch_runs):
+    """torch_runs: 4 steps straight; 2 steps, then resumed to 4 (EMA 0.6)."""
+    straight, resumed = torch_runs / "straight", torch_runs / "resumed"
     _, a, _ = load_state(straight)
     _, b, _ = load_state(resumed)
     assert a.count == b.count == 4
@@ -102,15 +112,11 @@ def test_an_ema_decay_outside_zero_to_one_is_one_line(tmp_path, capsys, decay):
     assert not (tmp_path / "r").exists()
 
 
-def test_jax_and_torch_averages_agree_after_the_same_steps(tmp_path):
+def test_jax_and_torch_averages_agree_after_the_same_steps(tmp_path, torch_runs):
     """The average is numpy arithmetic on each framework's weights, so the two averages
     differ only by what the weights themselves differ (training parity)."""
-    jax_out, torch_out = tmp_path / "jax", tmp_path / "torch"
-    args = [*TINY, "--lr-decay", "none", "--ema", "0.9", "--steps", "3"]
-    assert main(["train", *args, "--out", str(jax_out)]) == 0
-    done = _dln_runs_in_subprocess(["train", *args, "--framework", "torch",
-                                    "--out", str(torch_out)])
-    assert done.returncode == 0, done.stderr[-2000:]
+    jax_out, torch_out = tmp_path / "jax", torch_runs / "averaged_3"
+    assert main(["train", *AVERAGED_3, "--out", str(jax_out)]) == 0
     _, j, _ = load_state(jax_out)
     _, t, _ = load_state(torch_out)
     lr = 1e-4

@@ -38,7 +38,8 @@ def test_every_conv_and_dot_of_the_forward_is_traced_at_the_precision_given(poin
     from port.model import init_params
 
     cfg = DLNConfig(dim=16)
-    params = init_params(cfg)
+    # tracing needs the parameters' shapes only, not their values (nothing compiled)
+    params = jax.eval_shape(lambda: init_params(cfg))
     x = jnp.zeros((1, 12, 12, 3), jnp.float32)
     highest = str(jax.make_jaxpr(make_apply(cfg, pointwise_as_dot))(params, x))
     default = str(jax.make_jaxpr(make_apply(cfg, pointwise_as_dot, "default"))(params, x))
@@ -60,8 +61,9 @@ def test_the_train_step_is_traced_at_the_trainers_precision():
     from port.trainer import adam, data_mesh, make_train_step
 
     cfg = DLNConfig(dim=16)
-    params = init_params(cfg)
-    opt_state = adam(AUTHORS_RECIPE.beta1, AUTHORS_RECIPE.beta2, AUTHORS_RECIPE.eps).init(params)
+    params = jax.eval_shape(lambda: init_params(cfg))  # shapes: tracing compiles nothing
+    opt_state = jax.eval_shape(
+        adam(AUTHORS_RECIPE.beta1, AUTHORS_RECIPE.beta2, AUTHORS_RECIPE.eps).init, params)
     batch = jnp.asarray(np.full((1, 12, 12, 3), 0.3, np.float32))
     step = make_train_step(cfg, AUTHORS_RECIPE, data_mesh(1), "highest")
     text = str(jax.make_jaxpr(step)(params, opt_state, batch, batch, jnp.float32(1e-5)))

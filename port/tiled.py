@@ -237,7 +237,10 @@ class JaxWholeImage:
         program runs: on `device`, or on the mesh / the one device (None)."""
         with self._lock:
             key = (bool(transposed), None if device is None else device.id)
-            if key not in self._params:
+            if key in self._params:
+                return self._params[key]
+            # on a split CPU this can wait until the devices have finished what they run
+            with self.timeline.span("place_weights"):
                 base = self._params[(False, None)]
                 if device is not None and (False, device.id) not in self._params:
                     self._params[(False, device.id)] = jax.device_put(

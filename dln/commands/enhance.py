@@ -64,11 +64,13 @@ def register(sub) -> None:
     p.add_argument("--cpu-split", choices=("auto", "off"),
                    default="auto" if split_wanted() else "off",
                    help="JAX on a CPU of 2 to 4 cores: auto (default; DLN_CPU_SPLIT=off changes "
-                        "the default) makes one XLA device per core: a batch runs one image per "
-                        "core, one image runs in horizontal bands, one per core (a folder ran "
-                        "~10%% faster on a quiet 2-core machine; slower when other programs "
-                        "keep a core busy); off runs each forward on all cores as one device. "
-                        "Outputs are equal either way to float32 rounding")
+                        "the default) makes one XLA device per core: each batch computes on "
+                        "one core while the other cores compute the next ones; a batch too "
+                        "large for the lanes to share the memory budget, and every tile, runs "
+                        "over all cores in horizontal bands (a folder ran ~5%% faster on a quiet "
+                        "2-core machine, ~15%% slower on a busy one); off runs each forward on "
+                        "all cores as one device. Outputs are equal either way to float32 "
+                        "rounding")
     p.add_argument("--profile", default=None, metavar="FILE",
                    help="write where the run's time went to FILE (JSON: named spans per "
                         "thread on one clock: decode, trace, compile, compute per bucket, "

@@ -28,6 +28,7 @@ MAIN_ROWS = (
     ("host_prep", "host preparation (transpose, pad, stack)"),
     ("trace", "tracing and lowering"),
     ("compile", "compiling (or reading the compilation cache)"),
+    ("place_weights", "weights for a lane or transposed (waits for busy devices)"),
     ("dispatch", "dispatching"),
     ("wait_previous", "waiting for compute"),
     ("compute", "computing (synchronous backends)"),

@@ -19,7 +19,7 @@ does not split evenly over at least two cores, when the user's XLA_FLAGS already
 a host device count, or when JAX has already started. Its cost: each device runs on
 one core, so a core another program keeps busy slows the whole step (the devices
 meet at every step's gradient sum); inference in the same process (a held-out check
-during training) runs on one device, one core.
+during training) runs over the same devices, each image in horizontal bands.
 
 Inference (`dln enhance` on JAX, `split_cpu_for_inference`) uses the same split
 differently: each whole-image batch is compiled for one device and computes on its core

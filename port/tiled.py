@@ -302,7 +302,10 @@ class JaxWholeImage:
         if after:
             with self.timeline.span("wait_previous"):
                 for earlier in after:
-                    earlier.wait()
+                    try:
+                        earlier.wait()
+                    except Exception:  # noqa: BLE001 - that batch's failure is its own,
+                        pass           # reported when its result is fetched
         with self.timeline.span("dispatch"):
             start = time.time()
             out = program(params, *args)

@@ -202,3 +202,20 @@ def test_a_cpu_split_into_two_devices_runs_batches_bands_and_tiles_exactly(tmp_p
     assert report["lanes"]["count"] == 2 and report["lanes"]["devices"] == ["0", "1"]
     for label in ("tiles", "2 plain", "3 masked", "2 portrait", "lanes"):
         assert report[label]["worst"] <= TILED_FORWARD_ATOL, (label, report[label])
+
+
+def test_a_batch_waiting_for_a_failed_earlier_batch_still_runs(ckpt16):
+    """A batch dispatched after one that failed (say, out of memory in its lane) runs:
+    the earlier failure is that batch's own, reported when its result is fetched."""
+    from port.inference import make_enhancer
+    from port.tiled import JaxStages, JaxWholeImage
+
+    class FailedEarlier:
+        def wait(self):
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+
+    image = _lowlight(32, 40, seed=3)
+    runner = JaxWholeImage(JaxStages(ckpt16.flax_tree(), ckpt16.config))
+    output = runner.submit([image], after=[FailedEarlier()]).result()[0]
+    reference = make_enhancer(ckpt16.flax_tree(), ckpt16.config)(image)
+    np.testing.assert_allclose(output, reference, atol=1e-5)

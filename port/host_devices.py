@@ -172,6 +172,18 @@ def spread_sharding(shape: tuple[int, ...], mesh):
     return NamedSharding(mesh, PartitionSpec(*spec))
 
 
+def unspread_device(shape: tuple[int, ...], mesh):
+    """The one device an input of `shape` computes on when no axis of it divides evenly
+    over `mesh` (spread_axis None), else None (it spreads). Replicated instead, every
+    device would compute the whole input and hold its whole working memory: measured with
+    XLA's memory analysis at dim 16, a 801x1025 image replicated over 2 devices takes 451
+    MiB of temporaries on each (902 in all) where one device takes 451, and no less time
+    (each core computes all of it), while the other lanes could compute other batches."""
+    if mesh is None or spread_axis(shape, int(mesh.devices.size)) is not None:
+        return None
+    return mesh.devices.flat[0]
+
+
 def _jax_started() -> bool:
     import sys
 

@@ -42,7 +42,7 @@ from jax.sharding import SingleDeviceSharding
 from core.config import DLNConfig
 from core.timeline import Timeline
 from core.tiling import bucket_batch, bucket_shape, landscape
-from port.host_devices import cpu_mesh, replicated, spread_sharding
+from port.host_devices import cpu_mesh, replicated, spread_sharding, unspread_device
 from port.inference import PARITY_PRECISION, make_apply, params_to_device
 from port.model import DLN, ConvBlock
 from port.pointwise import pointwise_conv_as_dot
@@ -115,6 +115,7 @@ class JaxStages:
         self._build_model()
         self.mesh = cpu_mesh()   # None: one device
         self._params = params_to_device(params_tree)
+        self._params_on: dict = {}   # device id -> the parameters on that device alone
         if self.mesh is not None:
             self._params = jax.device_put(self._params, replicated(self.mesh))
         self._stage = jax.jit(self._stage_forward, static_argnums=(1, 2))
@@ -173,8 +174,21 @@ class JaxStages:
         (None: one device)."""
         return None if self.mesh is None else spread_sharding(shape, self.mesh)
 
+    def params_on(self, device):
+        """The parameters on one device alone (kept: placed once per device)."""
+        if device.id not in self._params_on:
+            self._params_on[device.id] = jax.device_put(self._params,
+                                                        SingleDeviceSharding(device))
+        return self._params_on[device.id]
+
     def start_stage(self, index, maps, image, mean, mask) -> "Fetch":
         stage = self.stages[index]
+        one = unspread_device((1,) + mask.shape, self.mesh)
+        if one is not None:   # a tile no axis of which divides over the devices
+            put = (lambda a: None if a is None else
+                   jax.device_put(a[None], SingleDeviceSharding(one)))
+            return Fetch(self._stage(self.params_on(one), stage.name, stage.halo,
+                                     put(maps), put(image), put(mean), put(mask)))
         batch = (lambda a: None if a is None else self.placed(a[None]))
         return Fetch(self._stage(self._params, stage.name, stage.halo, batch(maps),
                                  batch(image), self.placed(None if mean is None else
@@ -296,6 +310,8 @@ class JaxWholeImage:
                 args = (x, mask)
             else:
                 args = (np.stack(batch).astype(np.float32, copy=False),)
+        if device is None:   # over every device, unless no axis of the batch divides
+            device = unspread_device((len(images),) + bucket, self._stages.mesh)
         program = self.program(len(images), bucket, masked, device)
         params = self.params(transposed, device)
         after = [after] if isinstance(after, Pending) else [p for p in (after or ()) if p]

@@ -168,6 +168,21 @@ ran_on = sorted(str(d.id) for p in in_lanes for d in p._out.devices())
 report["lanes"] = {"count": len(runner.lanes), "devices": ran_on,
                    "worst": max(measure(p.result()[0], whole(im)).rel_to_scale
                                 for p, im in zip(in_lanes, (a, b)))}
+# no axis divides over the two devices (odd sides at their own size, odd tiles with their
+# halos): one device computes it, not every device the whole of it (n x the memory)
+odd = low(33, 47)
+alone = runner.submit([odd], (33, 47))
+seen = []
+class Watched:
+    stages = stages.stages
+    def start_stage(self, *args):
+        fetch = stages.start_stage(*args)
+        seen.append(len(fetch._out.devices()))
+        return fetch
+odd_tiled = run_tiled(Watched(), odd, TiledPlan(tile=21, maps_in_memory=True))
+report["unspread"] = {"devices": [len(alone._out.devices()), max(seen)],
+                      "worst": max(measure(alone.result()[0], whole(odd)).rel_to_scale,
+                                   measure(odd_tiled, whole(odd)).rel_to_scale)}
 print(json.dumps(report, default=float))
 """
 
@@ -200,7 +215,8 @@ def test_a_cpu_split_into_two_devices_runs_batches_bands_and_tiles_exactly(tmp_p
     assert report["2 plain"]["spec"][:2] == ["cores", "None"]     # one image per core
     assert report["3 masked"]["spec"][:2] == ["None", "cores"]    # bands
     assert report["lanes"]["count"] == 2 and report["lanes"]["devices"] == ["0", "1"]
-    for label in ("tiles", "2 plain", "3 masked", "2 portrait", "lanes"):
+    assert report["unspread"]["devices"] == [1, 1]   # one device, not both replicated
+    for label in ("tiles", "2 plain", "3 masked", "2 portrait", "lanes", "unspread"):
         assert report[label]["worst"] <= TILED_FORWARD_ATOL, (label, report[label])
 
 

@@ -105,3 +105,15 @@ def decay(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be 0 (off) or a decay below 1, e.g. 0.995; "
                                          f"got {_shown(text)}")
     return value
+
+
+def add_cpu_split_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--cpu-split auto|off` (JAX on a CPU: one XLA device per core, port.host_devices);
+    its default follows DLN_CPU_SPLIT (off: off). `what`: what auto does, for the help."""
+    from port.host_devices import split_wanted
+
+    parser.add_argument("--cpu-split", choices=("auto", "off"),
+                        default="auto" if split_wanted() else "off",
+                        help=f"JAX on a CPU: auto (default; DLN_CPU_SPLIT=off changes the "
+                             f"default) {what}")
+

@@ -9,8 +9,7 @@ from core.config import parse_variant
 from core.images import DEFAULT_MAX_PIXELS
 from core.text import escape_text
 from core.tiling import DEFAULT_TILE
-from dln.arguments import finite_float, positive_int
-from port.host_devices import split_wanted
+from dln.arguments import add_cpu_split_option, finite_float, positive_int
 
 ORDER = 20
 
@@ -61,16 +60,13 @@ def register(sub) -> None:
                         "padding costs less than the compilations saved (shapes already in "
                         "the cache count as free), so a folder compiles a handful of "
                         "programs")
-    p.add_argument("--cpu-split", choices=("auto", "off"),
-                   default="auto" if split_wanted() else "off",
-                   help="JAX on a CPU of 2 to 4 cores: auto (default; DLN_CPU_SPLIT=off changes "
-                        "the default) makes one XLA device per core: each batch computes on "
-                        "one core while the other cores compute the next ones; a batch too "
-                        "large for the lanes to share the memory budget, and every tile, runs "
-                        "over all cores in horizontal bands (a folder ran ~5%% faster on a quiet "
-                        "2-core machine, ~15%% slower on a busy one); off runs each forward on "
-                        "all cores as one device. Outputs are equal either way to float32 "
-                        "rounding")
+    add_cpu_split_option(
+        p, "on 2 to 4 cores makes one XLA device per core: each batch computes on one core "
+           "while the other cores compute the next ones; a batch too large for the lanes to "
+           "share the memory budget, and every tile, runs over all cores in horizontal bands "
+           "(a folder ran ~5%% faster on a quiet 2-core machine, ~15%% slower on a busy one); "
+           "off runs each forward on all cores as one device. Outputs are equal either way "
+           "to float32 rounding")
     p.add_argument("--profile", default=None, metavar="FILE",
                    help="write where the run's time went to FILE (JSON: named spans per "
                         "thread on one clock: decode, trace, compile, compute per bucket, "

@@ -8,9 +8,8 @@ ORDER = 40
 def register(sub) -> None:
     from core.recipe import AUTHORS_RECIPE as recipe
     from core.recipe import LR_DECAYS, short_number
-    from dln.arguments import (decay, int_range, nonnegative_int, positive_float, positive_int,
-                               seed)
-    from port.host_devices import split_wanted
+    from dln.arguments import (add_cpu_split_option, decay, int_range, nonnegative_int,
+                               positive_float, positive_int, seed)
     from dln.training_settings import (FRAMEWORKS, MAX_BATCH, MAX_DEVICES, MAX_PATCH,
                                        MAX_WORKERS, PRECISIONS)
 
@@ -72,14 +71,11 @@ def register(sub) -> None:
                         "(the framework's default: TF32 on recent GPUs, ~30%% faster)")
     p.add_argument("--devices", type=int_range(0, MAX_DEVICES), default=0,
                    help="JAX: data parallel over the first N local devices (default all)")
-    p.add_argument("--cpu-split", choices=("auto", "off"),
-                   default="auto" if split_wanted() else "off",
-                   help="JAX on a CPU: auto (default; DLN_CPU_SPLIT=off changes the default) "
-                        "makes one XLA device per core, each computing its share of the batch "
-                        "on its own core, when the batch splits evenly over the cores and "
-                        "--devices is 0 (~1.3x faster steps on a quiet 2-core machine, slower "
-                        "when other programs keep a core busy); off runs the step on all cores "
-                        "as one device")
+    add_cpu_split_option(
+        p, "makes one XLA device per core, each computing its share of the batch on its own "
+           "core, when the batch splits evenly over the cores and --devices is 0 (~1.3x "
+           "faster steps on a quiet 2-core machine, slower when other programs keep a core "
+           "busy); off runs the step on all cores as one device")
     p.add_argument("--resume", action="store_true",
                    help="continue the run saved in --out (same settings, the variant compared "
                         "as the network it gives; --steps or --epochs may grow) from its newest "

@@ -44,10 +44,14 @@ THREADS_FLAG = "--xla_cpu_multi_thread_eigen"
 SPLIT_VARIABLE = "DLN_CPU_SPLIT"   # "off": no split (`dln train --cpu-split`'s default)
 
 
+SPLIT_OFF_WORDS = ("off", "0", "false", "no")
+
+
 def split_wanted(environ=None) -> bool:
-    """Whether the environment (default: this process's) leaves the split on."""
+    """Whether the environment (default: this process's) leaves the split on: DLN_CPU_SPLIT
+    set to off, 0, false or no (any case) turns it off."""
     environ = os.environ if environ is None else environ
-    return environ.get(SPLIT_VARIABLE, "auto") != "off"
+    return environ.get(SPLIT_VARIABLE, "auto").strip().lower() not in SPLIT_OFF_WORDS
 
 
 def usable_cores() -> int:
@@ -99,15 +103,17 @@ def split_cpu_for_training(batch: int, environ: dict | None = None) -> int:
     return training_device_count(batch)
 
 
-# Inference splits machines of 2 to INFERENCE_MAX_CORES cores (measured on 2). With more
-# cores, bands of one image get thin and batches get large: XLA's own threads are kept.
-INFERENCE_MAX_CORES = 4
+# Inference splits a CPU of exactly INFERENCE_CORES cores, the one measured. On 3 or 4
+# cores most work that runs over all devices would not divide: 17 of the 22 ladder sides
+# from 32 to 1280 are not multiples of 3, and a default tile's 530-pixel stage inputs are
+# multiples of neither 3 nor 4, so it would run on one core where XLA's threads use all.
+INFERENCE_CORES = 2
 
 
 def inference_device_count(cores: int | None = None) -> int:
     """How many host devices inference splits a CPU into (1: no split)."""
     cores = usable_cores() if cores is None else max(1, int(cores))
-    return cores if 2 <= cores <= INFERENCE_MAX_CORES else 1
+    return cores if cores == INFERENCE_CORES else 1
 
 
 def split_cpu_for_inference(environ: dict | None = None, cores: int | None = None) -> int:

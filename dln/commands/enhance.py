@@ -61,9 +61,10 @@ def register(sub) -> None:
                         "the cache count as free), so a folder compiles a handful of "
                         "programs")
     add_cpu_split_option(
-        p, "on 2 to 4 cores makes one XLA device per core: each batch computes on one core "
-           "while the other cores compute the next ones; a batch too large for the lanes to "
-           "share the memory budget, and every tile, runs over all cores in horizontal bands "
+        p, "on a 2-core CPU makes one XLA device per core: each batch computes on one core "
+           "while the other core computes the next; a batch too large for the two to share "
+           "the memory budget, and every tile, runs over both cores in horizontal bands, or "
+           "on one core when neither its height nor its width is even "
            "(a folder ran ~5%% faster on a quiet 2-core machine, ~15%% slower on a busy one); "
            "off runs each forward on all cores as one device. Outputs are equal either way "
            "to float32 rounding")

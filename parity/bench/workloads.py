@@ -129,9 +129,9 @@ def run_workload(name: str, weights: str, rows: tuple[str, ...] = ROWS, seed: in
         plan = []
         for row in rows:
             if row in ("jax", "jax-one-device"):
-                env = {"DLN_CACHE_DIR": str(tmp / f"{row}-cache")}
-                if row == "jax-one-device":
-                    env["DLN_CPU_SPLIT"] = "off"
+                # each row says whether it splits, whatever this process's environment says
+                env = {"DLN_CACHE_DIR": str(tmp / f"{row}-cache"),
+                       "DLN_CPU_SPLIT": "off" if row == "jax-one-device" else "auto"}
                 plan.append((row, "jax", env, "cold"))
                 if name == "folder":
                     plan.append((row, "jax", env, "warm"))

@@ -36,10 +36,20 @@ def test_split_sets_only_the_given_environment():
         assert environ == {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
 
 
-def test_inference_splits_two_to_four_cores_and_keeps_xlas_threads_beyond():
+def test_inference_splits_two_cores_only_and_keeps_xlas_threads_otherwise():
     from port.host_devices import inference_device_count
 
-    assert [inference_device_count(c) for c in (1, 2, 3, 4, 5, 16)] == [1, 2, 3, 4, 1, 1]
+    assert [inference_device_count(c) for c in (1, 2, 3, 4, 5, 16)] == [1, 2, 1, 1, 1, 1]
+
+
+def test_the_split_switch_reads_off_0_false_and_no_in_any_case():
+    from port.host_devices import split_wanted
+
+    for word in ("off", "OFF", " Off ", "0", "false", "No"):
+        assert not split_wanted({"DLN_CPU_SPLIT": word}), word
+    for word in ("auto", "on", "1", ""):
+        assert split_wanted({"DLN_CPU_SPLIT": word}), word
+    assert split_wanted({})
 
 
 def test_the_inference_split_follows_the_switch_and_never_overrides_a_device_count():

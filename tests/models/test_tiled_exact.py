@@ -235,3 +235,20 @@ def test_a_batch_waiting_for_a_failed_earlier_batch_still_runs(ckpt16):
     output = runner.submit([image], after=[FailedEarlier()]).result()[0]
     reference = make_enhancer(ckpt16.flax_tree(), ckpt16.config)(image)
     np.testing.assert_allclose(output, reference, atol=1e-5)
+
+
+def test_the_scratch_store_in_channel_blocks_round_trips_partial_and_clipped_writes(tmp_path):
+    """Blocks of 3 channels out of 9: a write covering whole blocks, one starting inside a
+    block, regions clipped at the image's edge, reads of a prefix of the channels."""
+    rng = np.random.default_rng(1)
+    expected = np.zeros((6, 7, 9), np.float32)
+    with MapStore(6, 7, 9, in_memory=False, scratch_dir=str(tmp_path), block=3) as store:
+        first = rng.random((4, 5, 6), dtype=np.float32)          # blocks 0 and 1, clipped
+        store.write(3, 4, 0, first)
+        expected[3:, 4:, 0:6] = first[:3, :3]
+        second = rng.random((6, 7, 4), dtype=np.float32)         # channels 4..7: partial
+        store.write(0, 0, 4, second)
+        expected[:, :, 4:8] = second
+        np.testing.assert_array_equal(store.read(-1, -2, 9, 11, 9),
+                                      padded_region(expected, -1, -2, 9, 11))
+        np.testing.assert_array_equal(store.read(2, 3, 3, 3, 5), expected[2:5, 3:6, :5])

@@ -116,4 +116,3 @@ def add_cpu_split_option(parser: argparse.ArgumentParser, what: str) -> None:
                         default="auto" if split_wanted() else "off",
                         help=f"JAX on a CPU: auto (default; DLN_CPU_SPLIT=off changes the "
                              f"default) {what}")
-

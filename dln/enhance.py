@@ -235,7 +235,7 @@ def enhance_paths(ckpt, inputs: list[str | os.PathLike], output_dir: str | os.Pa
     # Here every (input, output) pair of the run is known (the jobs of `units`), and
     # nothing has been written yet.
     timeline.note(images=sum(len(u.jobs) for u in units), units=len(units), batch=batch,
-                  devices=predictor.devices, lanes=len(predictor.lanes),
+                  devices=predictor.devices,
                   buckets=sorted({u.key for u in units if u.key}, key=str))
     Pipeline(predictor, result, overwrite, limit, show_progress, timeline).run(units)
     return result

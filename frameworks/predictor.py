@@ -87,7 +87,6 @@ class Predictor:
         self.backend = backend
         self.config = ckpt.config
         self.tile = tile
-        self.devices = 1   # JAX on a split CPU: one device per core (port.host_devices)
         self.lanes: list = []   # the devices a batch may compute on alone (dln.compute_lanes)
         self.timeline = timeline or Timeline.off()
         self.warnings: list[str] = []
@@ -121,11 +120,9 @@ class Predictor:
         with self.timeline.span("load_weights"):
             self.stages = stages_class(ckpt.flax_tree(), self.config, pointwise_as_dot=jax_fast)
         self._whole = JaxWholeImage(self.stages, self.timeline)
-        mesh = self.stages.mesh
-        self.devices = 1 if mesh is None else int(mesh.devices.size)
         self.lanes = list(self._whole.lanes)
         self.settings = {"jit": "whole forward",
-                         "devices": (str(jax.devices()[0]) if mesh is None else
+                         "devices": (str(jax.devices()[0]) if not self.lanes else
                                      f"{self.devices} single-core CPU devices, inputs spread "
                                      "over them (port.host_devices)"),
                          "model": ("Flax NNX (graph split once, merged inside jax.jit)"
@@ -149,6 +146,11 @@ class Predictor:
         if self.backend == "torch-compile":
             self.settings.update({"compile": "torch.compile(backend='inductor')",
                                   "inductor_freezing": True})
+
+    @property
+    def devices(self) -> int:
+        """The devices JAX computes on: one per core on a split CPU (port.host_devices)."""
+        return max(1, len(self.lanes))
 
     # ---- plans -------------------------------------------------------------------------
     def plan(self, height: int, width: int, budget: int | None = None,

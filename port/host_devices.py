@@ -41,9 +41,7 @@ import shlex
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 THREADS_FLAG = "--xla_cpu_multi_thread_eigen"
-SPLIT_VARIABLE = "DLN_CPU_SPLIT"   # "off": no split (`dln train --cpu-split`'s default)
-
-
+SPLIT_VARIABLE = "DLN_CPU_SPLIT"   # one of SPLIT_OFF_WORDS: no split (--cpu-split's default)
 SPLIT_OFF_WORDS = ("off", "0", "false", "no")
 
 

@@ -255,11 +255,8 @@ class JaxWholeImage:
                 return self._params[key]
             # on a split CPU this can wait until the devices have finished what they run
             with self.timeline.span("place_weights"):
-                base = self._params[(False, None)]
-                if device is not None and (False, device.id) not in self._params:
-                    self._params[(False, device.id)] = jax.device_put(
-                        base, SingleDeviceSharding(device))
-                base = self._params[(False, key[1])]
+                base = (self._params[(False, None)] if device is None else
+                        self._stages.params_on(device))
                 self._params[key] = jax.jit(transposed_params)(base) if transposed else base
             return self._params[key]
 

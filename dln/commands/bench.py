@@ -33,8 +33,9 @@ def register(sub) -> None:
                    help="comma-separated: jax (the Flax Linen port), nnx (the Flax NNX port), "
                         "torch, torch-compile (default jax,torch,torch-compile); with "
                         "--workload folder|large: jax, torch, torch-tuned-glibc, torch-compile "
-                        "(default all four) and jax-one-device (JAX with --cpu-split off); with --workload train: jax, jax-plain, torch, "
-                        "torch-compile (default jax,torch,torch-compile)")
+                        "(default all four) and jax-one-device (JAX with --cpu-split off); "
+                        "with --workload train: jax, jax-plain, torch, torch-compile (default "
+                        "jax,torch,torch-compile)")
     p.add_argument("--workload", choices=("folder", "large", "train"), default=None,
                    help="end-to-end `dln enhance` runs instead of per-image latency, one fresh "
                         "process per row, with peak RSS: folder = 12 seeded low-light images "

@@ -36,6 +36,10 @@ import numpy as np
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 DECODERS = ("PNG", "JPEG", "BMP")  # JPEG includes the multi-picture (MPO) files of phones
 DEFAULT_MAX_PIXELS = 64_000_000  # 50-megapixel photos (8160 x 6144) run tiled
+# zlib level of written PNGs: an enhanced 360x480 photo took 19 ms and 254 KB at level 3
+# against 66 ms and 244 KB at Pillow's default 6 (4 % larger, 3.5x faster to encode; the
+# encoder shares the cores with the network in `dln enhance`)
+PNG_COMPRESS_LEVEL = 3
 EXIF_ORIENTATION = 0x0112
 
 
@@ -351,7 +355,8 @@ def write_pngs_atomic(arrays_uint8: list[np.ndarray], dsts: list[str | os.PathLi
         with atomic_paths(dsts, overwrite=overwrite) as temps:
             for array, tmp in zip(arrays_uint8, temps):
                 with open(tmp, "wb") as fh:
-                    Image.fromarray(np.ascontiguousarray(array)).save(fh, format="PNG")
+                    Image.fromarray(np.ascontiguousarray(array)).save(
+                        fh, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     except FileExistsError:
         taken = [d for d in dsts if d.exists() or d.is_symlink()] or dsts
         raise OutputExistsError(f"{escape_text(taken[0])}: exists (use --overwrite to replace "

@@ -113,6 +113,7 @@ class Unit:
     tiled image."""
     jobs: list[Job]
     key: tuple | None                   # None: tiled
+    alone: bool = False                 # over every device of a split CPU, not in one lane
 
 
 def plan_run(paths: list[Path], output_dir: Path, predictor: Predictor, limit: PixelLimit,

@@ -1,16 +1,16 @@
 """The run of `dln enhance` after its plan (dln.enhance.plan_run): three threads.
 
-Batch by batch in the planned order: a reader decodes the next batch while the current
-one computes; the main thread prepares, compiles and dispatches batches (JAX returns at
-once; the next batch is dispatched only when the previous one of its lane has computed,
-so one computes per lane at a time, and its host work and compilation overlap that
-computation; there is one lane per core on a split CPU, else one: dln.compute_lanes); a
-writer waits for each batch's result, checks it is finite, quantises it and writes each
-PNG atomically. Decoded images held ahead of the network are bounded by
-READ_AHEAD_BYTES (one larger image runs alone). An interrupt (Ctrl-C, SIGTERM) stops the
-reader, lets the writer finish the PNG it is writing (no temporary file is left) and
-drops the rest. A failure of one image or batch is one line while the others go on.
-"""
+Batch by batch in the order dln.compute_lanes.lane_order plans: a reader decodes the
+next batch while the current one computes; the main thread prepares, compiles and
+dispatches batches (JAX returns at once; the next batch is dispatched only when the
+previous one of its lane has computed, so one computes per lane at a time, and its host
+work and compilation overlap that computation; there is one lane per core on a split
+CPU, else one: dln.compute_lanes); a writer takes each batch's result as it computes
+(whichever lane finishes first), checks it is finite, quantises it and writes each PNG
+atomically. Decoded images held ahead of the network are bounded by READ_AHEAD_BYTES
+(one larger image runs alone). An interrupt (Ctrl-C, SIGTERM) stops the reader, lets
+the writer finish the PNG it is writing (no temporary file is left) and drops the rest.
+A failure of one image or batch is one line while the others go on."""
 
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ from core.images import (ImageError, ImageTooLargeError, OutputExistsError, load
 from core.memory import working_budget
 from core.progress import progress
 from core.timeline import Timeline
-from dln.compute_lanes import ComputeLanes
-from frameworks.memory_plan import estimated_bytes
+from dln.compute_lanes import ComputeLanes, Work, lane_order
 
 READ_AHEAD_BYTES = 256 * 2**20  # decoded images held ahead of the network, at most
+WRITER_HOLDS = 8   # dispatched batches the writer holds, waiting for whichever computes first
 
 
 _STOP = object()
@@ -65,7 +65,9 @@ class Pipeline:
         self._held = 0                           # bytes decoded and not yet written
 
     def run(self, units: list) -> None:
-        """Run dln.enhance.plan_run's units."""
+        """Run dln.enhance.plan_run's units, in the order dln.compute_lanes.lane_order
+        plans for the predictor's lanes."""
+        units = self._in_lane_order(units)
         self._bar = progress(None, desc="enhance", unit="img",
                              total=sum(len(u.jobs) for u in units),
                              disable=not self.show_progress)
@@ -91,6 +93,22 @@ class Pipeline:
             writer.join()
         reader.join()
         self._bar.close()
+
+    def _in_lane_order(self, units: list) -> list:
+        """The units in lane_order's order, each marked alone (over every device) or not."""
+        works = []
+        for unit in units:
+            if unit.key is None:
+                size = unit.jobs[0].size or (0, 0)
+                works.append(Work(size[0] * size[1], None))
+            else:
+                works.append(Work(len(unit.jobs) * unit.key[0] * unit.key[1],
+                                  self.predictor.working_bytes(unit.key, len(unit.jobs))))
+        ordered = []
+        for index, alone in lane_order(works, len(self.predictor.lanes), working_budget()):
+            units[index].alone = alone
+            ordered.append(units[index])
+        return ordered
 
     # ---- the three threads -------------------------------------------------------------
     def _read(self, units: list) -> None:
@@ -132,17 +150,42 @@ class Pipeline:
                     pass
 
     def _write(self) -> None:
-        while True:
-            item = self._finished.get()
-            if item is _STOP:
+        """Write batches as they finish computing, not in the order they were dispatched:
+        a batch computing for long in one lane does not hold back the other lanes'
+        results (nor, through the bounded queue, the dispatching of their next batches)."""
+        held: list = []        # taken from the queue, not yet written
+        stopping = False
+        while held or not stopping:
+            if self._stop.is_set():   # interrupted: nothing more is written
+                for item in held:
+                    self._release(item[0])
                 return
-            try:
-                if not self._stop.is_set():
-                    self._write_outputs(*item)
-            except Exception as err:  # noqa: BLE001 - one line, and the next batch goes on
-                self._fail(f"{item[2]}: {type(err).__name__}: {err}"[:300])
-            finally:
-                self._release(item[0])
+            if not stopping and len(held) < WRITER_HOLDS:
+                try:
+                    item = self._finished.get(timeout=None if not held else 0.005)
+                except queue.Empty:
+                    item = None
+                if item is _STOP:
+                    stopping = True
+                elif item is not None:
+                    held.append(item)
+                    continue   # take whatever else is queued first
+            ready = next((h for h in held if _computed(h[1])), None)
+            if ready is None and (stopping or len(held) >= WRITER_HOLDS):
+                ready = held[0]   # nothing more to take: wait for the oldest
+            if ready is None:
+                continue
+            held.remove(ready)
+            self._write_item(ready)
+
+    def _write_item(self, item) -> None:
+        try:
+            if not self._stop.is_set():
+                self._write_outputs(*item)
+        except Exception as err:  # noqa: BLE001 - one line, and the next batch goes on
+            self._fail(f"{item[2]}: {type(err).__name__}: {err}"[:300])
+        finally:
+            self._release(item[0])
 
     # ---- the work ------------------------------------------------------------------------
     def _decode(self, job) -> np.ndarray | None:
@@ -161,10 +204,10 @@ class Pipeline:
         self._bar.update(1)
         return None
 
-    def _parts(self, unit, images: list) -> list[tuple[tuple | None, list]]:
-        """(key, pairs) to run: the unit's batch, or one tiled image; an image whose
+    def _parts(self, unit, images: list) -> list[tuple[tuple | None, list, bool | None]]:
+        """(key, pairs, alone) to run: the unit's batch, or one tiled image; an image whose
         decoded shape is not its header's (EXIF rotation), or whose header could not be
-        read, is planned again and runs on its own."""
+        read, is planned again and runs on its own (alone: None, decided when it runs)."""
         parts, same = [], []
         for job, image in images:
             shape = image.shape[:2]
@@ -175,15 +218,15 @@ class Pipeline:
                 job.plan = self.predictor.plan(*shape)
             key = None if job.plan.mode == "tiled" else \
                 self.predictor.group_key(job.plan, *shape)
-            parts.append((key, [(job, image)]))
+            parts.append((key, [(job, image)], None))
         if same:
-            parts.insert(0, (unit.key, same))
+            parts.insert(0, (unit.key, same, unit.alone))
         return parts
 
     def _run_part(self, part, lanes: ComputeLanes) -> None:
         """Run whole images of one key (dispatched in a lane, or over every device, not
         awaited) or one tiled image, and hand the result to the writer."""
-        key, pairs = part
+        key, pairs, alone = part
         predictor = self.predictor
         what = ", ".join(str(job.path) for job, _ in pairs)
         if key is None:
@@ -194,17 +237,16 @@ class Pipeline:
             pending = self._network(lambda: [predictor.run_tiled(image, job.plan, tty,
                                                                  job.path.name)], what)
         else:
-            # the batch's working memory in its (possibly merged) bucket
-            estimate = max(sum(job.plan.estimate_bytes for job, _ in pairs),
-                           len(pairs) * estimated_bytes(key[0], key[1], predictor.config,
-                                                        "jax"))
-            lane = lanes.choose() if lanes.takes(estimate) else None
-            after = lanes.all_pending() if lane is None else lanes.after(lane)
+            estimate = predictor.working_bytes(key, len(pairs))
+            if alone is None:
+                alone = not lanes.takes(estimate)
+            lane = None if alone else lanes.choose(predictor.compiled_lanes(key, len(pairs)))
+            after = lanes.all_pending() if lane is None else lanes.after(lane, estimate)
             device = None if lane is None else lanes.device(lane)
             pending = self._network(lambda: predictor.submit(
                 [im for _, im in pairs], key, after=after, device=device), what)
             if pending is not None and not isinstance(pending, list):
-                lanes.dispatched(lane, pending)
+                lanes.dispatched(lane, pending, estimate)
         if pending is None:
             self._release(pairs)
             self._bar.update(len(pairs))
@@ -291,6 +333,15 @@ class Pipeline:
         with self._room:
             self._held = max(0, self._held - sum(_bytes_held(job) for job, _ in pairs))
             self._room.notify_all()
+
+
+def _computed(pending) -> bool:
+    """A dispatched batch has computed, or failed (a tiled image's list of outputs always
+    has)."""
+    try:
+        return isinstance(pending, list) or pending.computed()
+    except Exception:  # noqa: BLE001 - a failed batch: its result() says how
+        return True
 
 
 def _run_network(forward, what):

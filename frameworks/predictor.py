@@ -38,18 +38,22 @@ from core.progress import progress
 from core.timeline import Timeline
 from core.tiling import (TiledPlan, bucket_shape, landscape, plan_buckets, run_tiled,
                          smallest_cover, tile_count)
-from frameworks.memory_plan import ImagePlan, bytes_per_pixel, plan_image
+from frameworks.memory_plan import ImagePlan, bytes_per_pixel, estimated_bytes, plan_image
 
 BACKENDS = ("jax", "nnx", "torch", "torch-compile")
 JAX_BACKENDS = ("jax", "nnx")   # Flax Linen and Flax NNX: one runner, one memory plan
 
-# A new bucket shape costs JAX one compilation of the whole-image program. Measured
-# with `dln bench --workload folder` on the 2-core AMD EPYC (5 buckets): the cold run
-# took 4.1 s longer than the warm one, ~0.8 s per compilation, while computing took
-# ~7.4 s per megapixel (31.8 s for 4.3 MP of padded buckets): one compilation is worth
-# ~110,000 pixels. The folder planner (core.tiling.plan_buckets) merges buckets while
-# the padding a merger adds costs less than the compilations it saves.
-COMPILE_PIXELS = 110_000
+# A new bucket shape costs JAX one compilation of the whole-image program (per lane it
+# runs in). Measured with `dln enhance` on the benchmark's folder on the 2-core AMD EPYC,
+# split into two lanes: the cold run took 4.3 s longer than the warm one for 8
+# compilations, ~0.53 s each, while the lanes computed ~8.75 s per megapixel of padded
+# buckets (a compilation is main-thread work beside the two busy lanes): one compilation
+# is worth ~60,000 pixels; a warm run still traces each program (~0.15 s, ~17,000
+# pixels); 50,000 sits between the two, nearer the first run's. The folder planner
+# (core.tiling.plan_buckets) merges buckets while the padding a merger adds costs less
+# than the compilations it saves. (Unsplit, with XLA's threads on both cores: ~0.8 s
+# per compilation against ~7.4 s per megapixel, ~110,000 pixels.)
+COMPILE_PIXELS = 50_000
 
 
 class BackendUnavailable(RuntimeError):
@@ -195,6 +199,20 @@ class Predictor:
         else:
             shape = plan.shape
         return tuple(shape) + (height > width,)
+
+    def working_bytes(self, key: tuple, count: int = 1) -> int:
+        """Working memory of a batch of `count` whole images of one group_key: what the
+        key's shape computes (a merged bucket may be larger or smaller than an image's
+        own ladder bucket)."""
+        return int(count) * estimated_bytes(key[0], key[1], self.config, self._memory_backend)
+
+    def compiled_lanes(self, key: tuple, count: int = 1) -> set[int]:
+        """The lanes (indices into `lanes`) where a batch of `count` images of this key
+        is compiled already in this process."""
+        if self.backend not in JAX_BACKENDS:
+            return set()
+        return {lane for lane, device in enumerate(self.lanes)
+                if self._whole.has_program(count, key[:2], device)}
 
     # ---- running -----------------------------------------------------------------------
     def submit(self, images: list[np.ndarray], key: tuple, after=(), device=None):

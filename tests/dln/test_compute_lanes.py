@@ -1,6 +1,6 @@
 """dln.compute_lanes: which lane (one single-core device each) the next batch runs on."""
 
-from dln.compute_lanes import ComputeLanes
+from dln.compute_lanes import ComputeLanes, Work, lane_order
 
 
 class FakePending:
@@ -58,3 +58,49 @@ def test_a_batch_too_large_to_share_the_budget_runs_alone_over_every_device():
     alone = FakePending(1.0, 1)
     lanes.dispatched(None, alone)
     assert lanes.after(0) == [alone] and lanes.after(1) == [alone]
+
+
+def test_a_batch_waits_for_the_other_lanes_while_together_they_exceed_the_budget():
+    lanes = ComputeLanes(["a", "b"], budget=100)
+    big = FakePending(0.0, 10)
+    lanes.dispatched(0, big, estimate_bytes=60)
+    assert lanes.after(1, 40) == []          # 60 + 40 fit beside each other
+    assert lanes.after(1, 41) == [big]       # 60 + 41 do not: after the big one
+    lanes.dispatched(1, FakePending(0.0, 10), estimate_bytes=30)
+    assert big not in lanes.after(1, 40)     # its own lane's previous, then 60 + 40
+
+
+def test_a_lane_where_the_program_is_compiled_is_preferred_when_as_good():
+    lanes = ComputeLanes(["a", "b"], budget=100)
+    assert lanes.choose(compiled={1}) == 1 and lanes.choose() == 0
+    lanes.dispatched(0, FakePending(0.0, 1000))
+    lanes.dispatched(1, FakePending(0.0, 1000))
+    assert lanes.choose(compiled={1}) == 1 and lanes.choose(compiled={0}) == 0
+
+
+def _works(*shapes, estimate_per_pixel=1):
+    return [Work(h * w, None if estimate_per_pixel is None else h * w * estimate_per_pixel)
+            for h, w in shapes]
+
+
+def test_lane_order_pairs_a_batch_too_large_to_pair_with_itself_with_smaller_ones():
+    # budget 3 GiB at dim 64: two 768x1024 (2.1 GB each) cannot compute side by side,
+    # but each can beside the 480x640s and 240x320s, which keep the other lane busy
+    big, mid, small = (768, 1024), (480, 640), (240, 320)
+    works = _works(big, big, *[mid] * 4, *[small] * 8)
+    budget = 1_200_000       # one big beside one mid, not beside another big
+    planned = lane_order(works, 2, budget)
+    assert sorted(i for i, _ in planned) == list(range(len(works)))
+    assert not any(alone for _, alone in planned[:-1])
+    assert planned[0][0] in (0, 1)          # the largest first
+    # without work to run beside them, the same batches run alone, one after the other
+    assert all(alone for _, alone in lane_order(_works(big, big, big), 2, budget))
+
+
+def test_lane_order_runs_tiled_images_alone_and_one_lane_largest_first():
+    works = _works((3000, 4000), estimate_per_pixel=None) + _works((480, 640), (480, 640))
+    planned = lane_order(works, 2, 10**12)
+    assert planned[0] == (0, True)          # the largest, alone
+    assert all(not alone for _, alone in planned[1:-1])
+    one = lane_order(_works((10, 10), (30, 30), (20, 20)), 1, 10**12)
+    assert one == [(1, False), (2, False), (0, False)]

@@ -104,7 +104,7 @@ def run(args) -> int:
     timeline = Timeline(enabled=args.profile is not None)
     kept = None   # JAX: a .pth's verified conversion kept in the cache folder
     with timeline.span("imports"):
-        from dln.checkpoint_cache import load_checkpoint_once
+        from dln.checkpoint_cache import keep_in_background, load_checkpoint_once
         if args.backend in ("jax", "nnx") and not args.no_cache:
             from port.compile_cache import compilation_cache_dir, usable_cache_folder
 
@@ -115,8 +115,19 @@ def run(args) -> int:
     if args.gamma is not None:
         overrides["gamma"] = args.gamma
         parse_variant(f"gamma={args.gamma}")  # validate
-    with timeline.span("load_checkpoint"):
-        ckpt = load_checkpoint_once(args.weights, overrides, kept)
+    # a .pth not yet kept: a child reads it while this process imports JAX
+    child = keep_in_background(args.weights, kept) if kept and not overrides else None
+    try:
+        if child is not None:
+            with timeline.span("imports"):
+                import port.tiled  # noqa: F401 - JAX and Flax, on this core meanwhile
+            with timeline.span("load_checkpoint"):
+                child.wait()
+        with timeline.span("load_checkpoint"):
+            ckpt = load_checkpoint_once(args.weights, overrides, kept)
+    finally:
+        if child is not None and child.poll() is None:   # interrupted meanwhile
+            child.kill()
     for note in ckpt.notes:
         print(f"note: {note}", file=sys.stderr)
     result = enhance_paths(ckpt, args.inputs, args.out, backend=args.backend,

@@ -47,7 +47,9 @@ print(json.dumps({"code": code, "torch": "torch" in sys.modules}))
 """
 
 
-def test_a_second_jax_run_of_a_pth_does_not_import_pytorch(tmp_path, authors_pth_16):
+def test_no_jax_run_of_a_pth_imports_pytorch_a_child_reads_it_once(tmp_path, authors_pth_16):
+    """The first run's child process reads the .pth (while the run imports JAX) and keeps
+    its conversion; the run itself, and the next, read the kept entry."""
     Image.fromarray(np.full((20, 28, 3), 40, np.uint8)).save(tmp_path / "a.png")
     env = {**os.environ, "DLN_CACHE_DIR": str(tmp_path / "cache")}
     runs = []
@@ -57,8 +59,9 @@ def test_a_second_jax_run_of_a_pth_does_not_import_pytorch(tmp_path, authors_pth
                                str(tmp_path / "a.png")], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=300)
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    assert runs[0] == {"code": 0, "torch": True}, runs
+    assert runs[0] == {"code": 0, "torch": False}, runs
     assert runs[1] == {"code": 0, "torch": False}, runs
+    assert len(list((tmp_path / "cache" / CACHE_SUBFOLDER).glob("*.safetensors"))) == 1
     assert (tmp_path / "o1" / "a.png").read_bytes() == (tmp_path / "o2" / "a.png").read_bytes()
 
 
@@ -97,3 +100,27 @@ def test_a_pth_rewritten_while_it_is_read_is_not_kept_under_its_old_key(tmp_path
     monkeypatch.setattr(convert, "load_checkpoint", real_load)
     load_checkpoint_once(authors_pth_16, {}, tmp_path)  # unchanged: kept
     assert len(list((tmp_path / CACHE_SUBFOLDER).glob("*.safetensors"))) == 1
+
+
+def test_the_background_reader_starts_only_for_a_pth_not_yet_kept(tmp_path, authors_pth_16):
+    from dln.checkpoint_cache import keep_in_background
+
+    child = keep_in_background(authors_pth_16, tmp_path)
+    assert child is not None and child.wait(timeout=120) == 0
+    assert len(list((tmp_path / CACHE_SUBFOLDER).glob("*.safetensors"))) == 1
+    assert keep_in_background(authors_pth_16, tmp_path) is None      # kept: nothing to do
+    assert keep_in_background(authors_pth_16, None) is None          # no cache folder
+    assert keep_in_background(tmp_path / "absent.pth", tmp_path) is None
+
+
+def test_a_broken_pth_read_in_the_background_still_ends_in_the_one_line_error(tmp_path):
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"PK\x03\x04 not really a zip")
+    Image.fromarray(np.full((20, 28, 3), 40, np.uint8)).save(tmp_path / "a.png")
+    done = subprocess.run([sys.executable, "-m", "dln.cli", "enhance", "--weights", str(broken),
+                           "--out", str(tmp_path / "o"), str(tmp_path / "a.png")], cwd=REPO,
+                          env={**os.environ, "DLN_CACHE_DIR": str(tmp_path / "cache")},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "not a readable PyTorch checkpoint" in done.stderr.strip().splitlines()[-1]
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))

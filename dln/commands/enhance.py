@@ -62,10 +62,11 @@ def register(sub) -> None:
                         "programs")
     add_cpu_split_option(
         p, "on a 2-core CPU makes one XLA device per core: each batch computes on one core "
-           "while the other core computes the next; a batch too large for the two to share "
-           "the memory budget, and every tile, runs over both cores in horizontal bands, or "
-           "on one core when neither its height nor its width is even "
-           "(a folder ran ~5%% faster on a quiet 2-core machine, ~15%% slower on a busy one); "
+           "while the other core computes another, the two within the memory budget "
+           "together (a large image beside the smaller ones); a batch nothing could run "
+           "beside, and every tile, runs over both cores in horizontal bands, or on one "
+           "core when neither its height nor its width is even "
+           "(a folder ran ~10%% faster on a quiet 2-core machine, ~15%% slower on a busy one); "
            "off runs each forward on all cores as one device. Outputs are equal either way "
            "to float32 rounding")
     p.add_argument("--profile", default=None, metavar="FILE",

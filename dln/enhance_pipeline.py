@@ -141,7 +141,11 @@ class Pipeline:
             unit, images = item
             for part in self._parts(unit, images):
                 self._run_part(part, lanes)
-        # the last batches computing: what the writer waits for
+        self._wait_all(lanes)   # the last batches computing: what the writer waits for
+
+    def _wait_all(self, lanes: ComputeLanes) -> None:
+        """Until every batch dispatched in the lanes has computed (or failed: the writer
+        reports it, per image)."""
         with self.timeline.span("wait_previous"):
             for pending in lanes.all_pending():
                 try:
@@ -234,6 +238,7 @@ class Pipeline:
             self.result.notes.append(f"{job.path}: {image.shape[0]}x{image.shape[1]}, "
                                      f"{job.plan.describe()}")
             tty = self.show_progress and sys.stderr.isatty()
+            self._wait_all(lanes)   # its tiles' memory is the budget's alone
             pending = self._network(lambda: [predictor.run_tiled(image, job.plan, tty,
                                                                  job.path.name)], what)
         else:

@@ -1,5 +1,6 @@
-"""dln.enhance_pipeline's writer: on a CPU split into lanes, a batch that finishes first
-is written first, while a batch dispatched earlier in the other lane still computes."""
+"""dln.enhance_pipeline on a CPU split into lanes: a batch that finishes first is written
+first, while a batch dispatched earlier in the other lane still computes; a tiled image
+starts only when the lanes' batches have computed (its tiles' memory is the budget's)."""
 
 from __future__ import annotations
 
@@ -37,12 +38,17 @@ class _TwoLanes:
     def __init__(self, slow):
         self.lanes = ["lane0", "lane1"]
         self.slow, self.release, self.devices_used = slow, threading.Event(), []
+        self.tiled_after_release = None
 
     def working_bytes(self, key, count=1):
         return count * key[0] * key[1]
 
     def compiled_lanes(self, key, count=1):
         return set()
+
+    def run_tiled(self, image, plan, show_progress=False, label=""):
+        self.tiled_after_release = self.release.is_set()
+        return image
 
     def submit(self, images, key, after=(), device=None):
         self.devices_used.append(device)
@@ -84,3 +90,27 @@ def test_a_batch_computed_first_is_written_while_an_earlier_one_still_computes(t
         run.join(30)
     assert not result.failures and sorted(p.name for p in result.written) == \
         ["out_fast.png", "out_slow.png"]
+
+
+def test_a_tiled_image_waits_for_the_batches_computing_in_the_lanes(tmp_path):
+    rng = np.random.default_rng(1)
+    key = (24, 32, False)
+    units = []
+    for name, shape, plan in (("whole", (24, 32), ImagePlan("whole", (24, 32), estimate_bytes=1)),
+                              ("tiled", (10, 12), ImagePlan("tiled", tile=64))):
+        path = tmp_path / f"{name}.png"
+        Image.fromarray((rng.random(shape + (3,)) * 200).astype(np.uint8)).save(path)
+        job = Job(path, tmp_path / f"out_{name}.png", plan, shape,
+                  key if name == "whole" else None)
+        units.append(Unit([job], job.key))
+    predictor = _TwoLanes(slow=key)
+    result = EnhanceResult([], [], [])
+    pipeline = Pipeline(predictor, result, overwrite=False, limit=PixelLimit(10**9, "test"),
+                        show_progress=False, timeline=Timeline.off())
+    run = threading.Thread(target=pipeline.run, args=(units,))
+    run.start()
+    run.join(0.5)
+    assert predictor.tiled_after_release is None     # not started while the batch computes
+    predictor.release.set()
+    run.join(30)
+    assert predictor.tiled_after_release is True and not result.failures

@@ -11,11 +11,11 @@ The lanes share the working budget: a batch is dispatched in a lane only when it
 memory plus that of the batches computing in the other lanes fits the budget (else it
 also waits for those). `lane_order` plans the run before it starts: the largest batches
 first, each lane taking, whenever it is free, the largest batch that fits beside what the
-other lanes compute; a batch that nothing left could run beside for most of its time (a
-768x1024 at dim 64 needs 2.1 GB of a 3 GiB budget, and on its own a lane would compute it
-on one core, about twice as slow), the last batch when another lane would stand idle, and
-every tiled image run alone over all the devices instead, in bands
-(port.host_devices.spread_sharding).
+other lanes compute (a 768x1024 at dim 64 needs 2.1 GB of a 3 GiB budget: it computes
+beside images up to 480x640, not beside another 768x1024); a batch that nothing left
+could run beside for most of its time (a folder of 768x1024 photos), the last batch when
+another lane would stand idle, and every tiled image run alone over all the devices
+instead, in bands (port.host_devices.spread_sharding).
 
 Without a split there is one lane (the one device, or PyTorch) and batches compute one
 after the other in the planned order (the largest first).

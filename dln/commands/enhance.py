@@ -66,7 +66,7 @@ def register(sub) -> None:
            "together (a large image beside the smaller ones); a batch nothing could run "
            "beside, and every tile, runs over both cores in horizontal bands, or on one "
            "core when neither its height nor its width is even "
-           "(a folder ran 3%% faster cold, 12%% warm on a quiet 2-core machine, ~15%% slower on a busy one); "
+           "(a folder ran ~10%% faster on a quiet 2-core machine, ~15%% slower on a busy one); "
            "off runs each forward on all cores as one device. Outputs are equal either way "
            "to float32 rounding")
     p.add_argument("--profile", default=None, metavar="FILE",

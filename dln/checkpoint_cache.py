@@ -86,10 +86,14 @@ def keep_in_background(path, cache_folder: Path | None):
     key = _key(source, {})
     if key is None or (Path(cache_folder) / CACHE_SUBFOLDER / f"{key}.safetensors").is_file():
         return None
-    code = ("import sys; from dln.checkpoint_cache import load_checkpoint_once; "
-            "load_checkpoint_once(sys.argv[1], {}, sys.argv[2])")
+    # the child imports this very package (-P: not whatever `dln` the working folder holds)
+    root = str(Path(__file__).resolve().parents[1])
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "from dln.checkpoint_cache import load_checkpoint_once; "
+            "load_checkpoint_once(sys.argv[2], {}, sys.argv[3])")
     try:
-        return subprocess.Popen([sys.executable, "-c", code, str(source), str(cache_folder)],
+        return subprocess.Popen([sys.executable, "-P", "-c", code, root, str(source),
+                                 str(cache_folder)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
     except OSError:

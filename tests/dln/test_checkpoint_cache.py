@@ -127,3 +127,16 @@ def test_a_broken_pth_read_in_the_background_still_ends_in_the_one_line_error(
     assert code == 2 and "Traceback" not in err
     assert "not a readable PyTorch checkpoint" in err.strip().splitlines()[-1]
     assert not list((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_the_background_reader_imports_this_package_not_one_in_the_working_folder(
+        tmp_path, authors_pth_16, monkeypatch):
+    from dln.checkpoint_cache import keep_in_background
+
+    planted = tmp_path / "cwd" / "dln"
+    planted.mkdir(parents=True)
+    (planted / "__init__.py").write_text("raise SystemExit(7)\n")
+    monkeypatch.chdir(tmp_path / "cwd")
+    child = keep_in_background(authors_pth_16, tmp_path / "cache")
+    assert child.wait(timeout=120) == 0
+    assert len(list((tmp_path / "cache" / CACHE_SUBFOLDER).glob("*.safetensors"))) == 1

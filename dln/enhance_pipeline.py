@@ -171,6 +171,7 @@ class Pipeline:
                     item = None
                 if item is _STOP:
                     stopping = True
+                    continue   # the loop ends here when nothing is held
                 elif item is not None:
                     held.append(item)
                     continue   # take whatever else is queued first

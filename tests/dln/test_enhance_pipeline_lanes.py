@@ -5,8 +5,10 @@ starts only when the lanes' batches have computed (its tiles' memory is the budg
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from core.timeline import Timeline
@@ -58,6 +60,10 @@ class _TwoLanes:
         else:
             self.release = done
         return _Pending(images[0], done, key[0] * key[1])
+
+
+# a pipeline thread that raises fails the test (pytest reports it as this warning)
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
 
 def test_a_batch_computed_first_is_written_while_an_earlier_one_still_computes(tmp_path):
@@ -114,3 +120,32 @@ def test_a_tiled_image_waits_for_the_batches_computing_in_the_lanes(tmp_path):
     predictor.release.set()
     run.join(30)
     assert predictor.tiled_after_release is True and not result.failures
+
+
+def test_the_writer_ends_cleanly_when_it_has_written_everything_before_the_run_ends(
+        tmp_path, monkeypatch):
+    """The writer sees the last batch computed, writes it and waits for more before the
+    main thread, still in its own wait for that batch, says the run has ended."""
+    rng = np.random.default_rng(2)
+    path = tmp_path / "only.png"
+    Image.fromarray((rng.random((24, 32, 3)) * 200).astype(np.uint8)).save(path)
+    key = (24, 32, False)
+    job = Job(path, tmp_path / "out_only.png", ImagePlan("whole", (24, 32), estimate_bytes=1),
+              (24, 32), key)
+    real_wait = _Pending.wait
+
+    def late_wait(self):            # the main thread learns of it 0.3 s after the writer
+        real_wait(self)
+        time.sleep(0.3)
+
+    monkeypatch.setattr(_Pending, "wait", late_wait)
+    predictor = _TwoLanes(slow=key)
+    result = EnhanceResult([], [], [])
+    pipeline = Pipeline(predictor, result, overwrite=False, limit=PixelLimit(10**9, "test"),
+                        show_progress=False, timeline=Timeline.off())
+    run = threading.Thread(target=pipeline.run, args=([Unit([job], key)],))
+    run.start()
+    time.sleep(0.2)
+    predictor.release.set()
+    run.join(30)
+    assert [p.name for p in result.written] == ["out_only.png"] and not result.failures

@@ -116,8 +116,10 @@ def run(args) -> int:
     if args.gamma is not None:
         overrides["gamma"] = args.gamma
         parse_variant(f"gamma={args.gamma}")  # validate
-    # a .pth not yet kept: a child reads it while this process imports JAX
-    child = keep_in_background(args.weights, kept) if kept and not overrides else None
+    # a .pth not yet kept: a child reads it while this process imports JAX (when JAX is
+    # imported already, as in a second run in one process, there is nothing to overlap)
+    child = (keep_in_background(args.weights, kept)
+             if kept and not overrides and "jax" not in sys.modules else None)
     try:
         if child is not None:
             with timeline.span("imports"):

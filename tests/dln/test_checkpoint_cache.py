@@ -113,19 +113,16 @@ def test_the_background_reader_starts_only_for_a_pth_not_yet_kept(tmp_path, auth
     assert keep_in_background(tmp_path / "absent.pth", tmp_path) is None
 
 
-def test_a_broken_pth_read_in_the_background_still_ends_in_the_one_line_error(
-        tmp_path, monkeypatch, capsys):
-    from dln.cli import main
-
+def test_a_broken_pth_read_in_the_background_still_ends_in_the_one_line_error(tmp_path):
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"PK\x03\x04 not really a zip")
     Image.fromarray(np.full((20, 28, 3), 40, np.uint8)).save(tmp_path / "a.png")
-    monkeypatch.setenv("DLN_CACHE_DIR", str(tmp_path / "cache"))
-    code = main(["enhance", "--weights", str(broken), "--out", str(tmp_path / "o"),
-                 str(tmp_path / "a.png")])
-    err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err
-    assert "not a readable PyTorch checkpoint" in err.strip().splitlines()[-1]
+    done = subprocess.run([sys.executable, "-m", "dln.cli", "enhance", "--weights", str(broken),
+                           "--out", str(tmp_path / "o"), str(tmp_path / "a.png")], cwd=REPO,
+                          env={**os.environ, "DLN_CACHE_DIR": str(tmp_path / "cache")},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "not a readable PyTorch checkpoint" in done.stderr.strip().splitlines()[-1]
     assert not list((tmp_path / "cache").rglob("*.safetensors"))
 
 

@@ -38,22 +38,37 @@ def _key(path: Path, overrides: dict) -> str | None:
     return f"{digest}-{hashlib.sha256(variant.encode()).hexdigest()[:16]}"
 
 
+def _entry(source: Path, overrides: dict, cache_folder: Path | None
+           ) -> tuple[str, Path] | None:
+    """(key, path) of the kept conversion of this .pth and variant in `cache_folder`
+    (which may not exist yet); None when nothing is kept for it (no cache folder, a
+    safetensors file, not a regular file, bytes that cannot be hashed)."""
+    from weights.files import is_safetensors_path
+
+    if cache_folder is None or is_safetensors_path(source) or not source.is_file():
+        return None
+    key = _key(source, overrides)
+    if key is None:
+        return None
+    return key, Path(cache_folder) / CACHE_SUBFOLDER / f"{key}.safetensors"
+
+
+def _is_kept(kept: Path) -> bool:
+    return kept.is_file() and not kept.is_symlink()
+
+
 def load_checkpoint_once(path, overrides: dict | None, cache_folder: Path | None):
     """weights.convert.load_checkpoint(path, overrides), or its kept conversion when
     `cache_folder` holds one for these bytes; cache_folder None: no cache."""
     from weights.convert import load_checkpoint
-    from weights.files import is_safetensors_path
 
     overrides = dict(overrides or {})
     source = Path(path)
-    if cache_folder is None or is_safetensors_path(source) or not source.is_file():
+    entry = _entry(source, overrides, cache_folder)
+    if entry is None:
         return load_checkpoint(source, overrides)
-    key = _key(source, overrides)
-    if key is None:
-        return load_checkpoint(source, overrides)
-    folder = Path(cache_folder) / CACHE_SUBFOLDER
-    kept = folder / f"{key}.safetensors"
-    if kept.is_file() and not kept.is_symlink():
+    key, kept = entry
+    if _is_kept(kept):
         try:
             ckpt = load_checkpoint(kept, overrides)
             ckpt.source = source
@@ -63,7 +78,7 @@ def load_checkpoint_once(path, overrides: dict | None, cache_folder: Path | None
             pass
     ckpt = load_checkpoint(source, overrides)
     if not ckpt.notes and _key(source, overrides) == key:  # kept only under the key of
-        _keep(ckpt, folder, kept)  # the bytes read: a file changed meanwhile is not kept
+        _keep(ckpt, kept)          # the bytes read: a file changed meanwhile is not kept
     return ckpt
 
 
@@ -78,13 +93,9 @@ def keep_in_background(path, cache_folder: Path | None):
     import subprocess
     import sys
 
-    from weights.files import is_safetensors_path
-
     source = Path(path)
-    if cache_folder is None or is_safetensors_path(source) or not source.is_file():
-        return None
-    key = _key(source, {})
-    if key is None or (Path(cache_folder) / CACHE_SUBFOLDER / f"{key}.safetensors").is_file():
+    entry = _entry(source, {}, cache_folder)
+    if entry is None or _is_kept(entry[1]):
         return None
     # the child imports this very package (-P: not whatever `dln` the working folder holds)
     root = str(Path(__file__).resolve().parents[1])
@@ -100,9 +111,10 @@ def keep_in_background(path, cache_folder: Path | None):
         return None
 
 
-def _keep(ckpt, folder: Path, kept: Path) -> None:
+def _keep(ckpt, kept: Path) -> None:
     from weights.convert import save_checkpoint
 
+    folder = kept.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
         save_checkpoint(ckpt, kept, overwrite=True)

@@ -16,9 +16,10 @@ port/nnx_tiled.py runs the same stages and whole-image runner on the NNX port.
 JaxWholeImage is what `dln enhance` runs on whole images: each padded to its size
 bucket (core.tiling.bucket_shape) with masking (a mask of ones where it fills the
 bucket: one program per bucket); `program(..., masked=False)` is the plain forward,
-for timing a batch that fills its shape (`dln bench`, Table 2); a portrait image (height > width) runs transposed
-with every kernel's spatial axes swapped, which is the transposed output (exact up to
-the order of float32 sums), so it shares the landscape bucket's compiled program.
+for timing a batch that fills its shape (`dln bench`, Table 2); a portrait image
+(height > width) runs transposed with every kernel's spatial axes swapped, which is the
+transposed output (exact up to the order of float32 sums), so it shares the landscape
+bucket's compiled program.
 Images of one bucket and orientation are batched.
 
 On a CPU split into one host device per core (port.host_devices: `dln enhance` does
@@ -230,6 +231,12 @@ def transposed_params(tree: dict) -> dict:
     return jax.tree_util.tree_map(swapped, tree)
 
 
+def _program_key(batch: int, shape: tuple[int, int], masked: bool, device) -> tuple:
+    """JaxWholeImage's key of one compiled program."""
+    return (int(batch), int(shape[0]), int(shape[1]), bool(masked),
+            None if device is None else device.id)
+
+
 def whole_group_key(height: int, width: int) -> tuple[int, int, bool]:
     """An image's own (landscape bucket shape, transposed)."""
     return bucket_shape(*landscape(height, width)) + (height > width,)
@@ -274,8 +281,7 @@ class JaxWholeImage:
         plain (images that fill their shape), on `device` (one lane) or over the mesh /
         on the one device (None); compiled once per process (the persistent cache, when
         enabled, makes a later process's compilation a cache read)."""
-        key = (int(batch), int(shape[0]), int(shape[1]), bool(masked),
-               None if device is None else device.id)
+        key = _program_key(batch, shape, masked, device)
         params = self.params(False, device)
         with self._lock:
             if key in self._programs:
@@ -320,8 +326,7 @@ class JaxWholeImage:
 
     def has_program(self, batch: int, shape: tuple[int, int], device) -> bool:
         """Whether submit's program for this batch and shape on `device` is compiled."""
-        return (int(batch), int(shape[0]), int(shape[1]), True,
-                None if device is None else device.id) in self._programs
+        return _program_key(batch, shape, True, device) in self._programs
 
     def submit(self, images: list[np.ndarray], bucket: tuple[int, int] | None = None,
                after=(), device=None) -> "Pending":
@@ -341,12 +346,10 @@ class JaxWholeImage:
             # per bucket, where a bucket that pads some images and fills others would
             # compile two; measured on one lane of the 2-core AMD EPYC, the masked program
             # is no slower (384x512 1.78 s against 1.83 s plain, 600x800 4.77 against 4.90)
-            masked = True
             x, mask = bucket_batch(batch, bucket)
-            args = (x, mask)
         if device is None:   # over every device, unless no axis of the batch divides
             device = unspread_device((len(images),) + bucket, self._stages.mesh)
-        program = self.program(len(images), bucket, masked, device)
+        program = self.program(len(images), bucket, True, device)
         params = self.params(transposed, device)
         after = [after] if isinstance(after, Pending) else [p for p in (after or ()) if p]
         if after:
@@ -358,8 +361,8 @@ class JaxWholeImage:
                         pass           # reported when its result is fetched
         with self.timeline.span("dispatch"):
             start = time.time()
-            out = program(params, *args)
-        label = f"{len(images)}x{bucket[0]}x{bucket[1]}" + (" masked" if masked else "")
+            out = program(params, x, mask)
+        label = f"{len(images)}x{bucket[0]}x{bucket[1]} masked"
         return Pending(out, [im.shape[:2] for im in batch], transposed, self.timeline,
                        label + ("" if device is None else f" core {device.id}"), start,
                        pixels=len(images) * bucket[0] * bucket[1])

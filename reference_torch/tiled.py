@@ -16,8 +16,16 @@ import numpy as np
 import torch
 
 from core.config import DLNConfig
+from core.tiling import crop
 from reference_torch.inference import model_from_state
 from weights.stages import dln_stages
+
+
+def _crop(nchw, halo: int):
+    """An NCHW tensor without `halo` pixels on each side (None stays None)."""
+    if nchw is None or halo == 0:
+        return nchw
+    return nchw[:, :, halo:nchw.shape[2] - halo, halo:nchw.shape[3] - halo]
 
 
 class Computed:
@@ -101,21 +109,27 @@ class TorchStages:
         return Computed(self._run_stage(index, maps, image, mean, mask))
 
     def _run_stage(self, index, maps, image, mean, mask):
-        stage = self.stages[index]
-        if stage.name == "f1":
-            args = (self.tensor(image[None]),)
-            fn = self._f1
-        elif stage.name == "final":
-            args = (self.tensor(maps[None]), self.tensor(image[None]))
-            fn = self._final
-        else:
-            lbp = int(stage.name.removeprefix("lbp")) - 1
-            args = (lbp, self.tensor(maps[None]),
-                    torch.from_numpy(np.asarray(mean, np.float32)[None]))
-            fn = self._lbp
-        out = self._run(mask[None], fn, *args)
-        h = stage.halo
-        return self._numpy(out[:, :, h:-h, h:-h])[0]
+        """The stage's pieces in order (core.tiling.Stage.steps), each on the maps so far
+        with the pieces before it appended, and the image and mask, all cropped by the
+        halo each piece used up; NCHW inside."""
+        z = None if maps is None else torch.cat([self.tensor(m[None]) for m in maps], dim=1)
+        x = None if image is None else self.tensor(image[None])
+        mask = mask[None]
+        steps = self.stages[index].steps
+        for number, (name, halo) in enumerate(steps):
+            if name == "f1":
+                out = self._run(mask, self._f1, x)
+            elif name == "final":
+                out = self._run(mask, self._final, z, x)
+            else:
+                lbp = int(name.removeprefix("lbp")) - 1
+                out = self._run(mask, self._lbp, lbp, z,
+                                torch.from_numpy(np.asarray(mean, np.float32)[None]))
+            out = _crop(out, halo)
+            if number + 1 < len(steps):
+                z = out if z is None else torch.cat([_crop(z, halo), out], dim=1)
+                x, mask = _crop(x, halo), crop(mask, halo)
+        return self._numpy(out)[0]
 
     def bucket(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """(N, Hb, Wb, 3) padded batch and (N, Hb, Wb, 1) masks -> (N, Hb, Wb, 3)."""

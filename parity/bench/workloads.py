@@ -170,8 +170,8 @@ def per_image_reference(name: str, weights: str, sizes: list[tuple[int, int]]) -
     image at exactly its size, compiled beforehand, best of two; a fresh worker):
     folder: the sum over its images; large: its tiles at the per-image rate, i.e. the
     seconds per pixel of one whole DEFAULT_TILE x DEFAULT_TILE image times the pixels
-    the tiles compute (tile + 2 x halo on each side, per stage, weighted by the stage's
-    share of the network's FLOPs)."""
+    the tiles compute (tile + 2 x halo on each side, per piece of a stage, weighted by
+    the piece's share of the network's FLOPs)."""
     from parity.bench.benchmark import WorkerProcess
     from weights.convert import load_checkpoint
 
@@ -196,8 +196,9 @@ def per_image_reference(name: str, weights: str, sizes: list[tuple[int, int]]) -
 
 
 def tiled_pixels(config, height: int, width: int, tile: int) -> float:
-    """Pixels a tiled run computes, FLOP-weighted: each stage's tiles with their halos
-    times the stage's share of the network's FLOPs."""
+    """Pixels a tiled run computes, FLOP-weighted: each stage piece's tiles with the
+    halos it computes over (its own and the later pieces') times the piece's share of
+    the network's FLOPs."""
     from core.tiling import tile_count
     from parity.bench.flops import layer_flops
     from weights.stages import LBP_NAMES, dln_stages
@@ -211,8 +212,13 @@ def tiled_pixels(config, height: int, width: int, tile: int) -> float:
         share[stage] = share.get(stage, 0.0) + f
     total = sum(share.values())
     count = tile_count(height, width, tile)
-    return sum(share[s.name] / total * count * (tile + 2 * s.halo) ** 2
-               for s in dln_stages(config))
+    pixels = 0.0
+    for stage in dln_stages(config):
+        left = stage.halo   # a stage's piece computes its tile plus the halos still to use
+        for name, halo in stage.steps:
+            pixels += share[name] / total * count * (tile + 2 * left) ** 2
+            left -= halo
+    return pixels
 
 
 def _png_size(path: Path) -> tuple[int, int]:

@@ -33,12 +33,14 @@ def test_the_stage_table_read_off_the_tensor_table_has_the_receptive_fields_as_h
 
     table = dln_stages(DLNConfig())
     # f1: two 3x3 convs; LBP: 1x1 outlayer, then 3 x (three 3x3 convs) chained, 1x1
-    # local weights; final: feature 3x3 + out 3x3
+    # local weights; final: feature 3x3 + out 3x3, run on the third LBP's tiles
     assert [(s.name, s.halo) for s in table] == [("f1", 2), ("lbp1", 9), ("lbp2", 9),
-                                                 ("lbp3", 9), ("final", 2)]
+                                                 ("lbp3+final", 11)]
     assert [(s.reads, s.writes, s.mean, s.image) for s in table] == [
         (0, 64, False, True), (64, 64, True, False), (128, 64, True, False),
-        (192, 64, True, False), (256, 0, False, True)]
+        (192, 0, True, True)]
+    assert [s.steps for s in table] == [(("f1", 2),), (("lbp1", 9),), (("lbp2", 9),),
+                                        (("lbp3", 9), ("final", 2))]
     # both frameworks run the one table
     assert JaxStages(ckpt16.flax_tree(), ckpt16.config).stages == dln_stages(ckpt16.config)
     assert TorchStages(ckpt16.torch_state, ckpt16.config).stages == dln_stages(ckpt16.config)
@@ -150,7 +152,7 @@ stages = JaxStages(ckpt.flax_tree(), ckpt.config)
 report = {"devices": [0 if s.mesh is None else int(s.mesh.devices.size)
                       for s in (stages, NnxStages(ckpt.flax_tree(), ckpt.config))]}
 whole, runner = make_enhancer(ckpt.flax_tree(), ckpt.config), JaxWholeImage(stages)
-image = low(45, 70)    # tiles of 40 + halos 2 and 9 on each side: 44 and 58 rows, in bands
+image = low(45, 70)    # tiles of 40 + halos 2, 9 and 11 each side: 44, 58, 62 rows, in bands
 tiled = run_tiled(stages, image, TiledPlan(tile=40, maps_in_memory=True))
 report["tiles"] = {"worst": measure(tiled, whole(image)).rel_to_scale}
 batches = {"2 plain": [low(40, 64), low(40, 64)],          # one image per core
@@ -252,3 +254,22 @@ def test_the_scratch_store_in_channel_blocks_round_trips_partial_and_clipped_wri
         np.testing.assert_array_equal(store.read(-1, -2, 9, 11, 9),
                                       padded_region(expected, -1, -2, 9, 11))
         np.testing.assert_array_equal(store.read(2, 3, 3, 3, 5), expected[2:5, 3:6, :5])
+
+
+@pytest.mark.parametrize("in_memory", (True, False))
+def test_map_blocks_read_into_reused_buffers_keep_nothing_of_the_last_read(tmp_path,
+                                                                          in_memory):
+    """run_tiled reads each tile's maps into buffers of a tile before it: an inside
+    region read into NaN-filled buffers, then an edge region (zeros outside) into the
+    same ones, then channels cut inside a block, all equal fresh padded reads."""
+    rng = np.random.default_rng(2)
+    values = rng.random((10, 12, 6), dtype=np.float32)
+    with MapStore(10, 12, 6, in_memory=in_memory, scratch_dir=str(tmp_path),
+                  block=3) as store:
+        store.write(0, 0, 0, values)
+        buffers = [np.full((5, 5, 3), np.nan, np.float32) for _ in range(2)]
+        for y0, x0, channels in ((2, 3, 6), (-2, 8, 6), (6, -1, 5), (1, 1, 6)):
+            buffers = store.read_blocks(y0, x0, 5, 5, channels, into=buffers)
+            assert [b.shape[-1] for b in buffers] == [3, channels - 3]
+            np.testing.assert_array_equal(np.concatenate(buffers, axis=-1),
+                                          padded_region(values, y0, x0, 5, 5)[:, :, :channels])

@@ -39,7 +39,7 @@ BYTES_PER_PIXEL_PER_DIM = {"torch": 60, "jax": 40, "nnx": 40}
 BYTES_PER_PIXEL_FIXED = 256   # decoded image, float input, output, uint8 copy
 # A tiled run keeps per image pixel only the float32 input and output, the uint8
 # copy and the decoder's buffer (12 + 12 + 3 + 3 bytes, rounded up); the network's
-# working memory is that of one tile, and the stage maps (4 x dim float32 per pixel)
+# working memory is that of one tile, and the stage maps (3 x dim float32 per pixel)
 # stay in memory only when they fit the budget, else in a scratch file.
 TILED_BYTES_PER_PIXEL = 32
 
@@ -55,9 +55,13 @@ def estimated_bytes(height: int, width: int, config: DLNConfig, backend: str = "
 
 
 def tile_working_bytes(config: DLNConfig, backend: str, tile: int = DEFAULT_TILE) -> int:
-    """One tile's forward pass: the largest stage input is tile + 2 x the largest halo."""
-    side = tile + 2 * largest_halo(dln_stages(config))
-    return estimated_bytes(side, side, config, backend)
+    """One tile's forward pass (the largest stage input is tile + 2 x the largest halo),
+    plus the two sets of map buffers core.tiling.run_tiled reads tiles into by turns
+    (the next tile's maps are read while one computes): 2 x 219 MB at tile 512, dim 64."""
+    stages = dln_stages(config)
+    side = tile + 2 * largest_halo(stages)
+    buffers = 2 * map_bytes(side, side, max(stage.reads for stage in stages))
+    return estimated_bytes(side, side, config, backend) + buffers
 
 
 def tiled_estimate(pixels: int, config: DLNConfig, backend: str,

@@ -23,6 +23,14 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 # devices (port.host_devices) would change XLA for every later test of that worker;
 # the split is tested directly and through the train benchmark's worker
 os.environ["DLN_CPU_SPLIT"] = "off"
+# The suite runs in two pytest-xdist workers on two cores: one compute thread each for
+# XLA and PyTorch (and every subprocess), not two each fighting over the cores (the
+# whole suite: 340 s against 361 s with the libraries' own thread pools, 2-core AMD
+# EPYC). Results never depend on thread counts; a test that needs more sets its own.
+if "--xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_cpu_multi_thread_eigen=false").strip()
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from core.config import DLNConfig  # noqa: E402
 from weights.synthetic import random_torch_state  # noqa: E402

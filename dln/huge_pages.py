@@ -11,12 +11,16 @@ them). Measured on the 2-core AMD EPYC, one 12 MP photo with `--tile 512`, inter
 peak RSS 2,150 against 1,938 MiB; the folder workload of `dln bench` unchanged within
 its noise (warm 43.9 s both, a slow phase of the host). The arithmetic is untouched.
 
-`reexec_with_huge_pages()` therefore runs `dln enhance` again, once, in the same process
-(exec: same PID, same signals and exit status), with the tunable added to
-GLIBC_TUNABLES, before anything heavy is imported (~0.05 s). It does nothing off Linux or
-glibc < 2.35, where the kernel's huge pages are "never", when GLIBC_TUNABLES already
-sets glibc.malloc.hugetlb (the user's choice, and what stops a second exec), or when
-DLN_HUGE_PAGES is off/0/false/no.
+`reexec_with_huge_pages()` therefore runs `dln enhance` on a JAX backend (jax, the
+default, or nnx) again, once, in the same process (exec: same PID, same signals and
+exit status), with the tunable added to GLIBC_TUNABLES, before anything heavy is
+imported (~0.05 s). Like the CPU split, it is part of the JAX path: the PyTorch
+backends keep glibc's defaults, the baseline `dln bench` compares against (PyTorch
+eager gains from the tunable too, as from the tuned allocator of its
+`torch-tuned-glibc` row: `GLIBC_TUNABLES=glibc.malloc.hugetlb=1 dln enhance --backend
+torch ...`). It does nothing off Linux or glibc < 2.35, where the kernel's huge pages
+are "never", when GLIBC_TUNABLES already sets glibc.malloc.hugetlb (the user's choice,
+and what stops a second exec), or when DLN_HUGE_PAGES is off/0/false/no.
 """
 
 from __future__ import annotations
@@ -64,11 +68,27 @@ def huge_pages_environment(environ: dict) -> dict | None:
     return {**environ, "GLIBC_TUNABLES": ":".join(t for t in (tunables, f"{TUNABLE}=1") if t)}
 
 
+JAX_BACKENDS = ("jax", "nnx")
+
+
+def backend_named(args: list[str], default: str = "jax") -> str:
+    """The value of --backend in `dln enhance`'s arguments (its last one, as argparse)."""
+    backend = default
+    for i, arg in enumerate(args):
+        if arg == "--backend" and i + 1 < len(args):
+            backend = args[i + 1]
+        elif arg.startswith("--backend="):
+            backend = arg.split("=", 1)[1]
+    return backend
+
+
 def reexec_with_huge_pages(args: list[str]) -> None:
     """Replace this process by `dln *args` with the tunable set, when it applies (returns
     when it does not, or when the exec fails: the command then runs as it is). The new
     interpreter imports this very package (-P and its folder first on sys.path: never a
     `dln` the working folder holds)."""
+    if backend_named(args) not in JAX_BACKENDS:
+        return
     environ = huge_pages_environment(dict(os.environ))
     if environ is None:
         return

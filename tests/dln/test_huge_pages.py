@@ -71,3 +71,16 @@ def test_the_command_line_execs_once_and_runs(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: dln enhance")
+
+
+@pytest.mark.parametrize("args,execs", [(["enhance", "x.png"], True),
+                                        (["enhance", "--backend", "nnx", "x.png"], True),
+                                        (["enhance", "--backend=torch", "x.png"], False),
+                                        (["enhance", "--backend", "torch-compile"], False)])
+def test_only_the_jax_backends_exec(capable, monkeypatch, args, execs):
+    calls = []
+    monkeypatch.setattr(huge_pages.os, "execve", lambda *a: calls.append(a))
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv(huge_pages.SWITCH, raising=False)
+    huge_pages.reexec_with_huge_pages(args)
+    assert bool(calls) == execs

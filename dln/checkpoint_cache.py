@@ -91,20 +91,18 @@ def keep_in_background(path, cache_folder: Path | None):
     JAX's ~1.1 s after it. A child that fails keeps nothing, and the caller then reads
     the file itself (with its one-line error, if any)."""
     import subprocess
-    import sys
+
+    from dln.own_package import interpreter_argv
 
     source = Path(path)
     entry = _entry(source, {}, cache_folder)
     if entry is None or _is_kept(entry[1]):
         return None
-    # the child imports this very package (-P: not whatever `dln` the working folder holds)
-    root = str(Path(__file__).resolve().parents[1])
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
-            "from dln.checkpoint_cache import load_checkpoint_once; "
-            "load_checkpoint_once(sys.argv[2], {}, sys.argv[3])")
+    # the child imports this very package, not whatever `dln` the working folder holds
+    code = ("from dln.checkpoint_cache import load_checkpoint_once; "
+            "load_checkpoint_once(sys.argv[1], {}, sys.argv[2])")
     try:
-        return subprocess.Popen([sys.executable, "-P", "-c", code, root, str(source),
-                                 str(cache_folder)],
+        return subprocess.Popen([*interpreter_argv(code), str(source), str(cache_folder)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
     except OSError:

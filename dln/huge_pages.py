@@ -30,11 +30,12 @@ import platform
 import sys
 from pathlib import Path
 
+from dln.own_package import interpreter_argv
+from port.host_devices import switched_off
+
 TUNABLE = "glibc.malloc.hugetlb"
 SWITCH = "DLN_HUGE_PAGES"
-OFF_WORDS = ("off", "0", "false", "no")
 THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def _glibc_has_the_tunable() -> bool:
@@ -57,7 +58,7 @@ def _kernel_offers_huge_pages() -> bool:
 
 def huge_pages_environment(environ: dict) -> dict | None:
     """`environ` with the tunable added, or None when it should not (module docstring)."""
-    if environ.get(SWITCH, "auto").strip().lower() in OFF_WORDS:
+    if switched_off(environ, SWITCH):
         return None
     tunables = environ.get("GLIBC_TUNABLES", "")
     if TUNABLE in tunables:
@@ -85,19 +86,18 @@ def backend_named(args: list[str], default: str = "jax") -> str:
 def reexec_with_huge_pages(args: list[str]) -> None:
     """Replace this process by `dln *args` with the tunable set, when it applies (returns
     when it does not, or when the exec fails: the command then runs as it is). The new
-    interpreter imports this very package (-P and its folder first on sys.path: never a
-    `dln` the working folder holds)."""
+    interpreter imports this very package (dln.own_package: never a `dln` the working
+    folder holds)."""
     if backend_named(args) not in JAX_BACKENDS:
         return
     environ = huge_pages_environment(dict(os.environ))
     if environ is None:
         return
-    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from dln.cli import main; "
-            "sys.exit(main())")
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     try:
-        os.execve(sys.executable, [sys.executable, "-P", "-c", code, PACKAGE_ROOT, *args],
+        os.execve(sys.executable,
+                  [*interpreter_argv("from dln.cli import main; sys.exit(main())"), *args],
                   environ)
     except OSError:
         return

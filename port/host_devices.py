@@ -41,15 +41,19 @@ import shlex
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 THREADS_FLAG = "--xla_cpu_multi_thread_eigen"
-SPLIT_VARIABLE = "DLN_CPU_SPLIT"   # one of SPLIT_OFF_WORDS: no split (--cpu-split's default)
-SPLIT_OFF_WORDS = ("off", "0", "false", "no")
+SPLIT_VARIABLE = "DLN_CPU_SPLIT"   # one of OFF_WORDS: no split (--cpu-split's default)
+OFF_WORDS = ("off", "0", "false", "no")
+
+
+def switched_off(environ, variable: str) -> bool:
+    """Whether `variable` of `environ` is off, 0, false or no (any case, spaces around)."""
+    return environ.get(variable, "auto").strip().lower() in OFF_WORDS
 
 
 def split_wanted(environ=None) -> bool:
     """Whether the environment (default: this process's) leaves the split on: DLN_CPU_SPLIT
     set to off, 0, false or no (any case) turns it off."""
-    environ = os.environ if environ is None else environ
-    return environ.get(SPLIT_VARIABLE, "auto").strip().lower() not in SPLIT_OFF_WORDS
+    return not switched_off(os.environ if environ is None else environ, SPLIT_VARIABLE)
 
 
 def usable_cores() -> int:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dln import huge_pages
+from dln import huge_pages, own_package
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_the_exec_runs_this_package_with_the_same_arguments(capable, monkeypatch
     huge_pages.reexec_with_huge_pages(["enhance", "--weights", "w.pth", "a b.png"])
     (path, argv, env), = calls
     assert path == sys.executable and argv[:2] == [sys.executable, "-P"]
-    assert argv[2] == "-c" and argv[4:] == [huge_pages.PACKAGE_ROOT, "enhance", "--weights", "w.pth", "a b.png"]
+    assert argv[2] == "-c" and argv[4:] == [own_package.ROOT, "enhance", "--weights", "w.pth", "a b.png"]
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
 
 
@@ -66,7 +66,7 @@ def test_the_command_line_execs_once_and_runs(tmp_path):
                                                             huge_pages.SWITCH)}
     code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = 'dln'; "
             "from dln.cli import main; sys.exit(main())")
-    done = subprocess.run([sys.executable, "-P", "-c", code, huge_pages.PACKAGE_ROOT,
+    done = subprocess.run([sys.executable, "-P", "-c", code, own_package.ROOT,
                            "enhance", "--help"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

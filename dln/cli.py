@@ -109,13 +109,13 @@ def printing_never_fails() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and sys.argv[1:2] == ["enhance"]:   # the real command line, not a call
-        from dln.huge_pages import reexec_with_huge_pages
-
-        reexec_with_huge_pages(sys.argv[1:])   # returns only where it does not apply
     printing_never_fails()
     parser = build_parser()
     args = parser.parse_args(argv)  # a bad option: one line and SystemExit(2)
+    if argv is None and args.command == "enhance":   # the real command line, not a call
+        from dln.huge_pages import reexec_with_huge_pages
+
+        reexec_with_huge_pages(sys.argv[1:], args.backend)   # returns where it does not apply
     if not getattr(args, "run", None):
         parser.print_help()
         return 2

@@ -72,23 +72,13 @@ def huge_pages_environment(environ: dict) -> dict | None:
 JAX_BACKENDS = ("jax", "nnx")
 
 
-def backend_named(args: list[str], default: str = "jax") -> str:
-    """The value of --backend in `dln enhance`'s arguments (its last one, as argparse)."""
-    backend = default
-    for i, arg in enumerate(args):
-        if arg == "--backend" and i + 1 < len(args):
-            backend = args[i + 1]
-        elif arg.startswith("--backend="):
-            backend = arg.split("=", 1)[1]
-    return backend
-
-
-def reexec_with_huge_pages(args: list[str]) -> None:
-    """Replace this process by `dln *args` with the tunable set, when it applies (returns
-    when it does not, or when the exec fails: the command then runs as it is). The new
-    interpreter imports this very package (dln.own_package: never a `dln` the working
-    folder holds)."""
-    if backend_named(args) not in JAX_BACKENDS:
+def reexec_with_huge_pages(args: list[str], backend: str) -> None:
+    """Replace this process by `dln *args` with the tunable set, when it applies: a JAX
+    `backend` (as parsed from `args`) and huge_pages_environment (returns when it does
+    not, or when the exec fails: the command then runs as it is). The new interpreter
+    imports this very package (dln.own_package: never a `dln` the working folder
+    holds)."""
+    if backend not in JAX_BACKENDS:
         return
     environ = huge_pages_environment(dict(os.environ))
     if environ is None:

@@ -25,8 +25,9 @@ Inference (`dln enhance` on JAX, `split_cpu_for_inference`) uses the same split
 differently: each whole-image batch is compiled for one device and computes on its core
 while the other device computes another batch, the lanes together within the memory
 budget (dln.compute_lanes); a batch nothing could compute beside, and every tile of a
-tiled image, runs over the mesh of all the devices (`cpu_mesh`), its input spread along the first axis that divides evenly
-(`spread_sharding`): along the batch, one image per core, or in horizontal bands, XLA
+tiled image, runs over the mesh of all the devices (`cpu_mesh`), its input spread
+along the first axis that divides evenly (`spread_sharding`): along the batch, one
+image per core, or in horizontal bands, XLA
 exchanging the convolutions' border rows and summing the feature means across devices.
 Measured on the 2-core AMD EPYC at dim 64 (ms per image, one process each, quiet): two
 images side by side, one per device / one device on both cores / one image in two

@@ -179,11 +179,14 @@ class Stage:
         return self.parts or ((self.name, self.halo),)
 
 
-def crop(array, halo: int):
-    """array[:, halo:-halo, halo:-halo] of an (N, H, W, C) array (None stays None)."""
+def crop(array, halo: int, axis: int = 1):
+    """The array without `halo` pixels on each side of its two spatial axes, `axis` and
+    the one after it: 1 for (N, H, W, C) arrays, 2 for NCHW tensors (None stays None)."""
     if array is None or halo == 0:
         return array
-    return array[:, halo:array.shape[1] - halo, halo:array.shape[2] - halo]
+    index = (slice(None),) * axis + (slice(halo, array.shape[axis] - halo),
+                                     slice(halo, array.shape[axis + 1] - halo))
+    return array[index]
 
 
 class StageRunner(Protocol):

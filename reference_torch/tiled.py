@@ -21,13 +21,6 @@ from reference_torch.inference import model_from_state
 from weights.stages import dln_stages
 
 
-def _crop(nchw, halo: int):
-    """An NCHW tensor without `halo` pixels on each side (None stays None)."""
-    if nchw is None or halo == 0:
-        return nchw
-    return nchw[:, :, halo:nchw.shape[2] - halo, halo:nchw.shape[3] - halo]
-
-
 class Computed:
     def __init__(self, value: np.ndarray):
         self._value = value
@@ -125,10 +118,10 @@ class TorchStages:
                 lbp = int(name.removeprefix("lbp")) - 1
                 out = self._run(mask, self._lbp, lbp, z,
                                 torch.from_numpy(np.asarray(mean, np.float32)[None]))
-            out = _crop(out, halo)
+            out = crop(out, halo, axis=2)
             if number + 1 < len(steps):
-                z = out if z is None else torch.cat([_crop(z, halo), out], dim=1)
-                x, mask = _crop(x, halo), crop(mask, halo)
+                z = out if z is None else torch.cat([crop(z, halo, axis=2), out], dim=1)
+                x, mask = crop(x, halo, axis=2), crop(mask, halo)
         return self._numpy(out)[0]
 
     def bucket(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
